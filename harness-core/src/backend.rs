@@ -1,0 +1,388 @@
+//! Where work runs: the [`Backend`] trait and what it launches.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+
+/// A served API: where requests go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Endpoint {
+    /// The base URL, `http://host:port`, without a trailing `/`.
+    pub base_url: String,
+}
+
+impl Endpoint {
+    /// An endpoint at `base_url`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] unless it is an `http://` or `https://` URL with a host.
+    pub fn new(base_url: impl Into<String>) -> Result<Self> {
+        let base_url = base_url.into();
+        crate::config::check_http_url(&base_url)
+            .map_err(|reason| Error::invalid("endpoint URL", reason))?;
+        Ok(Endpoint {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// `base_url` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+}
+
+/// How a backend tells that a workload is ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Readiness {
+    /// Ready as soon as it runs (a batch job, a tool).
+    Running,
+    /// Ready when its port accepts TCP connections.
+    Tcp,
+    /// Ready when `GET path` answers 2xx.
+    Http {
+        /// The health path, e.g. `/health`.
+        path: String,
+    },
+}
+
+impl Readiness {
+    /// Probes `endpoint` once: `Ok(true)` when ready, `Ok(false)` when not yet.
+    /// Only plain `http://` endpoints can be probed with [`Readiness::Http`].
+    ///
+    /// # Errors
+    /// [`Error::NotSupported`] for an `https://` endpoint with [`Readiness::Http`].
+    pub async fn probe(&self, endpoint: &Endpoint, timeout: Duration) -> Result<bool> {
+        match self {
+            Readiness::Running => Ok(true),
+            Readiness::Tcp => {
+                let addr = host_port(&endpoint.base_url)?;
+                Ok(matches!(
+                    tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await,
+                    Ok(Ok(_))
+                ))
+            }
+            Readiness::Http { path } => {
+                match tokio::time::timeout(timeout, http_get_status(&endpoint.url(path))).await {
+                    Ok(Ok(status)) => Ok((200..300).contains(&status)),
+                    Ok(Err(Error::NotSupported { what })) => Err(Error::NotSupported { what }),
+                    _ => Ok(false),
+                }
+            }
+        }
+    }
+}
+
+fn host_port(url: &str) -> Result<String> {
+    let (rest, default_port) = if let Some(r) = url.strip_prefix("http://") {
+        (r, 80)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (r, 443)
+    } else {
+        return Err(Error::invalid(
+            format!("URL `{url}`"),
+            "expected http:// or https://",
+        ));
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    Ok(
+        if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.ends_with(']'))
+        {
+            host.to_owned()
+        } else {
+            format!("{host}:{default_port}")
+        },
+    )
+}
+
+/// `GET url` over plain HTTP/1.1; returns the status code. For readiness checks on loopback
+/// only: no TLS, no redirects, no body.
+///
+/// # Errors
+/// [`Error::Transient`] when the connection fails or the answer is not HTTP;
+/// [`Error::NotSupported`] for `https://`.
+pub async fn http_get_status(url: &str) -> Result<u16> {
+    if url.starts_with("https://") {
+        return Err(Error::NotSupported {
+            what: format!("an HTTPS readiness probe (`{url}`); use a TCP probe or plain HTTP"),
+        });
+    }
+    let addr = host_port(url)?;
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let path = rest.find('/').map_or("/", |i| &rest[i..]);
+    let host = rest.split('/').next().unwrap_or_default();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .map_err(|e| Error::transient(format!("connecting to {addr}"), e))?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: harness\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| Error::transient(format!("writing to {addr}"), e))?;
+    let mut head = Vec::with_capacity(64);
+    let mut buf = [0u8; 64];
+    while !head.contains(&b'\n') && head.len() < 1024 {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| Error::transient(format!("reading from {addr}"), e))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|_| line.starts_with("HTTP/"));
+    status.ok_or_else(|| {
+        Error::transient(
+            format!("GET {url}"),
+            format!(
+                "the answer is not HTTP: {:?}",
+                line.lines().next().unwrap_or_default()
+            ),
+        )
+    })
+}
+
+/// What to launch: a process now, a Kubernetes manifest once that backend exists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WorkloadSpec {
+    /// A name for logs and ids, e.g. `deployment` or `step-nvidia-smi`.
+    pub name: String,
+    /// The program and its arguments. `{port}` is replaced by the workload's port.
+    pub command: Vec<String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// The working directory.
+    pub cwd: Option<PathBuf>,
+    /// The port it serves on: `Some(0)` asks the backend for a free one; `None`, no port.
+    pub port: Option<u16>,
+    /// How readiness is told.
+    pub readiness: Readiness,
+    /// Labels that identify the run and cell (Kubernetes labels, process bookkeeping).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl WorkloadSpec {
+    /// A process with no port that is ready once it runs.
+    pub fn process<I, S>(name: impl Into<String>, command: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        WorkloadSpec {
+            name: name.into(),
+            command: command.into_iter().map(Into::into).collect(),
+            env: BTreeMap::new(),
+            cwd: None,
+            port: None,
+            readiness: Readiness::Running,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Serves on `port` (0: a free port) and is ready when `readiness` says so.
+    #[must_use]
+    pub fn serving(mut self, port: u16, readiness: Readiness) -> Self {
+        self.port = Some(port);
+        self.readiness = readiness;
+        self
+    }
+
+    /// Adds an environment variable.
+    #[must_use]
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the working directory.
+    #[must_use]
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// Adds a label.
+    #[must_use]
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// A handle to something a backend launched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Workload {
+    /// The backend's id for it (a process group id, a Kubernetes name).
+    pub id: String,
+    /// The spec's name.
+    pub name: String,
+    /// Where it serves, if it serves.
+    pub endpoint: Option<Endpoint>,
+}
+
+impl Workload {
+    /// A handle; backends make these in `launch`.
+    pub fn new(id: impl Into<String>, name: impl Into<String>, endpoint: Option<Endpoint>) -> Self {
+        Workload {
+            id: id.into(),
+            name: name.into(),
+            endpoint,
+        }
+    }
+}
+
+/// What a workload is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum WorkloadStatus {
+    /// Starting, not ready yet.
+    Pending,
+    /// Running and ready.
+    Ready {
+        /// Where it serves, if it serves.
+        endpoint: Option<Endpoint>,
+    },
+    /// Finished successfully.
+    Succeeded,
+    /// Finished unsuccessfully, or can never become ready (crash loop, image pull error).
+    Failed {
+        /// Why, for people: exit code, signal, the last lines of its log.
+        reason: String,
+    },
+}
+
+impl fmt::Display for WorkloadStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorkloadStatus::Pending => f.write_str("pending"),
+            WorkloadStatus::Ready { .. } => f.write_str("ready"),
+            WorkloadStatus::Succeeded => f.write_str("succeeded"),
+            WorkloadStatus::Failed { reason } => write!(f, "failed: {reason}"),
+        }
+    }
+}
+
+/// Where work runs: local processes, Kubernetes, ...
+///
+/// # Contract
+/// * `launch` submits the workload and returns without waiting for readiness.
+/// * `status` never blocks for long: it reports what is known now. A workload that can never
+///   become ready (it exited, it crash-loops) is [`WorkloadStatus::Failed`] with the reason.
+/// * `logs` returns what the workload printed so far (stdout and stderr, interleaved); it
+///   keeps working after the workload ended and until `teardown`.
+/// * `teardown` stops the workload and everything it started, waits until it is gone, and is
+///   idempotent: a second call, or a call for a workload that already ended, succeeds.
+/// * A backend that is dropped tears down what it still owns, so that no work outlives it.
+/// * Errors worth retrying are [`Error::Transient`]; an unknown workload is [`Error::NotFound`].
+#[cfg_attr(any(test, feature = "testkit"), mockall::automock)]
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Submits `spec`.
+    async fn launch(&self, spec: &WorkloadSpec) -> Result<Workload>;
+    /// Reports the workload's status now.
+    async fn status(&self, workload: &Workload) -> Result<WorkloadStatus>;
+    /// What the workload printed so far.
+    async fn logs(&self, workload: &Workload) -> Result<Bytes>;
+    /// Stops the workload and all it started; idempotent.
+    async fn teardown(&self, workload: &Workload) -> Result<()>;
+    /// A short name for logs, e.g. `local`.
+    fn name(&self) -> &str;
+}
+
+/// Conveniences over any [`Backend`]; implemented for every backend, never by hand.
+#[async_trait]
+pub trait BackendExt: Backend {
+    /// Polls until the workload is ready; fails fast when it fails, and on timeout or
+    /// cancellation.
+    ///
+    /// # Errors
+    /// [`Error::Failed`] with the backend's reason; [`Error::Timeout`]; [`Error::Cancelled`].
+    async fn wait_ready(
+        &self,
+        workload: &Workload,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Endpoint>> {
+        let start = Instant::now();
+        let mut interval = Duration::from_millis(20);
+        loop {
+            match self.status(workload).await? {
+                WorkloadStatus::Ready { endpoint } => return Ok(endpoint),
+                WorkloadStatus::Failed { reason } => {
+                    return Err(Error::failed(
+                        format!("workload `{}` did not become ready", workload.name),
+                        reason,
+                    ));
+                }
+                WorkloadStatus::Succeeded => {
+                    return Err(Error::failed(
+                        format!("workload `{}` did not become ready", workload.name),
+                        "it exited (status 0) before it was ready",
+                    ));
+                }
+                WorkloadStatus::Pending => {}
+            }
+            if start.elapsed() >= timeout {
+                return Err(Error::Timeout {
+                    what: format!("waiting for `{}` to become ready", workload.name),
+                    after: timeout,
+                });
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Err(Error::Cancelled {
+                    what: format!("waiting for `{}`", workload.name),
+                }),
+                () = tokio::time::sleep(interval) => {}
+            }
+            interval = (interval * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Polls until the workload has finished; returns `Ok` when it succeeded.
+    ///
+    /// # Errors
+    /// [`Error::Failed`] with the backend's reason; [`Error::Cancelled`].
+    async fn wait_finished(&self, workload: &Workload, cancel: &CancellationToken) -> Result<()> {
+        let mut interval = Duration::from_millis(10);
+        loop {
+            match self.status(workload).await? {
+                WorkloadStatus::Succeeded => return Ok(()),
+                WorkloadStatus::Failed { reason } => {
+                    return Err(Error::failed(format!("`{}`", workload.name), reason));
+                }
+                WorkloadStatus::Pending | WorkloadStatus::Ready { .. } => {}
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Err(Error::Cancelled {
+                    what: format!("`{}`", workload.name),
+                }),
+                () = tokio::time::sleep(interval) => {}
+            }
+            interval = (interval * 2).min(Duration::from_millis(200));
+        }
+    }
+}
+
+impl<B: Backend + ?Sized> BackendExt for B {}

@@ -1,0 +1,398 @@
+//! Reading, validating and overriding experiment files.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::Path;
+
+use super::Experiment;
+use crate::error::{Error, Result};
+
+/// The largest experiment file accepted, in bytes (1 MiB).
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// A located problem in an experiment file or a `--set` override.
+///
+/// Its `Display` is one line: `file:line:column: field.path: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// The file, or `--set key=value` for an override.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// The field path, e.g. `benchmark.isl_osl[2]`; `.` for the whole document.
+    pub path: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+    /// The offending lines with a marker, for terminals.
+    pub snippet: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        write!(f, ": {}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn new(file: &str, path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_owned(),
+            line: None,
+            column: None,
+            path: path.into(),
+            message: message.into(),
+            snippet: None,
+        }
+    }
+
+    fn at(mut self, line: usize, column: usize) -> Self {
+        self.line = Some(line);
+        self.column = Some(column);
+        self
+    }
+}
+
+fn parse_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_reader_input_bytes = Some(MAX_CONFIG_BYTES);
+    budget.max_events = 200_000;
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_depth = 32;
+    budget.max_nodes = 100_000;
+    budget.max_total_scalar_bytes = MAX_CONFIG_BYTES;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
+/// Strips serde-saphyr's " at line N, column M" suffix: the location is kept separately.
+fn bare_message(e: &serde_saphyr::Error) -> String {
+    let text = e.without_snippet().to_string();
+    match text.find(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+impl Experiment {
+    /// Reads and validates an experiment file.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the file, line, column and field path of the first problem;
+    /// [`Error::Io`] when the file cannot be read.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let meta =
+            std::fs::metadata(path).map_err(|e| Error::io(format!("reading `{shown}`"), e))?;
+        if meta.len() > MAX_CONFIG_BYTES as u64 {
+            return Err(ConfigError::new(
+                &shown,
+                ".",
+                format!(
+                    "the file has {} bytes; an experiment may have at most {MAX_CONFIG_BYTES}",
+                    meta.len()
+                ),
+            )
+            .into());
+        }
+        let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading `{shown}`"), e))?;
+        Self::from_yaml_bytes(&bytes, &shown)
+    }
+
+    /// Validates an experiment from bytes; `file` names the source in errors.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the bytes are not a valid experiment.
+    pub fn from_yaml_bytes(bytes: &[u8], file: &str) -> Result<Self> {
+        if bytes.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::new(
+                file,
+                ".",
+                format!(
+                    "the input has {} bytes; an experiment may have at most {MAX_CONFIG_BYTES}",
+                    bytes.len()
+                ),
+            )
+            .into());
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            let at = e.valid_up_to();
+            let line = bytes[..at].iter().filter(|b| **b == b'\n').count() + 1;
+            let column = at
+                - bytes[..at]
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map_or(0, |p| p + 1)
+                + 1;
+            ConfigError::new(file, ".", "the file is not UTF-8 text (is it a YAML file?)")
+                .at(line, column)
+        })?;
+        Self::from_yaml_str(text, file)
+    }
+
+    /// Validates an experiment from YAML text; `file` names the source in errors.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the text is not a valid experiment.
+    pub fn from_yaml_str(text: &str, file: &str) -> Result<Self> {
+        if text.len() > MAX_CONFIG_BYTES {
+            return Self::from_yaml_bytes(text.as_bytes(), file);
+        }
+        if let Some((i, c)) = text
+            .char_indices()
+            .find(|(_, c)| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        {
+            let line = text[..i].matches('\n').count() + 1;
+            let column = text[..i]
+                .rsplit('\n')
+                .next()
+                .map_or(0, |l| l.chars().count())
+                + 1;
+            return Err(ConfigError::new(
+                file,
+                ".",
+                format!("the file holds the control character {c:?}; is it a YAML file?"),
+            )
+            .at(line, column)
+            .into());
+        }
+        let field = RefCell::new(String::from("."));
+        let parsed =
+            serde_saphyr::with_deserializer_from_str_with_options(text, parse_options(), |de| {
+                serde_path_to_error::deserialize::<_, Experiment>(de).map_err(|e| {
+                    *field.borrow_mut() = e.path().to_string();
+                    e.into_inner()
+                })
+            });
+        let exp = parsed.map_err(|e| {
+            let mut err = ConfigError::new(file, field.borrow().clone(), bare_message(&e));
+            if let Some(loc) = e.location() {
+                err = err.at(loc.line() as usize, loc.column() as usize);
+            }
+            err.snippet = Some(e.to_string().replace("<input>", file));
+            Error::from(err)
+        })?;
+        let mut exp = exp;
+        exp.check(file, Some(text))?;
+        if !exp.steps.is_empty() {
+            exp.step_positions = step_positions(text);
+        }
+        Ok(exp)
+    }
+
+    /// Checks what one field alone cannot: cross-field rules. `text` locates the fields.
+    fn check(&self, file: &str, text: Option<&str>) -> Result<()> {
+        let locate = |path: &str, err: ConfigError| -> Error {
+            let key = path.split(['.', '[']).next().unwrap_or(path);
+            match text {
+                // A missing key is reported at the start of the document.
+                Some(t) => {
+                    let (line, col) = find_top_level_key(t, key).unwrap_or((1, 1));
+                    err.at(line, col).into()
+                }
+                None => err.into(),
+            }
+        };
+        if self.concurrency.is_none() && self.request_rate.is_none() {
+            return Err(locate(
+                "concurrency",
+                ConfigError::new(
+                    file,
+                    "concurrency",
+                    "the experiment needs `concurrency` (a list of levels) or `request_rate` (a list of requests/s) to sweep",
+                ),
+            ));
+        }
+        if !self.endpoint.starts_with('/') {
+            return Err(locate(
+                "endpoint",
+                ConfigError::new(
+                    file,
+                    "endpoint",
+                    format!(
+                        "expected an API path starting with `/`, e.g. `/v1/chat/completions`, got `{}`",
+                        self.endpoint
+                    ),
+                ),
+            ));
+        }
+        for reserved in ["concurrency", "request_rate", "isl", "osl"] {
+            if self.sweep.keys().any(|k| k.as_str() == reserved) {
+                return Err(locate(
+                    "sweep",
+                    ConfigError::new(
+                        file,
+                        format!("sweep.{reserved}"),
+                        format!("`{reserved}` is a built-in axis; set it at the top level"),
+                    ),
+                ));
+            }
+        }
+        let mut names = BTreeSet::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            if !names.insert(step.step_name().to_owned()) {
+                return Err(locate(
+                    "steps",
+                    ConfigError::new(
+                        file,
+                        format!("steps[{i}].name"),
+                        format!(
+                            "two steps are named `{}`; give each a unique `name`",
+                            step.step_name()
+                        ),
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `key.path=value` overrides, as given to `--set`. The value is read as YAML, so
+    /// `--set concurrency=[1,2]` and `--set policy.fail_fast=true` work.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the override when it is malformed or makes the experiment
+    /// invalid.
+    pub fn with_overrides<S: AsRef<str>>(self, sets: &[S]) -> Result<Self> {
+        if sets.is_empty() {
+            return Ok(self);
+        }
+        let mut tree = serde_json::to_value(&self)
+            .map_err(|e| Error::failed("serializing the experiment", e.to_string()))?;
+        for set in sets {
+            let set = set.as_ref();
+            let file = format!("--set {set}");
+            let (key, raw) = set.split_once('=').ok_or_else(|| {
+                ConfigError::new(
+                    &file,
+                    ".",
+                    "expected `key.path=value`, e.g. `--set policy.retries=0`",
+                )
+            })?;
+            let segments: Vec<&str> = key.trim().split('.').collect();
+            if segments.iter().any(|s| s.is_empty()) {
+                return Err(
+                    ConfigError::new(&file, key, "the key path has an empty segment").into(),
+                );
+            }
+            let value: serde_json::Value = if raw.trim().is_empty() {
+                serde_json::Value::String(String::new())
+            } else {
+                serde_saphyr::from_str_with_options(raw, parse_options())
+                    .unwrap_or_else(|_| serde_json::Value::String(raw.to_owned()))
+            };
+            set_path(&mut tree, &segments, value)
+                .map_err(|m| Error::from(ConfigError::new(&file, key, m)))?;
+            // Validate after each override so the error names the one that broke it.
+            let exp: Experiment = serde_path_to_error::deserialize(&tree).map_err(|e| {
+                let path = e.path().to_string();
+                Error::from(ConfigError::new(&file, path, e.into_inner().to_string()))
+            })?;
+            exp.check(&file, None)?;
+        }
+        let exp: Experiment = serde_json::from_value(tree)
+            .map_err(|e| Error::failed("applying overrides", e.to_string()))?;
+        Ok(exp)
+    }
+
+    /// The experiment as YAML, with every default filled in.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// The experiment as JSON, with every default filled in.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Reads an experiment back from [`Experiment::to_json`].
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the JSON is not a valid experiment; `source` names it.
+    pub fn from_json(value: &serde_json::Value, source: &str) -> Result<Self> {
+        let exp: Experiment = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            Error::from(ConfigError::new(source, path, e.into_inner().to_string()))
+        })?;
+        exp.check(source, None)?;
+        Ok(exp)
+    }
+}
+
+fn set_path(
+    tree: &mut serde_json::Value,
+    segments: &[&str],
+    value: serde_json::Value,
+) -> std::result::Result<(), String> {
+    let Some((last, parents)) = segments.split_last() else {
+        return Err("empty key".into());
+    };
+    let mut node = tree;
+    for (depth, seg) in parents.iter().enumerate() {
+        let obj = node.as_object_mut().ok_or_else(|| {
+            format!(
+                "`{}` is not a section, it cannot hold `{seg}`",
+                segments[..depth].join(".")
+            )
+        })?;
+        node = obj
+            .entry((*seg).to_owned())
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    }
+    let obj = node.as_object_mut().ok_or_else(|| {
+        format!(
+            "`{}` is not a section, it cannot hold `{last}`",
+            parents.join(".")
+        )
+    })?;
+    obj.insert((*last).to_owned(), value);
+    Ok(())
+}
+
+/// Finds `key:` at the start of a line (a top-level key) and returns its 1-based position.
+fn find_top_level_key(text: &str, key: &str) -> Option<(usize, usize)> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        let rest = line.strip_prefix(key)?;
+        rest.trim_start().starts_with(':').then_some((i + 1, 1))
+    })
+}
+
+/// The line and column of each item of the top-level `steps` list.
+fn step_positions(text: &str) -> super::Positions {
+    #[derive(serde::Deserialize)]
+    struct Steps {
+        #[serde(default)]
+        steps: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+    }
+    let found: Option<Steps> = serde_saphyr::from_str_with_options(text, parse_options()).ok();
+    super::Positions(
+        found
+            .map(|s| {
+                s.steps
+                    .iter()
+                    .map(|sp| {
+                        (
+                            sp.referenced.line() as usize,
+                            sp.referenced.column() as usize,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
+}

@@ -1,0 +1,594 @@
+//! The [`Runner`]: executes a [`Pipeline`] over a [`Plan`], isolating failures, journaling
+//! every cell, and always tearing down.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Stage;
+use crate::error::{Error, Result};
+use crate::event::{Event, Reporter};
+use crate::journal::{
+    CellError, CellStatus, CellSummary, FORMAT_VERSION, HostInfo, JournalEntry, Manifest,
+    RunStatus, Session, StepRecord, secs, timestamp,
+};
+use crate::layer::{Layer, RetryLayer, TimeoutLayer, TraceLayer};
+use crate::pipeline::Pipeline;
+use crate::plan::{Cell, CellId, Plan};
+use crate::step::{RunContext, Step, StepContext, StepOutput};
+use crate::store::{ArtifactStore, ArtifactStoreExt};
+
+/// How long a step may take to stop after cancellation before the runner drops it.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+
+/// Whether to start a new run or continue one.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum RunMode {
+    /// A new run. `input` is the experiment file as given, stored as `experiment.yaml`.
+    New {
+        /// The input text, secrets redacted by the caller.
+        input: Option<String>,
+    },
+    /// Continue a stored run: only cells that did not succeed run again.
+    Resume,
+}
+
+/// What happened to one cell in this session.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CellReport {
+    /// The cell.
+    pub cell: CellId,
+    /// How it stands.
+    pub status: CellStatus,
+    /// Whether it ran in this session (false: it succeeded earlier, or was never reached).
+    pub ran: bool,
+    /// Attempts over all sessions.
+    pub attempts: u32,
+    /// Duration of its last attempt.
+    pub duration: Duration,
+    /// Metrics of its steps.
+    pub metrics: BTreeMap<String, f64>,
+    /// Why it failed.
+    pub error: Option<CellError>,
+}
+
+/// What a run session did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RunReport {
+    /// The run id.
+    pub run_id: String,
+    /// How it ended.
+    pub status: RunStatus,
+    /// Every cell of the plan, in order.
+    pub cells: Vec<CellReport>,
+    /// Setup failure, if any.
+    pub setup_error: Option<String>,
+    /// Teardown problems.
+    pub teardown_errors: Vec<String>,
+    /// Problems writing to the store.
+    pub store_errors: Vec<String>,
+    /// How long this session took.
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    /// Cells by status.
+    pub fn count(&self, status: CellStatus) -> usize {
+        self.cells.iter().filter(|c| c.status == status).count()
+    }
+}
+
+/// Runs a pipeline over a plan.
+///
+/// * Setup steps run once; if one fails, every cell fails with that reason.
+/// * Per-cell steps run in order for each cell, one cell at a time. A failing step fails
+///   its cell; the sweep goes on unless the experiment's `policy.fail_fast` is set.
+/// * Each step runs inside tracing, retry (transient errors) and timeout layers built
+///   from the experiment's policy.
+/// * Teardown steps always run, each on a fresh cancellation token with
+///   `policy.teardown_timeout`, also after failure or cancellation.
+/// * The journal (`journal/<cell>.json`) is written before and after each cell; a cell is
+///   `succeeded` only after its `summary.json` is stored. [`RunMode::Resume`] reruns the
+///   cells that are not.
+///
+/// ```
+/// use std::sync::Arc;
+/// use harness_core::*;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<()> {
+/// let exp = Arc::new(Experiment::from_yaml_str(
+///     "name: demo\nmodel: {name: m}\nconcurrency: [1, 2]\nbenchmark: {isl_osl: [[128, 16]]}\n",
+///     "demo.yaml",
+/// )?);
+/// let pipeline = Pipeline::builder()
+///     .per_cell(step_fn("measure", |cx| async move {
+///         let c = cx.cell().and_then(|c| c.param("concurrency")).and_then(|v| v.as_f64());
+///         Ok(StepOutput::new().metric("concurrency", c.unwrap_or(0.0)))
+///     }))
+///     .build()?;
+/// let store: Arc<dyn ArtifactStore> = Arc::new(MemoryStore::new());
+/// let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new()?);
+/// let run = RunContext::new("run-1", exp.clone(), backend, store, Default::default())?;
+/// let report = Runner::new(pipeline).run(&run, &exp.plan()?, RunMode::New { input: None }).await?;
+/// assert_eq!(report.count(CellStatus::Succeeded), 2);
+/// # Ok(()) }
+/// ```
+pub struct Runner {
+    pipeline: Pipeline,
+    reporters: Vec<Arc<dyn Reporter>>,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("pipeline", &self.pipeline)
+            .field("reporters", &self.reporters.len())
+            .finish()
+    }
+}
+
+struct Layered {
+    step: Arc<dyn Step>,
+}
+
+impl Runner {
+    /// A runner for `pipeline`.
+    pub fn new(pipeline: Pipeline) -> Self {
+        Runner {
+            pipeline,
+            reporters: Vec::new(),
+        }
+    }
+
+    /// Adds a reporter.
+    #[must_use]
+    pub fn reporter(mut self, reporter: Arc<dyn Reporter>) -> Self {
+        self.reporters.push(reporter);
+        self
+    }
+
+    fn emit(&self, event: Event) {
+        for r in &self.reporters {
+            r.on_event(&event);
+        }
+    }
+
+    fn layered(&self, run: &RunContext, stage: Stage) -> Vec<Layered> {
+        let policy = &run.experiment().policy;
+        self.pipeline
+            .steps(stage)
+            .iter()
+            .map(|ps| {
+                let timeout = ps.timeout.unwrap_or(match stage {
+                    Stage::Teardown => policy.teardown_timeout.get(),
+                    _ => policy.step_timeout.get(),
+                });
+                let mut step = TimeoutLayer::new(timeout).layer(ps.step.clone());
+                if stage != Stage::Teardown {
+                    step = RetryLayer::new(policy.retries, policy.backoff.get()).layer(step);
+                }
+                Layered {
+                    step: TraceLayer.layer(step),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs one step, giving it [`CANCEL_GRACE`] to stop after cancellation.
+    async fn invoke(&self, step: &Layered, cx: &StepContext) -> (Result<StepOutput>, Duration) {
+        let name = step.step.name().to_owned();
+        let cell = cx.cell().map(|c| c.id.clone());
+        self.emit(Event::StepStarted {
+            stage: cx.stage(),
+            cell: cell.clone(),
+            step: name.clone(),
+        });
+        let start = Instant::now();
+        let cancel = cx.cancel().clone();
+        let result = tokio::select! {
+            r = step.step.run(cx) => r,
+            () = async { cancel.cancelled().await; tokio::time::sleep(CANCEL_GRACE).await } => {
+                Err(Error::Cancelled { what: format!("step `{name}` (it did not stop within {CANCEL_GRACE:?})") })
+            }
+        };
+        let result = match result {
+            // A step that failed because the run was cancelled is reported as cancelled.
+            Err(e) if cancel.is_cancelled() && !matches!(e, Error::Cancelled { .. }) => {
+                Err(Error::Cancelled {
+                    what: format!("step `{name}`: {e}"),
+                })
+            }
+            other => other,
+        };
+        let elapsed = start.elapsed();
+        self.emit(Event::StepFinished {
+            stage: cx.stage(),
+            cell,
+            step: name,
+            elapsed,
+            error: result.as_ref().err().map(ToString::to_string),
+        });
+        (result, elapsed)
+    }
+
+    /// Runs the pipeline over `plan`.
+    ///
+    /// # Errors
+    /// Only when the run cannot start: the run exists already (new) or does not (resume),
+    /// or its manifest cannot be written or read. Failures after that are in the report.
+    pub async fn run(&self, run: &RunContext, plan: &Plan, mode: RunMode) -> Result<RunReport> {
+        let started = Instant::now();
+        let store = run.store().clone();
+        let layout = run.layout().clone();
+        let (mut manifest, mut journal) = match mode {
+            RunMode::New { input } => {
+                let manifest = Manifest {
+                    format: FORMAT_VERSION,
+                    run_id: run.run_id().to_owned(),
+                    experiment_name: run.experiment().name.to_string(),
+                    harness_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    experiment: run.experiment().to_json(),
+                    plan: plan.cells().iter().map(|c| c.id.clone()).collect(),
+                    host: HostInfo::current(),
+                    created_at: timestamp(SystemTime::now()),
+                    status: RunStatus::Running,
+                    sessions: vec![Session {
+                        started_at: timestamp(SystemTime::now()),
+                        finished_at: None,
+                        status: None,
+                    }],
+                    cells: BTreeMap::new(),
+                    teardown_errors: Vec::new(),
+                };
+                let data = serde_json::to_vec_pretty(&manifest)
+                    .map_err(|e| Error::failed("encoding the manifest", e.to_string()))?;
+                store
+                    .put_if_absent(&layout.manifest(), Bytes::from(data))
+                    .await?;
+                if let Some(input) = input {
+                    store.put(&layout.experiment(), Bytes::from(input)).await?;
+                }
+                let mut journal = BTreeMap::new();
+                for cell in plan.cells() {
+                    let entry = JournalEntry::pending(cell.id.clone());
+                    store.put_json(&layout.journal(&cell.id), &entry).await?;
+                    journal.insert(cell.id.clone(), entry);
+                }
+                (manifest, journal)
+            }
+            RunMode::Resume => {
+                let mut manifest: Manifest = store.get_json(&layout.manifest()).await?;
+                let planned: BTreeSet<&CellId> = manifest.plan.iter().collect();
+                let now: BTreeSet<&CellId> = plan.cells().iter().map(|c| &c.id).collect();
+                if planned != now {
+                    return Err(Error::invalid(
+                        format!("resume of run `{}`", run.run_id()),
+                        "the plan differs from the stored run's plan; resume with the stored experiment",
+                    ));
+                }
+                manifest.status = RunStatus::Running;
+                manifest.sessions.push(Session {
+                    started_at: timestamp(SystemTime::now()),
+                    finished_at: None,
+                    status: None,
+                });
+                store.put_json(&layout.manifest(), &manifest).await?;
+                let mut journal = BTreeMap::new();
+                for cell in plan.cells() {
+                    let entry = match store
+                        .get_json::<JournalEntry>(&layout.journal(&cell.id))
+                        .await
+                    {
+                        Ok(e) => e,
+                        Err(Error::NotFound { .. }) => JournalEntry::pending(cell.id.clone()),
+                        Err(e) => return Err(e),
+                    };
+                    journal.insert(cell.id.clone(), entry);
+                }
+                (manifest, journal)
+            }
+        };
+        let resumed = manifest.sessions.len() > 1;
+        let already_done = journal.values().filter(|e| !e.status.needs_run()).count();
+        self.emit(Event::RunStarted {
+            run_id: run.run_id().to_owned(),
+            experiment: run.experiment().name.to_string(),
+            total_cells: plan.len(),
+            already_done,
+            resumed,
+        });
+
+        let mut store_errors = Vec::new();
+        let mut reports: BTreeMap<CellId, CellReport> = BTreeMap::new();
+
+        // Setup.
+        self.emit(Event::StageStarted {
+            stage: Stage::Setup,
+        });
+        let mut setup_error: Option<CellError> = None;
+        for step in self.layered(run, Stage::Setup) {
+            let cx = run.step(Stage::Setup, None, step.step.name())?;
+            let (result, _) = self.invoke(&step, &cx).await;
+            if let Err(e) = result {
+                setup_error = Some(CellError {
+                    step: step.step.name().to_owned(),
+                    kind: e.kind().to_owned(),
+                    message: format!("setup step `{}` failed: {e}", step.step.name()),
+                });
+                break;
+            }
+        }
+
+        // Cells.
+        self.emit(Event::StageStarted { stage: Stage::Cell });
+        let cell_steps = self.layered(run, Stage::Cell);
+        let total = plan.len();
+        let mut stop = false;
+        for cell in plan.cells() {
+            let Some(entry) = journal.get(&cell.id).cloned() else {
+                continue;
+            };
+            if !entry.status.needs_run() {
+                self.emit(Event::CellSkipped {
+                    cell: cell.id.clone(),
+                });
+                reports.insert(cell.id.clone(), report_of(&entry, false, BTreeMap::new()));
+                continue;
+            }
+            if stop || run.cancel().is_cancelled() {
+                // Not reached: stays as it was in the journal, so resume runs it.
+                reports.insert(cell.id.clone(), report_of(&entry, false, BTreeMap::new()));
+                continue;
+            }
+            let (entry, metrics) = self
+                .run_cell(
+                    run,
+                    cell,
+                    entry,
+                    total,
+                    &cell_steps,
+                    setup_error.as_ref(),
+                    &mut store_errors,
+                )
+                .await;
+            if entry.status == CellStatus::Failed && run.experiment().policy.fail_fast {
+                stop = true;
+            }
+            reports.insert(cell.id.clone(), report_of(&entry, true, metrics));
+            journal.insert(cell.id.clone(), entry);
+        }
+
+        // Teardown: always, each step on a fresh token and its own timeout.
+        self.emit(Event::StageStarted {
+            stage: Stage::Teardown,
+        });
+        let teardown_run = run.with_cancel(CancellationToken::new());
+        let mut teardown_errors = Vec::new();
+        for step in self.layered(&teardown_run, Stage::Teardown) {
+            let cx = teardown_run.step(Stage::Teardown, None, step.step.name())?;
+            let (result, _) = self.invoke(&step, &cx).await;
+            if let Err(e) = result {
+                teardown_errors.push(format!("teardown step `{}`: {e}", step.step.name()));
+            }
+        }
+
+        // Run summary and manifest.
+        let cells: Vec<CellReport> = plan
+            .cells()
+            .iter()
+            .filter_map(|c| reports.remove(&c.id))
+            .collect();
+        let succeeded = cells
+            .iter()
+            .filter(|c| c.status == CellStatus::Succeeded)
+            .count();
+        let status = if succeeded == cells.len() {
+            RunStatus::Succeeded
+        } else if run.cancel().is_cancelled() {
+            RunStatus::Cancelled
+        } else if succeeded == 0 {
+            RunStatus::Failed
+        } else {
+            RunStatus::Partial
+        };
+        let mut summaries = Vec::with_capacity(cells.len());
+        for c in &cells {
+            if !matches!(c.status, CellStatus::Pending | CellStatus::Running) {
+                match store
+                    .get_json::<CellSummary>(&layout.cell_summary(&c.cell))
+                    .await
+                {
+                    Ok(s) => summaries.push(s),
+                    Err(e) => {
+                        store_errors.push(format!("reading the summary of `{}`: {e}", c.cell))
+                    }
+                }
+            }
+        }
+        if let Err(e) = store.put_json(&layout.summary(), &summaries).await {
+            store_errors.push(format!("writing the run summary: {e}"));
+        }
+        manifest.status = status;
+        manifest.cells = BTreeMap::new();
+        for c in &cells {
+            let key = serde_json::to_value(c.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            *manifest.cells.entry(key).or_default() += 1;
+        }
+        manifest.teardown_errors = teardown_errors.clone();
+        if let Some(s) = manifest.sessions.last_mut() {
+            s.finished_at = Some(timestamp(SystemTime::now()));
+            s.status = Some(status);
+        }
+        if let Err(e) = store.put_json(&layout.manifest(), &manifest).await {
+            store_errors.push(format!("writing the manifest: {e}"));
+        }
+        let elapsed = started.elapsed();
+        self.emit(Event::RunFinished { status, elapsed });
+        Ok(RunReport {
+            run_id: run.run_id().to_owned(),
+            status,
+            cells,
+            setup_error: setup_error.map(|e| e.message),
+            teardown_errors,
+            store_errors,
+            elapsed,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_cell(
+        &self,
+        run: &RunContext,
+        cell: &Cell,
+        mut entry: JournalEntry,
+        total: usize,
+        steps: &[Layered],
+        setup_error: Option<&CellError>,
+        store_errors: &mut Vec<String>,
+    ) -> (JournalEntry, BTreeMap<String, f64>) {
+        let store = run.store();
+        let layout = run.layout();
+        let started = Instant::now();
+        entry.attempts += 1;
+        entry.status = CellStatus::Running;
+        entry.started_at = Some(timestamp(SystemTime::now()));
+        entry.finished_at = None;
+        entry.duration_s = None;
+        entry.error = None;
+        self.emit(Event::CellStarted {
+            cell: cell.id.clone(),
+            index: cell.index,
+            total,
+        });
+        if let Err(e) = store.put_json(&layout.journal(&cell.id), &entry).await {
+            store_errors.push(format!("journal of `{}`: {e}", cell.id));
+        }
+
+        let shared = Arc::new(cell.clone());
+        let mut records = Vec::with_capacity(steps.len());
+        let mut metrics = BTreeMap::new();
+        let mut notes = Vec::new();
+        let mut error = setup_error.cloned();
+        let mut cancelled = false;
+        if error.is_none() {
+            for step in steps {
+                let name = step.step.name().to_owned();
+                let cx = match run.step(Stage::Cell, Some(shared.clone()), &name) {
+                    Ok(cx) => cx,
+                    Err(e) => {
+                        error = Some(cell_error(&name, &e));
+                        break;
+                    }
+                };
+                let (result, elapsed) = self.invoke(step, &cx).await;
+                match result {
+                    Ok(out) => {
+                        metrics.extend(out.metrics.iter().map(|(k, v)| (k.clone(), *v)));
+                        notes.extend(out.notes.iter().cloned());
+                        records.push(StepRecord {
+                            step: name,
+                            duration_s: secs(elapsed),
+                            output: Some(out),
+                            error: None,
+                        });
+                    }
+                    Err(e) => {
+                        cancelled = matches!(e, Error::Cancelled { .. });
+                        let ce = cell_error(&name, &e);
+                        records.push(StepRecord {
+                            step: name,
+                            duration_s: secs(elapsed),
+                            output: None,
+                            error: Some(ce.clone()),
+                        });
+                        error = Some(ce);
+                        break;
+                    }
+                }
+            }
+        }
+        let elapsed = started.elapsed();
+        let mut status = match (&error, cancelled) {
+            (None, _) => CellStatus::Succeeded,
+            (Some(_), true) => CellStatus::Cancelled,
+            (Some(_), false) => CellStatus::Failed,
+        };
+        let summary = CellSummary {
+            format: FORMAT_VERSION,
+            cell: cell.id.clone(),
+            params: cell.params.clone(),
+            status,
+            attempts: entry.attempts,
+            duration_s: secs(elapsed),
+            metrics: metrics.clone(),
+            notes,
+            steps: records,
+            error: error.clone(),
+        };
+        // The cell counts as succeeded only once its summary is stored.
+        if let Err(e) = store
+            .put_json(&layout.cell_summary(&cell.id), &summary)
+            .await
+        {
+            store_errors.push(format!("summary of `{}`: {e}", cell.id));
+            if status == CellStatus::Succeeded {
+                status = CellStatus::Failed;
+                error = Some(cell_error("store", &e));
+            }
+        }
+        entry.status = status;
+        entry.finished_at = Some(timestamp(SystemTime::now()));
+        entry.duration_s = Some(secs(elapsed));
+        entry.error = error.clone();
+        if let Err(e) = store.put_json(&layout.journal(&cell.id), &entry).await {
+            store_errors.push(format!("journal of `{}`: {e}", cell.id));
+        }
+        self.emit(Event::CellFinished {
+            cell: cell.id.clone(),
+            status,
+            elapsed,
+            error: error.map(|e| e.message),
+        });
+        (entry, metrics)
+    }
+}
+
+fn cell_error(step: &str, e: &Error) -> CellError {
+    CellError {
+        step: step.to_owned(),
+        kind: e.kind().to_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn report_of(entry: &JournalEntry, ran: bool, metrics: BTreeMap<String, f64>) -> CellReport {
+    CellReport {
+        cell: entry.cell.clone(),
+        status: entry.status,
+        ran,
+        attempts: entry.attempts,
+        duration: Duration::from_secs_f64(entry.duration_s.unwrap_or_default().max(0.0)),
+        metrics,
+        error: entry.error.clone(),
+    }
+}
+
+/// Reads the stored cell summaries of a run, in plan order, for reports of earlier runs.
+///
+/// # Errors
+/// As [`ArtifactStore::get`].
+pub async fn load_summaries(
+    store: &dyn ArtifactStore,
+    layout: &crate::store::RunLayout,
+) -> Result<Vec<CellSummary>> {
+    store.get_json(&layout.summary()).await
+}

@@ -1,0 +1,308 @@
+//! Built-in steps: deploy and tear down a workload, wait for an existing server, run a
+//! command.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use crate::backend::{BackendExt, Endpoint, Readiness, Workload, WorkloadSpec};
+use crate::config::{Deployment as DeploymentConfig, Experiment};
+use crate::error::{Error, Result};
+use crate::pipeline::{StepFactory, StepSource};
+use crate::step::{Step, StepContext, StepOutput};
+
+/// A workload that a setup step launches and a teardown step stops; make both steps from
+/// one value so they share the handle.
+///
+/// The deploy step stores the workload's [`Endpoint`] in the run's resources. The teardown
+/// step stores the workload's log as the artifact `<step>/workload.log`, then tears it down;
+/// it runs even when deploying failed midway.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    spec: WorkloadSpec,
+    ready_timeout: Duration,
+    slot: Arc<Mutex<Option<Workload>>>,
+}
+
+impl Deployment {
+    /// A deployment of `spec` that must become ready within `ready_timeout`.
+    pub fn new(spec: WorkloadSpec, ready_timeout: Duration) -> Self {
+        Deployment {
+            spec,
+            ready_timeout,
+            slot: Arc::default(),
+        }
+    }
+
+    /// The setup step, named `deploy`.
+    pub fn deploy_step(&self) -> DeployStep {
+        DeployStep(self.clone())
+    }
+
+    /// The teardown step, named `undeploy`.
+    pub fn teardown_step(&self) -> UndeployStep {
+        UndeployStep(self.clone())
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Workload>> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Launches a [`Deployment`] and waits until it is ready.
+#[derive(Debug)]
+pub struct DeployStep(Deployment);
+
+#[async_trait]
+impl Step for DeployStep {
+    fn name(&self) -> &str {
+        "deploy"
+    }
+
+    async fn run(&self, cx: &StepContext) -> Result<StepOutput> {
+        let d = &self.0;
+        let spec = d
+            .spec
+            .clone()
+            .label("harness/run", cx.run().run_id())
+            .label("harness/experiment", cx.experiment().name.as_str());
+        let workload = cx.backend().launch(&spec).await?;
+        *d.slot() = Some(workload.clone());
+        let start = Instant::now();
+        let endpoint = cx
+            .backend()
+            .wait_ready(&workload, d.ready_timeout, cx.cancel())
+            .await?;
+        let mut out = StepOutput::new().metric("deploy.ready_s", start.elapsed().as_secs_f64());
+        if let Some(ep) = endpoint {
+            out = out.note(format!("`{}` ready at {}", spec.name, ep.base_url));
+            cx.resources().insert(ep);
+        }
+        Ok(out)
+    }
+}
+
+/// Collects the log of a [`Deployment`] and tears it down.
+#[derive(Debug)]
+pub struct UndeployStep(Deployment);
+
+#[async_trait]
+impl Step for UndeployStep {
+    fn name(&self) -> &str {
+        "undeploy"
+    }
+
+    async fn run(&self, cx: &StepContext) -> Result<StepOutput> {
+        let Some(workload) = self.0.slot().clone() else {
+            return Ok(StepOutput::new().note("nothing was deployed"));
+        };
+        let mut out = StepOutput::new();
+        match cx.backend().logs(&workload).await {
+            Ok(log) => out = out.artifact(cx.artifacts().put("workload.log", log).await?),
+            Err(e) => out = out.note(format!("could not collect the log: {e}")),
+        }
+        cx.backend().teardown(&workload).await?;
+        *self.0.slot() = None;
+        Ok(out)
+    }
+}
+
+/// Waits for a server that harness did not start, and shares its [`Endpoint`].
+#[derive(Debug, Clone)]
+pub struct WaitReadyStep {
+    endpoint: Endpoint,
+    health: Option<String>,
+    timeout: Duration,
+}
+
+impl WaitReadyStep {
+    /// Waits up to `timeout` for `GET health` on `endpoint` to answer 2xx; without a health
+    /// path, only shares the endpoint.
+    pub fn new(endpoint: Endpoint, health: Option<String>, timeout: Duration) -> Self {
+        WaitReadyStep {
+            endpoint,
+            health,
+            timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl Step for WaitReadyStep {
+    fn name(&self) -> &str {
+        "wait-ready"
+    }
+
+    async fn run(&self, cx: &StepContext) -> Result<StepOutput> {
+        let start = Instant::now();
+        if let Some(path) = &self.health {
+            let probe = Readiness::Http { path: path.clone() };
+            let mut interval = Duration::from_millis(50);
+            while !probe.probe(&self.endpoint, Duration::from_secs(5)).await? {
+                if start.elapsed() >= self.timeout {
+                    return Err(Error::Timeout {
+                        what: format!("waiting for {} to answer 2xx", self.endpoint.url(path)),
+                        after: self.timeout,
+                    });
+                }
+                tokio::select! {
+                    () = cx.cancel().cancelled() => return Err(Error::Cancelled { what: "waiting for the endpoint".into() }),
+                    () = tokio::time::sleep(interval) => {}
+                }
+                interval = (interval * 2).min(Duration::from_secs(2));
+            }
+        }
+        cx.resources().insert(self.endpoint.clone());
+        Ok(StepOutput::new().metric("deploy.ready_s", start.elapsed().as_secs_f64()))
+    }
+}
+
+/// The setup and teardown steps for an experiment's `deployment` section.
+///
+/// # Errors
+/// [`Error::InvalidInput`] when the deployment's URL is invalid.
+pub fn deployment_steps(exp: &Experiment) -> Result<(Arc<dyn Step>, Option<Arc<dyn Step>>)> {
+    let ready = exp.policy.ready_timeout.get();
+    match &exp.deployment {
+        DeploymentConfig::Url { url, health } => Ok((
+            Arc::new(WaitReadyStep::new(
+                Endpoint::new(url)?,
+                health.clone(),
+                ready,
+            )),
+            None,
+        )),
+        DeploymentConfig::Command(c) => {
+            let readiness = match &c.health {
+                Some(path) => Readiness::Http { path: path.clone() },
+                None => Readiness::Tcp,
+            };
+            let mut spec = WorkloadSpec::process("deployment", c.command.clone())
+                .serving(c.port.unwrap_or(0), readiness);
+            for (k, v) in &c.env {
+                spec = spec.env(k, v);
+            }
+            if let Some(dir) = &c.cwd {
+                spec = spec.cwd(dir);
+            }
+            let d = Deployment::new(spec, ready);
+            Ok((Arc::new(d.deploy_step()), Some(Arc::new(d.teardown_step()))))
+        }
+    }
+}
+
+/// Runs a process through the backend, once per invocation, and fails unless it exits 0.
+///
+/// In an experiment:
+///
+/// ```yaml
+/// steps:
+///   - kind: command
+///     name: record-gpu
+///     run: [sh, -c, "nvidia-smi -q > /dev/null; echo {cell}"]
+///     env: {FOO: bar}
+/// ```
+///
+/// `{cell}`, `{run}` and every cell parameter (`{concurrency}`, `{isl}`, `{osl}`, ...) are
+/// filled into the arguments and environment, and `{endpoint}` is the base URL of the
+/// deployment when there is one. The output is stored as the artifact `output.log`.
+#[derive(Debug, Clone)]
+pub struct CommandStep {
+    name: String,
+    run: Vec<String>,
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandParams {
+    run: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+impl CommandStep {
+    /// A step named `name` that runs `run`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when `run` is empty.
+    pub fn new(name: impl Into<String>, run: Vec<String>) -> Result<Self> {
+        let name = name.into();
+        if run.first().is_none_or(|p| p.trim().is_empty()) {
+            return Err(Error::invalid(
+                format!("command step `{name}`"),
+                "`run` needs a program",
+            ));
+        }
+        Ok(CommandStep {
+            name,
+            run,
+            env: BTreeMap::new(),
+        })
+    }
+
+    /// Adds an environment variable.
+    #[must_use]
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// The factory for [`StepRegistry`](crate::StepRegistry): kind `command`.
+    pub fn factory() -> StepFactory {
+        Arc::new(|spec, source: &StepSource<'_>| {
+            let p: CommandParams = source.params(spec)?;
+            if p.run.first().is_none_or(|s| s.trim().is_empty()) {
+                return Err(source.error(
+                    "run",
+                    "needs a program and its arguments, e.g. [sh, -c, \"echo hi\"]",
+                ));
+            }
+            let mut step = CommandStep::new(spec.step_name(), p.run)?;
+            step.env = p.env;
+            Ok(Arc::new(step) as Arc<dyn Step>)
+        })
+    }
+}
+
+#[async_trait]
+impl Step for CommandStep {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn run(&self, cx: &StepContext) -> Result<StepOutput> {
+        let endpoint = cx
+            .resources()
+            .get::<Endpoint>()
+            .map(|e| e.base_url.clone())
+            .unwrap_or_default();
+        let fill = |s: &str| cx.fill(s).replace("{endpoint}", &endpoint);
+        let mut spec = WorkloadSpec::process(
+            format!("step-{}", self.name),
+            self.run.iter().map(|a| fill(a)),
+        );
+        for (k, v) in &self.env {
+            spec = spec.env(k, fill(v));
+        }
+        let backend = cx.backend();
+        let workload = backend.launch(&spec).await?;
+        let start = Instant::now();
+        let result = backend.wait_finished(&workload, cx.cancel()).await;
+        let elapsed = start.elapsed();
+        // Keep the output whatever happened, then always tear down.
+        let log = backend.logs(&workload).await;
+        let teardown = backend.teardown(&workload).await;
+        let mut out =
+            StepOutput::new().metric(format!("{}.duration_s", self.name), elapsed.as_secs_f64());
+        if let Ok(log) = log {
+            out = out.artifact(cx.artifacts().put("output.log", log).await?);
+        }
+        result?;
+        teardown?;
+        Ok(out)
+    }
+}
