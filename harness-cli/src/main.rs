@@ -1,1 +1,393 @@
-fn main() {}
+//! `harness`: validate and run benchmark sweeps described by one YAML file.
+
+mod check;
+mod progress;
+mod table;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use harness_core::journal::Manifest;
+use harness_core::steps::deployment_steps;
+use harness_core::{
+    ArtifactStore, ArtifactStoreExt, Backend, CancellationToken, Error, Experiment, LocalBackend,
+    Pipeline, RunContext, RunLayout, RunMode, RunStatus, Runner, Stage, StepRegistry,
+    TracingReporter,
+};
+
+/// Exit code for invalid input (experiment, overrides, arguments).
+const EXIT_INVALID: u8 = 2;
+/// Exit code when some cells or the run failed.
+const EXIT_FAILED: u8 = 1;
+
+/// Benchmark LLM inference deployments: one YAML experiment, a sweep of cells, stored runs.
+#[derive(Debug, Parser)]
+#[command(name = "harness", version, about)]
+struct Cli {
+    /// More log output: -v for debug, -vv for trace.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check an experiment file and print its plan of cells.
+    Validate {
+        /// The experiment file.
+        experiment: PathBuf,
+        /// Override a value: `--set policy.retries=0`, `--set concurrency=[1,2]`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Print the resolved experiment and plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run an experiment (or resume a run) and print a summary table.
+    Run {
+        /// The experiment file.
+        experiment: PathBuf,
+        /// Override a value: `--set policy.retries=0`, `--set concurrency=[1,2]`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Continue run RUN: only cells that did not succeed run again, with the stored
+        /// experiment.
+        #[arg(long, value_name = "RUN")]
+        resume: Option<String>,
+        /// Where runs are stored (overrides `storage.url`); default `file://./harness-runs`.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// Do not draw progress bars.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Print a commented experiment with every section and its default.
+    Init,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    runtime.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Init => {
+            print!("{}", harness_core::config::DEFAULT_EXPERIMENT);
+            ExitCode::SUCCESS
+        }
+        Command::Validate {
+            experiment,
+            sets,
+            json,
+        } => {
+            init_tracing(cli.verbose, cli.log_format, false);
+            match validate(&experiment, &sets, json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => report_error(&e),
+            }
+        }
+        Command::Run {
+            experiment,
+            sets,
+            resume,
+            store,
+            no_progress,
+        } => {
+            let show_progress = !no_progress && std::io::stderr().is_terminal();
+            init_tracing(cli.verbose, cli.log_format, show_progress);
+            match run(&experiment, &sets, resume, store, show_progress).await {
+                Ok(code) => code,
+                Err(e) => report_error(&e),
+            }
+        }
+    }
+}
+
+fn init_tracing(verbose: u8, format: LogFormat, quiet_for_progress: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 if quiet_for_progress => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("HARNESS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn report_error(e: &Error) -> ExitCode {
+    match e {
+        Error::Config(c) => {
+            eprintln!("error: {c}");
+            if let Some(snippet) = &c.snippet {
+                eprintln!("{snippet}");
+            }
+            ExitCode::from(EXIT_INVALID)
+        }
+        Error::InvalidInput { .. } => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_INVALID)
+        }
+        _ => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+fn load(path: &Path, sets: &[String]) -> Result<(Experiment, String), Error> {
+    let text =
+        std::fs::read(path).map_err(|e| Error::io(format!("reading `{}`", path.display()), e))?;
+    let exp =
+        Experiment::from_yaml_bytes(&text, &path.display().to_string())?.with_overrides(sets)?;
+    Ok((exp, String::from_utf8_lossy(&text).into_owned()))
+}
+
+fn registry() -> StepRegistry {
+    let mut r = StepRegistry::with_builtins();
+    r.register("http-check", check::HttpCheckStep::factory());
+    r
+}
+
+/// The pipeline for an experiment: deployment setup and teardown, the experiment's steps,
+/// and the default per-cell step when the experiment names none.
+fn build_pipeline(exp: &Experiment, file: &str) -> Result<(Pipeline, bool), Error> {
+    let (deploy, undeploy) = deployment_steps(exp)?;
+    let mut builder = Pipeline::builder().add(Stage::Setup, deploy, None);
+    if let Some(u) = undeploy {
+        builder = builder.add(Stage::Teardown, u, None);
+    }
+    builder = registry().build_into(exp, file, builder)?;
+    let default_step = !exp.steps.iter().any(|s| s.stage == Stage::Cell);
+    if default_step {
+        builder = builder.add(
+            Stage::Cell,
+            Arc::new(check::HttpCheckStep::new("http-check", "/")),
+            None,
+        );
+    }
+    Ok((builder.build()?, default_step))
+}
+
+fn validate(path: &Path, sets: &[String], json: bool) -> Result<(), Error> {
+    let (exp, _) = load(path, sets)?;
+    let plan = exp.plan()?;
+    build_pipeline(&exp, &path.display().to_string())?;
+    if json {
+        let out = serde_json::json!({
+            "experiment": exp.to_json(),
+            "cells": plan.cells().iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return Ok(());
+    }
+    println!("{}: valid", path.display());
+    println!("experiment `{}`: {} cells", exp.name, plan.len());
+    for cell in plan.cells() {
+        println!("  {:>4}  {}", cell.index + 1, cell.id);
+    }
+    Ok(())
+}
+
+fn new_run_id() -> String {
+    let now = SystemTime::now();
+    let text = humantime_like(now);
+    let salt = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default()
+        ^ std::process::id().rotate_left(16);
+    format!("{text}-{:04x}", salt & 0xffff)
+}
+
+/// `20261128-141200` from a time, in UTC.
+fn humantime_like(t: SystemTime) -> String {
+    let s = harness_core::journal::timestamp(t); // 2026-11-28T14:12:00.123Z
+    let digits: String = s.chars().take(19).filter(char::is_ascii_digit).collect();
+    format!(
+        "{}-{}",
+        &digits[..8.min(digits.len())],
+        &digits[8.min(digits.len())..]
+    )
+}
+
+async fn run(
+    path: &Path,
+    sets: &[String],
+    resume: Option<String>,
+    store_url: Option<String>,
+    show_progress: bool,
+) -> Result<ExitCode, Error> {
+    let file = path.display().to_string();
+    let (mut exp, input) = load(path, sets)?;
+    let url = store_url
+        .or_else(|| exp.storage.url.clone())
+        .unwrap_or_else(|| harness_storage::DEFAULT_STORE_URL.to_owned());
+    let store: Arc<dyn ArtifactStore> =
+        harness_storage::open(&url).map_err(|e| Error::invalid("store", e.to_string()))?;
+
+    let (run_id, mode) = match resume {
+        Some(run_id) => {
+            let layout = RunLayout::new(exp.name.as_str(), &run_id)?;
+            let manifest: Manifest =
+                store
+                    .get_json(&layout.manifest())
+                    .await
+                    .map_err(|e| match e {
+                        Error::NotFound { .. } => Error::invalid(
+                            format!("--resume {run_id}"),
+                            format!(
+                                "no run `{run_id}` of experiment `{}` in {}",
+                                exp.name,
+                                store.describe()
+                            ),
+                        ),
+                        other => other,
+                    })?;
+            let stored = Experiment::from_json(
+                &manifest.experiment,
+                &format!("{} (stored manifest)", layout.manifest()),
+            )?;
+            if stored != exp {
+                tracing::warn!(
+                    "`{file}` differs from the experiment stored with run {run_id}; resuming with the stored one"
+                );
+            }
+            exp = stored;
+            (run_id, RunMode::Resume)
+        }
+        None => (new_run_id(), RunMode::New { input: Some(input) }),
+    };
+    let plan = exp.plan()?;
+    let (pipeline, default_step) = build_pipeline(&exp, &file)?;
+    if default_step {
+        eprintln!(
+            "note: harness has no load generator yet (it lands with harness-llm); each cell runs the `http-check` \
+             connectivity step, which checks the endpoint answers at the cell's concurrency and measures no model performance"
+        );
+    }
+
+    let local = LocalBackend::new()?;
+    let backend: Arc<dyn Backend> = Arc::new(local.clone());
+    let cancel = CancellationToken::new();
+    let exp = Arc::new(exp);
+    let run_cx = RunContext::new(
+        run_id.clone(),
+        exp.clone(),
+        backend,
+        store.clone(),
+        cancel.clone(),
+    )?;
+    let progress = Arc::new(progress::ProgressReporter::new(!show_progress));
+    let runner = Runner::new(pipeline)
+        .reporter(progress.clone())
+        .reporter(Arc::new(TracingReporter));
+
+    eprintln!(
+        "run {run_id} of `{}`: {} cells, stored in {}",
+        exp.name,
+        plan.len(),
+        store.describe()
+    );
+    let signal = watch_signals(cancel.clone(), local.clone(), progress.bar().clone());
+    let report = runner.run(&run_cx, &plan, mode).await;
+    signal.abort();
+    progress.finish();
+    let report = report?;
+
+    let summaries = harness_core::runner::load_summaries(store.as_ref(), run_cx.layout())
+        .await
+        .unwrap_or_default();
+    println!("{}", table::summary_table(&plan, &report, &summaries));
+    for e in report
+        .setup_error
+        .iter()
+        .chain(&report.teardown_errors)
+        .chain(&report.store_errors)
+    {
+        eprintln!("warning: {e}");
+    }
+    let ok = report.count(harness_core::CellStatus::Succeeded);
+    println!(
+        "run {} {:?}: {ok}/{} cells succeeded in {:.1}s; stored at {}/{}",
+        report.run_id,
+        report.status,
+        plan.len(),
+        report.elapsed.as_secs_f64(),
+        store.describe(),
+        run_cx.layout().root()
+    );
+    if report.status != RunStatus::Succeeded {
+        println!("resume with: harness run {file} --resume {}", report.run_id);
+    }
+    Ok(match report.status {
+        RunStatus::Succeeded => ExitCode::SUCCESS,
+        RunStatus::Cancelled => ExitCode::from(130),
+        _ => ExitCode::from(EXIT_FAILED),
+    })
+}
+
+/// First SIGINT or SIGTERM: cancel the run (teardown still runs). Second: kill every child
+/// process group now and exit.
+fn watch_signals(
+    cancel: CancellationToken,
+    backend: LocalBackend,
+    bar: indicatif::ProgressBar,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::warn!("cannot listen for SIGINT/SIGTERM");
+            return;
+        };
+        let first = tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM" };
+        bar.suspend(|| {
+            eprintln!("{first}: stopping after teardown; send it again to kill everything now");
+        });
+        cancel.cancel();
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        eprintln!("second signal: killing all child processes and exiting");
+        backend.kill_all_now();
+        std::process::exit(130);
+    })
+}
