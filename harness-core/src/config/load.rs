@@ -175,7 +175,7 @@ impl Experiment {
         let parsed =
             serde_saphyr::with_deserializer_from_str_with_options(text, parse_options(), |de| {
                 serde_path_to_error::deserialize::<_, Experiment>(de).map_err(|e| {
-                    *field.borrow_mut() = e.path().to_string();
+                    *field.borrow_mut() = clean_path(&e.path().to_string());
                     e.into_inner()
                 })
             });
@@ -395,4 +395,15 @@ fn step_positions(text: &str) -> super::Positions {
             })
             .unwrap_or_default(),
     )
+}
+
+/// serde_path_to_error writes `?` for a position it cannot name (inside a key, or a
+/// syntax error); drop it, keeping the part that is known.
+fn clean_path(path: &str) -> String {
+    let known = path.trim_end_matches('?').trim_end_matches('.');
+    if known.is_empty() {
+        ".".to_owned()
+    } else {
+        known.to_owned()
+    }
 }
