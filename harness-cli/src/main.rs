@@ -189,9 +189,9 @@ fn registry() -> StepRegistry {
 /// The pipeline for an experiment: deployment setup and teardown, the experiment's steps,
 /// and the default per-cell step when the experiment names none.
 fn build_pipeline(exp: &Experiment, file: &str) -> Result<(Pipeline, bool), Error> {
-    let (deploy, undeploy) = deployment_steps(exp)?;
-    let mut builder = Pipeline::builder().add(Stage::Setup, deploy, None);
-    if let Some(u) = undeploy {
+    let deployment = deployment_steps(exp)?;
+    let mut builder = Pipeline::builder().add(Stage::Setup, deployment.setup, None);
+    if let Some(u) = deployment.teardown {
         builder = builder.add(Stage::Teardown, u, None);
     }
     builder = registry().build_into(exp, file, builder)?;

@@ -310,15 +310,18 @@ fn kill_9_then_resume_completes_the_remaining_cells_without_redoing_finished_one
     let dir = tempfile::tempdir().expect("tempdir");
     let marks = dir.path().join("marks.txt");
     let gate = dir.path().join("gate");
+    let deployments = dir.path().join("deployments.pid");
     // Cell 3 blocks until the gate file exists, so the kill lands while it runs.
     write(
         dir.path(),
         "resume.yaml",
         &format!(
             "name: resume\nmodel: {{name: m}}\nconcurrency: [1, 2, 3, 4]\nbenchmark: {{isl_osl: [[8, 2]]}}\n\
+             deployment:\n  command: [sh, -c, 'echo $$ >> {deployments}; exec python3 -m http.server {{port}} --bind 127.0.0.1']\n  health: /\n\
              steps:\n  - kind: command\n    name: mark\n    run: [sh, -c, 'echo {{cell}} >> {marks}; if [ {{concurrency}} -eq 3 ]; then while [ ! -e {gate} ]; do sleep 0.05; done; fi']\n",
             marks = marks.display(),
-            gate = gate.display()
+            gate = gate.display(),
+            deployments = deployments.display(),
         ),
     );
     let mut child = harness()

@@ -72,3 +72,8 @@ pub use store::{
     ArtifactKey, ArtifactMeta, ArtifactStore, ArtifactStoreExt, MemoryStore, RunLayout, ScopedStore,
 };
 pub use tokio_util::sync::CancellationToken;
+
+/// The README's Rust blocks, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -23,6 +23,10 @@ use crate::error::{Error, Result};
 /// * [`Backend::teardown`] sends SIGTERM to the whole group, waits a grace period, then
 ///   SIGKILL; dropping the backend kills every group it still owns. A terminal's Ctrl-C
 ///   reaches harness only, never the children directly: harness decides when they stop.
+/// * If the owning process dies without dropping the backend (`kill -9`), its workloads
+///   outlive it; the next [`LocalBackend::new`] on the machine finds them through the
+///   records kept in the backend's folder and kills them (process start times are checked,
+///   so a reused pid is never hit).
 ///
 /// ```no_run
 /// use harness_core::{Backend, BackendExt, LocalBackend, Readiness, WorkloadSpec};
@@ -73,9 +77,23 @@ impl LocalBackend {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or_default();
-        let dir = std::env::temp_dir().join(format!("harness-{}-{nanos}", std::process::id()));
+        let root = std::env::temp_dir();
+        let reaped = reap_orphans(&root);
+        if reaped > 0 {
+            tracing::warn!(
+                reaped,
+                "killed process groups left behind by a harness that died"
+            );
+        }
+        let dir = root.join(format!("{STATE_PREFIX}{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let me = std::process::id() as i32;
+        if let Some(start) = start_time(me) {
+            let owner = dir.join(OWNER_FILE);
+            std::fs::write(&owner, format!("{me} {start}\n"))
+                .map_err(|e| Error::io(format!("writing {}", owner.display()), e))?;
+        }
         Ok(Self::build(dir, true, Duration::from_secs(5)))
     }
 
@@ -143,6 +161,72 @@ impl Drop for Inner {
             let _ = std::fs::remove_dir_all(&self.log_dir);
         }
     }
+}
+
+/// Folders of backends made by [`LocalBackend::new`] are named `<prefix><pid>-<nanos>`.
+const STATE_PREFIX: &str = "harness-";
+/// The owner record: `<pid> <start time>`.
+const OWNER_FILE: &str = "owner";
+/// A process group record: `<pgid> <start time of its leader>`.
+const GROUP_SUFFIX: &str = ".pgid";
+
+/// A process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22), which
+/// together with the pid names one process for the machine's uptime.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); field 22 is at index 19.
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+fn read_record(path: &Path) -> Option<(i32, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut parts = text.split_whitespace();
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Kills the process groups recorded by backends whose owner process is gone, and removes
+/// their folders. Returns how many groups were killed.
+fn reap_orphans(root: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let mut reaped = 0;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let is_state = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(STATE_PREFIX));
+        let Some((owner, owner_start)) = is_state
+            .then(|| read_record(&dir.join(OWNER_FILE)))
+            .flatten()
+        else {
+            continue;
+        };
+        if start_time(owner) == Some(owner_start) {
+            continue; // The owner is alive: not ours to touch.
+        }
+        for record in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = record.path();
+            if !path.to_string_lossy().ends_with(GROUP_SUFFIX) {
+                continue;
+            }
+            if let Some((pgid, start)) = read_record(&path)
+                && start_time(pgid) == Some(start)
+                && killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok()
+            {
+                reaped += 1;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    reaped
 }
 
 fn describe_exit(status: ExitStatus) -> String {
@@ -245,6 +329,14 @@ impl Backend for LocalBackend {
             None => None,
         };
         let id = format!("local-{pid}");
+        if self.inner.owns_log_dir
+            && let Some(start) = start_time(pid)
+        {
+            let record = self.inner.log_dir.join(format!("{pid}{GROUP_SUFFIX}"));
+            if let Err(e) = tokio::fs::write(&record, format!("{pid} {start}\n")).await {
+                tracing::warn!(error = %e, "cannot record the process group; it may outlive a killed harness");
+            }
+        }
         tracing::debug!(workload = %spec.name, %id, ?port, "launched");
         self.inner.lock().insert(
             id.clone(),
@@ -344,6 +436,12 @@ impl Backend for LocalBackend {
         let _ = killpg(proc.pgid, Signal::SIGKILL);
         let _ = proc.child.wait().await;
         let _ = tokio::fs::remove_file(&proc.log_path).await;
+        let _ = tokio::fs::remove_file(
+            self.inner
+                .log_dir
+                .join(format!("{}{GROUP_SUFFIX}", proc.pgid.as_raw())),
+        )
+        .await;
         tracing::debug!(workload = %workload.name, "torn down");
         Ok(())
     }

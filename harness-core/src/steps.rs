@@ -160,21 +160,31 @@ impl Step for WaitReadyStep {
     }
 }
 
+/// The steps that bring up and take down an experiment's deployment.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeploymentSteps {
+    /// Runs in setup: starts the deployment or waits for it, and shares its [`Endpoint`].
+    pub setup: Arc<dyn Step>,
+    /// Runs in teardown, when harness started the deployment.
+    pub teardown: Option<Arc<dyn Step>>,
+}
+
 /// The setup and teardown steps for an experiment's `deployment` section.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] when the deployment's URL is invalid.
-pub fn deployment_steps(exp: &Experiment) -> Result<(Arc<dyn Step>, Option<Arc<dyn Step>>)> {
+pub fn deployment_steps(exp: &Experiment) -> Result<DeploymentSteps> {
     let ready = exp.policy.ready_timeout.get();
     match &exp.deployment {
-        DeploymentConfig::Url { url, health } => Ok((
-            Arc::new(WaitReadyStep::new(
+        DeploymentConfig::Url { url, health } => Ok(DeploymentSteps {
+            setup: Arc::new(WaitReadyStep::new(
                 Endpoint::new(url)?,
                 health.clone(),
                 ready,
             )),
-            None,
-        )),
+            teardown: None,
+        }),
         DeploymentConfig::Command(c) => {
             let readiness = match &c.health {
                 Some(path) => Readiness::Http { path: path.clone() },
@@ -189,7 +199,10 @@ pub fn deployment_steps(exp: &Experiment) -> Result<(Arc<dyn Step>, Option<Arc<d
                 spec = spec.cwd(dir);
             }
             let d = Deployment::new(spec, ready);
-            Ok((Arc::new(d.deploy_step()), Some(Arc::new(d.teardown_step()))))
+            Ok(DeploymentSteps {
+                setup: Arc::new(d.deploy_step()),
+                teardown: Some(Arc::new(d.teardown_step())),
+            })
         }
     }
 }

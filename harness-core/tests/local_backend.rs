@@ -44,10 +44,10 @@ fn alive(pid: i32) -> bool {
 async fn read_pid(path: &Path) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if let Ok(pid) = s.trim().parse() {
-                return pid;
-            }
+        if let Ok(s) = std::fs::read_to_string(path)
+            && let Ok(pid) = s.trim().parse()
+        {
+            return pid;
         }
         assert!(
             Instant::now() < deadline,
@@ -222,9 +222,9 @@ async fn run_with(
     extra_cell_steps: Vec<Arc<dyn Step>>,
 ) -> (RunReport, MemoryStore) {
     let store = MemoryStore::new();
-    let (deploy, undeploy) = deployment_steps(exp).expect("deployment steps");
-    let mut b = Pipeline::builder().add(Stage::Setup, deploy, None);
-    if let Some(u) = undeploy {
+    let deployment = deployment_steps(exp).expect("deployment steps");
+    let mut b = Pipeline::builder().add(Stage::Setup, deployment.setup, None);
+    if let Some(u) = deployment.teardown {
         b = b.add(Stage::Teardown, u, None);
     }
     for s in extra_cell_steps {

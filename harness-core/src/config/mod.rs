@@ -212,12 +212,12 @@ struct RawDeployment {
 impl TryFrom<RawDeployment> for Deployment {
     type Error = String;
     fn try_from(r: RawDeployment) -> Result<Self, String> {
-        if let Some(h) = &r.health {
-            if !h.starts_with('/') {
-                return Err(format!(
-                    "deployment.health must be a path starting with `/`, got `{h}`"
-                ));
-            }
+        if let Some(h) = &r.health
+            && !h.starts_with('/')
+        {
+            return Err(format!(
+                "deployment.health must be a path starting with `/`, got `{h}`"
+            ));
         }
         match (r.url, r.command) {
             (Some(url), None) => {
@@ -291,10 +291,11 @@ pub(crate) fn check_http_url(url: &str) -> Result<(), String> {
     if host.is_empty() {
         return Err(format!("the URL `{url}` has no host"));
     }
-    if let Some((_, port)) = host.rsplit_once(':') {
-        if !port.ends_with(']') && port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(format!("the URL `{url}` has an invalid port `{port}`"));
-        }
+    if let Some((_, port)) = host.rsplit_once(':')
+        && !port.ends_with(']')
+        && port.parse::<u16>().ok().is_none_or(|p| p == 0)
+    {
+        return Err(format!("the URL `{url}` has an invalid port `{port}`"));
     }
     Ok(())
 }
@@ -320,7 +321,7 @@ pub enum BackendKind {
 }
 
 /// How much load each cell gets.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Load {
@@ -336,17 +337,6 @@ pub struct Load {
     /// Seed for prompts and arrivals, so a run can be repeated exactly.
     #[serde(default)]
     pub seed: u64,
-}
-
-impl Default for Load {
-    fn default() -> Self {
-        Load {
-            requests: None,
-            duration: None,
-            warmup_requests: 0,
-            seed: 0,
-        }
-    }
 }
 
 /// The tokenizer for prompt synthesis and token counts.

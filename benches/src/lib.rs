@@ -1,0 +1,1 @@
+//! Criterion benchmarks of harness: `cargo bench -p benches`. See `docs/PERFORMANCE.md`.

@@ -1,0 +1,1 @@
+//! Runnable examples of the harness libraries; see README.md in this folder.
