@@ -5,14 +5,10 @@
 //!
 //! `cargo run -p examples --example custom_backend`
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use bytes::Bytes;
 use harness_core::testkit::{BackendFixtures, backend_conformance};
-use harness_core::{
-    Backend, LocalBackend, Readiness, Result, Workload, WorkloadSpec, WorkloadStatus,
-};
+use harness_core::{Backend, LocalBackend, Result, Workload, WorkloadSpec, WorkloadStatus};
 
 #[derive(Debug)]
 struct Niced {
@@ -53,26 +49,13 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         inner: LocalBackend::new()?,
         niceness: 10,
     };
-    let sh = |name: &str, script: &str| WorkloadSpec::process(name, ["sh", "-c", script]);
+    // The standard fixtures, with a job that checks it really runs under `nice`.
+    let job = WorkloadSpec::process("job", ["sh", "-c", "test \"$(nice)\" -ge 10"]);
     backend_conformance(
         &backend,
         BackendFixtures {
-            server: WorkloadSpec::process(
-                "web",
-                [
-                    "python3",
-                    "-m",
-                    "http.server",
-                    "{port}",
-                    "--bind",
-                    "127.0.0.1",
-                ],
-            )
-            .serving(0, Readiness::Http { path: "/".into() }),
-            crashing: sh("crash", "echo gone >&2; exit 2").serving(0, Readiness::Tcp),
-            crash_marker: "gone".into(),
-            job: sh("job", "test \"$(nice)\" -ge 10"),
-            ready_timeout: Duration::from_secs(30),
+            job,
+            ..BackendFixtures::local_processes()
         },
     )
     .await;

@@ -178,6 +178,46 @@ pub struct BackendFixtures {
     pub ready_timeout: Duration,
 }
 
+impl BackendFixtures {
+    /// Workloads for backends that run local processes: `python3 -m http.server` as the
+    /// server, `sh` scripts for the crash and the job.
+    pub fn local_processes() -> Self {
+        let sh = |name: &str, script: &str| WorkloadSpec::process(name, ["sh", "-c", script]);
+        BackendFixtures {
+            server: WorkloadSpec::process(
+                "web",
+                [
+                    "python3",
+                    "-m",
+                    "http.server",
+                    "{port}",
+                    "--bind",
+                    "127.0.0.1",
+                ],
+            )
+            .serving(0, crate::backend::Readiness::Http { path: "/".into() }),
+            crashing: sh("crasher", "echo starting; echo crash-marker-42 >&2; exit 3")
+                .serving(0, crate::backend::Readiness::Tcp),
+            crash_marker: "crash-marker-42".into(),
+            job: sh("job", "echo done"),
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Whether process `pid` exists on this machine and is not a zombie (Linux `/proc`).
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
 /// Checks every rule of the [`Backend`] contract with the given workloads.
 pub async fn backend_conformance(backend: &dyn Backend, fx: BackendFixtures) {
     let b = backend.name().to_owned();

@@ -13,33 +13,7 @@ fn sh(name: &str, script: &str) -> WorkloadSpec {
     WorkloadSpec::process(name, ["sh", "-c", script])
 }
 
-fn http_server() -> WorkloadSpec {
-    WorkloadSpec::process(
-        "web",
-        [
-            "python3",
-            "-m",
-            "http.server",
-            "{port}",
-            "--bind",
-            "127.0.0.1",
-        ],
-    )
-    .serving(0, Readiness::Http { path: "/".into() })
-}
-
-/// Whether a process exists and is not a zombie.
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or_default()
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
+use harness_core::testkit::process_alive as alive;
 
 async fn read_pid(path: &Path) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -72,18 +46,7 @@ async fn wait_dead(pid: i32) -> bool {
 #[tokio::test]
 async fn local_backend_passes_the_backend_conformance_suite() {
     let backend = LocalBackend::new().expect("backend");
-    backend_conformance(
-        &backend,
-        BackendFixtures {
-            server: http_server(),
-            crashing: sh("crasher", "echo starting; echo crash-marker-42 >&2; exit 3")
-                .serving(0, Readiness::Tcp),
-            crash_marker: "crash-marker-42".into(),
-            job: sh("job", "echo done"),
-            ready_timeout: Duration::from_secs(30),
-        },
-    )
-    .await;
+    backend_conformance(&backend, BackendFixtures::local_processes()).await;
     assert_eq!(
         backend.live_workloads(),
         0,

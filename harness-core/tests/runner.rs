@@ -48,6 +48,18 @@ async fn journal(store: &dyn ArtifactStore, layout: &RunLayout, cell: &str) -> J
         .expect("journal entry")
 }
 
+/// Runs `pipeline` as a new run over the experiment's plan.
+async fn run_new(pipeline: Pipeline, run: &RunContext, exp: &Experiment) -> RunReport {
+    Runner::new(pipeline)
+        .run(
+            run,
+            &exp.plan().expect("plan"),
+            RunMode::New { input: None },
+        )
+        .await
+        .expect("run")
+}
+
 #[derive(Default)]
 struct Events(Mutex<Vec<Event>>);
 impl Reporter for Events {
@@ -171,14 +183,7 @@ async fn a_step_that_times_out_fails_its_cell_and_the_sweep_goes_on() {
         )
         .build()
         .expect("pipeline");
-    let report = Runner::new(pipeline)
-        .run(
-            &run,
-            &exp.plan().expect("plan"),
-            RunMode::New { input: None },
-        )
-        .await
-        .expect("run");
+    let report = run_new(pipeline, &run, &exp).await;
     let statuses: Vec<CellStatus> = report.cells.iter().map(|c| c.status).collect();
     assert_eq!(
         statuses,
@@ -225,14 +230,7 @@ async fn transient_errors_are_retried_and_others_are_not() {
         .per_cell(flaky)
         .build()
         .expect("pipeline");
-    let report = Runner::new(pipeline)
-        .run(
-            &run,
-            &exp.plan().expect("plan"),
-            RunMode::New { input: None },
-        )
-        .await
-        .expect("run");
+    let report = run_new(pipeline, &run, &exp).await;
     let calls = calls.lock().expect("lock").clone();
     assert_eq!(calls, BTreeMap::from([(1, 3), (2, 1), (3, 4), (4, 1)]));
     assert_eq!(report.cells[0].status, CellStatus::Succeeded);
@@ -259,14 +257,7 @@ async fn fail_fast_stops_at_the_first_failed_cell_and_leaves_the_rest_pending() 
         }))
         .build()
         .expect("pipeline");
-    let report = Runner::new(pipeline)
-        .run(
-            &run,
-            &exp.plan().expect("plan"),
-            RunMode::New { input: None },
-        )
-        .await
-        .expect("run");
+    let report = run_new(pipeline, &run, &exp).await;
     let statuses: Vec<(CellStatus, bool)> =
         report.cells.iter().map(|c| (c.status, c.ran)).collect();
     assert_eq!(
@@ -308,14 +299,7 @@ async fn a_failed_setup_fails_every_cell_and_teardown_still_runs_once() {
         .teardown(teardown)
         .build()
         .expect("pipeline");
-    let report = Runner::new(pipeline)
-        .run(
-            &run,
-            &exp.plan().expect("plan"),
-            RunMode::New { input: None },
-        )
-        .await
-        .expect("run");
+    let report = run_new(pipeline, &run, &exp).await;
     assert_eq!(report.status, RunStatus::Failed);
     assert_eq!(report.count(CellStatus::Failed), 4);
     assert!(
@@ -352,14 +336,7 @@ async fn a_teardown_failure_is_reported_and_the_next_teardown_step_still_runs() 
         }))
         .build()
         .expect("pipeline");
-    let report = Runner::new(pipeline)
-        .run(
-            &run,
-            &exp.plan().expect("plan"),
-            RunMode::New { input: None },
-        )
-        .await
-        .expect("run");
+    let report = run_new(pipeline, &run, &exp).await;
     assert_eq!(report.status, RunStatus::Succeeded);
     assert_eq!(ran.load(Ordering::SeqCst), 1);
     assert_eq!(report.teardown_errors.len(), 1);
@@ -594,14 +571,7 @@ async fn steps_write_artifacts_into_their_own_folder_and_share_resources() {
         }))
         .build()
         .expect("pipeline");
-    let report = Runner::new(pipeline)
-        .run(
-            &run,
-            &exp.plan().expect("plan"),
-            RunMode::New { input: None },
-        )
-        .await
-        .expect("run");
+    let report = run_new(pipeline, &run, &exp).await;
     assert_eq!(report.status, RunStatus::Succeeded);
     let key =
         ArtifactKey::new("runs/t/r1/cells/concurrency=1,isl=16,osl=4/artifacts/probe/seen.txt")
