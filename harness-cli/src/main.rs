@@ -105,7 +105,7 @@ async fn async_main(cli: Cli) -> ExitCode {
             sets,
             json,
         } => {
-            init_tracing(cli.verbose, cli.log_format, false);
+            init_tracing(cli.verbose, cli.log_format, None);
             match validate(&experiment, &sets, json) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => report_error(&e),
@@ -119,8 +119,10 @@ async fn async_main(cli: Cli) -> ExitCode {
             no_progress,
         } => {
             let show_progress = !no_progress && std::io::stderr().is_terminal();
-            init_tracing(cli.verbose, cli.log_format, show_progress);
-            match run(&experiment, &sets, resume, store, show_progress).await {
+            let progress = Arc::new(progress::ProgressReporter::new(!show_progress));
+            let bar = show_progress.then(|| progress.bar().clone());
+            init_tracing(cli.verbose, cli.log_format, bar);
+            match run(&experiment, &sets, resume, store, progress).await {
                 Ok(code) => code,
                 Err(e) => report_error(&e),
             }
@@ -128,19 +130,25 @@ async fn async_main(cli: Cli) -> ExitCode {
     }
 }
 
-fn init_tracing(verbose: u8, format: LogFormat, quiet_for_progress: bool) {
+/// Logs to stderr; with a progress bar, quieter by default and printed above the bar.
+fn init_tracing(verbose: u8, format: LogFormat, bar: Option<indicatif::ProgressBar>) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
     let default = match verbose {
-        0 if quiet_for_progress => "warn",
+        0 if bar.is_some() => "warn",
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_env("HARNESS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let writer = match bar {
+        Some(bar) => BoxMakeWriter::new(progress::BarWriter(bar)),
+        None => BoxMakeWriter::new(std::io::stderr.with_max_level(tracing::Level::TRACE)),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -152,7 +160,9 @@ fn report_error(e: &Error) -> ExitCode {
         Error::Config(c) => {
             eprintln!("error: {c}");
             if let Some(snippet) = &c.snippet {
-                eprintln!("{snippet}");
+                // The snippet's first line repeats the message printed above.
+                let body = snippet.split_once('\n').map_or("", |(_, rest)| rest);
+                eprintln!("{body}");
             }
             ExitCode::from(EXIT_INVALID)
         }
@@ -253,7 +263,7 @@ async fn run(
     sets: &[String],
     resume: Option<String>,
     store_url: Option<String>,
-    show_progress: bool,
+    progress: Arc<progress::ProgressReporter>,
 ) -> Result<ExitCode, Error> {
     let file = path.display().to_string();
     let (mut exp, input) = load(path, sets)?;
@@ -315,7 +325,6 @@ async fn run(
         store.clone(),
         cancel.clone(),
     )?;
-    let progress = Arc::new(progress::ProgressReporter::new(!show_progress));
     let runner = Runner::new(pipeline)
         .reporter(progress.clone())
         .reporter(Arc::new(TracingReporter));

@@ -21,11 +21,10 @@ impl ProgressReporter {
         };
         let bar = ProgressBar::with_draw_target(None, target);
         let style = ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} cells  ETA {eta}  {msg}",
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} cells {prefix} ETA {eta}  {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
-        bar.enable_steady_tick(Duration::from_millis(200));
         ProgressReporter {
             bar,
             failed: Mutex::new(0),
@@ -49,6 +48,8 @@ impl Reporter for ProgressReporter {
                 already_done,
                 ..
             } => {
+                // Drawing starts here, after what the CLI prints before the run.
+                self.bar.enable_steady_tick(Duration::from_millis(200));
                 self.bar.set_length(*total_cells as u64);
                 self.bar.set_position(0);
                 if *already_done > 0 {
@@ -71,5 +72,26 @@ impl Reporter for ProgressReporter {
             Event::RunFinished { .. } => self.bar.set_message("done"),
             _ => {}
         }
+    }
+}
+
+/// A tracing writer that prints above the progress bar instead of through it.
+#[derive(Clone)]
+pub(crate) struct BarWriter(pub(crate) ProgressBar);
+
+impl std::io::Write for BarWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.suspend(|| std::io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BarWriter {
+    type Writer = BarWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
     }
 }

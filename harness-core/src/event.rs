@@ -115,14 +115,13 @@ impl Reporter for TracingReporter {
                 elapsed,
                 error,
                 ..
-            } => match error {
-                Some(e) => {
-                    tracing::warn!(%step, cell = ?cell.as_ref().map(|c| c.as_str()), ?elapsed, error = %e, "step failed")
+            } => {
+                let cell = cell.as_ref().map_or("-", |c| c.as_str());
+                match error {
+                    Some(e) => tracing::warn!(%step, cell, ?elapsed, error = %e, "step failed"),
+                    None => tracing::debug!(%step, cell, ?elapsed, "step done"),
                 }
-                None => {
-                    tracing::debug!(%step, cell = ?cell.as_ref().map(|c| c.as_str()), ?elapsed, "step done")
-                }
-            },
+            }
             Event::CellStarted { cell, index, total } => {
                 tracing::info!(cell = %cell, n = index + 1, total, "cell started");
             }
