@@ -198,11 +198,24 @@ pub fn deployment_steps(exp: &Experiment) -> Result<DeploymentSteps> {
             if let Some(dir) = &c.cwd {
                 spec = spec.cwd(dir);
             }
-            let d = Deployment::new(spec, ready);
-            Ok(DeploymentSteps {
-                setup: Arc::new(d.deploy_step()),
-                teardown: Some(Arc::new(d.teardown_step())),
-            })
+            Ok(DeploymentSteps::for_workload(spec, ready))
+        }
+        DeploymentConfig::Mock(_) => Err(Error::NotSupported {
+            what: "starting the mock deployment from harness-core; \
+                   `harness_llm::deployment_steps` starts it"
+                .into(),
+        }),
+    }
+}
+
+impl DeploymentSteps {
+    /// Steps that launch `spec` through the backend, wait up to `ready_timeout`, and tear
+    /// it down at the end.
+    pub fn for_workload(spec: WorkloadSpec, ready_timeout: Duration) -> Self {
+        let d = Deployment::new(spec, ready_timeout);
+        DeploymentSteps {
+            setup: Arc::new(d.deploy_step()),
+            teardown: Some(Arc::new(d.teardown_step())),
         }
     }
 }

@@ -1,5 +1,22 @@
 //! OpenAI-compatible load generation for harness.
 //!
-//! Not implemented yet: this crate will hold the streaming client, prompt synthesis, the
-//! load scheduler, the benchmark step and the mock server. It exports nothing until then;
-//! `harness run` says plainly that it does not benchmark without it.
+//! * [`client`]: a pooled streaming client that turns one request into one
+//!   [`client::RequestRecord`] with monotonic nanosecond timestamps.
+//! * [`load`]: closed loop (concurrency) and open loop (request rate, Poisson or constant)
+//!   scheduling, with warmup.
+//! * [`prompts`]: prompts of an exact token count under a built-in tiktoken encoding.
+//! * [`summary`]: a cell's statistics, with aiperf's metric definitions.
+//! * [`step::BenchmarkStep`]: all of the above as a pipeline step.
+//! * [`mock`]: a mock OpenAI server with fault injection.
+//! * [`sse`], [`openai`]: the stream parser and the wire format.
+
+pub mod client;
+pub mod load;
+pub mod mock;
+pub mod openai;
+pub mod prompts;
+pub mod sse;
+pub mod step;
+pub mod summary;
+
+pub use step::{BenchmarkStep, deployment_steps, mock_workload};

@@ -164,6 +164,116 @@ pub enum Deployment {
     },
     /// A local command that harness starts, waits for, and stops at the end.
     Command(CommandDeployment),
+    /// The built-in mock OpenAI server (harness-llm), started as a local process: for
+    /// demos, tests and measuring the client itself.
+    Mock(MockDeployment),
+}
+
+/// The mock OpenAI server's behaviour: timing, output length and injected faults.
+///
+/// Each request draws its fate from a seeded hash of its sequence number, so a run repeats
+/// exactly. Rates are fractions of requests, from 0 to 1, and add up to at most 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MockDeployment {
+    /// Time to the first content token, in milliseconds.
+    #[serde(default, deserialize_with = "de_millis")]
+    pub ttft_ms: f64,
+    /// Time between content tokens, in milliseconds.
+    #[serde(default, deserialize_with = "de_millis")]
+    pub itl_ms: f64,
+    /// Each delay is scaled by a uniform factor in `1 ± jitter` (0 to 1).
+    #[serde(default, deserialize_with = "de_fraction")]
+    pub jitter: f64,
+    /// Output tokens per response; without it, the request's `max_tokens` (16 if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<Positive>,
+    /// Fraction of requests answered with `error_status` instead of a completion.
+    #[serde(default, deserialize_with = "de_fraction")]
+    pub error_rate: f64,
+    /// The HTTP status of injected errors (400 to 599).
+    #[serde(default = "default_error_status", deserialize_with = "de_status")]
+    pub error_status: u16,
+    /// Fraction of streamed requests whose connection is dropped halfway.
+    #[serde(default, deserialize_with = "de_fraction")]
+    pub disconnect_rate: f64,
+    /// Fraction of streamed requests that stop sending after the first token, forever.
+    #[serde(default, deserialize_with = "de_fraction")]
+    pub stall_rate: f64,
+    /// Fraction of streamed requests with a chunk that is not JSON.
+    #[serde(default, deserialize_with = "de_fraction")]
+    pub malformed_rate: f64,
+    /// Seed for jitter and faults.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl Default for MockDeployment {
+    fn default() -> Self {
+        MockDeployment {
+            ttft_ms: 0.0,
+            itl_ms: 0.0,
+            jitter: 0.0,
+            output_tokens: None,
+            error_rate: 0.0,
+            error_status: default_error_status(),
+            disconnect_rate: 0.0,
+            stall_rate: 0.0,
+            malformed_rate: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+impl MockDeployment {
+    /// Checks what single fields cannot: the fault rates add up to at most 1.
+    ///
+    /// # Errors
+    /// A message naming the rates.
+    pub fn check(&self) -> Result<(), String> {
+        let sum = self.error_rate + self.disconnect_rate + self.stall_rate + self.malformed_rate;
+        if sum > 1.0 + 1e-9 {
+            return Err(format!(
+                "error_rate + disconnect_rate + stall_rate + malformed_rate must be at most 1, got {sum}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_error_status() -> u16 {
+    500
+}
+
+fn de_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if !(v.is_finite() && (0.0..=3_600_000.0).contains(&v)) {
+        return Err(serde::de::Error::custom(format!(
+            "expected milliseconds from 0 to 3600000, got {v}"
+        )));
+    }
+    Ok(v)
+}
+
+fn de_fraction<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+        return Err(serde::de::Error::custom(format!(
+            "expected a fraction from 0 to 1, got {v}"
+        )));
+    }
+    Ok(v)
+}
+
+fn de_status<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let v = u16::deserialize(d)?;
+    if !(400..=599).contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "expected an HTTP error status from 400 to 599, got {v}"
+        )));
+    }
+    Ok(v)
 }
 
 impl Default for Deployment {
@@ -207,6 +317,8 @@ struct RawDeployment {
     env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cwd: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mock: Option<MockDeployment>,
 }
 
 impl TryFrom<RawDeployment> for Deployment {
@@ -218,6 +330,18 @@ impl TryFrom<RawDeployment> for Deployment {
             return Err(format!(
                 "deployment.health must be a path starting with `/`, got `{h}`"
             ));
+        }
+        if let Some(mock) = r.mock {
+            if r.url.is_some() || r.command.is_some() {
+                return Err("deployment takes one of `url`, `command` or `mock`".into());
+            }
+            if r.port.is_some() || !r.env.is_empty() || r.cwd.is_some() || r.health.is_some() {
+                return Err(
+                    "deployment.port, env, cwd and health apply to `command`, not to `mock`".into(),
+                );
+            }
+            mock.check().map_err(|e| format!("deployment.mock: {e}"))?;
+            return Ok(Deployment::Mock(mock));
         }
         match (r.url, r.command) {
             (Some(url), None) => {
@@ -250,11 +374,10 @@ impl TryFrom<RawDeployment> for Deployment {
                     cwd: r.cwd,
                 }))
             }
-            (Some(_), Some(_)) => {
-                Err("deployment takes either `url` or `command`, not both".into())
-            }
+            (Some(_), Some(_)) => Err("deployment takes one of `url`, `command` or `mock`".into()),
             (None, None) => Err(
-                "deployment needs `url` (a running server) or `command` (a local process to start)"
+                "deployment needs `url` (a running server), `command` (a local process to start) \
+                 or `mock` (the built-in mock server)"
                     .into(),
             ),
         }
@@ -275,6 +398,10 @@ impl From<Deployment> for RawDeployment {
                 health: c.health,
                 env: c.env,
                 cwd: c.cwd,
+                ..Default::default()
+            },
+            Deployment::Mock(m) => RawDeployment {
+                mock: Some(m),
                 ..Default::default()
             },
         }
@@ -321,7 +448,7 @@ pub enum BackendKind {
 }
 
 /// How much load each cell gets.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Load {
@@ -337,6 +464,62 @@ pub struct Load {
     /// Seed for prompts and arrivals, so a run can be repeated exactly.
     #[serde(default)]
     pub seed: u64,
+    /// How requests arrive when a `request_rate` is swept.
+    #[serde(default)]
+    pub arrival: Arrival,
+    /// Streamed responses (SSE), the default; `false` for whole responses.
+    #[serde(default = "default_true")]
+    pub stream: bool,
+    /// The longest one request may take, body included.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: HumanDuration,
+    /// Extra top-level request body fields, e.g. `{ignore_eos: true, min_tokens: 128}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_body: BTreeMap<String, serde_json::Value>,
+    /// Extra HTTP headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// The environment variable that holds the API key (sent as a bearer token). Only the
+    /// variable's name is stored, never the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Load {
+            requests: None,
+            duration: None,
+            warmup_requests: 0,
+            seed: 0,
+            arrival: Arrival::default(),
+            stream: true,
+            request_timeout: default_request_timeout(),
+            extra_body: BTreeMap::new(),
+            headers: BTreeMap::new(),
+            api_key_env: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(600))
+}
+
+/// How requests arrive in an open-loop (request rate) cell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Arrival {
+    /// Exponential gaps with mean `1/rate` (seeded).
+    #[default]
+    Poisson,
+    /// Evenly spaced, every `1/rate` seconds.
+    Constant,
 }
 
 /// The tokenizer for prompt synthesis and token counts.

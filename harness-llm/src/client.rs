@@ -1,0 +1,409 @@
+//! The streaming OpenAI client: one request in, one [`RequestRecord`] out, with monotonic
+//! nanosecond timestamps taken as bytes arrive.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use harness_core::config::EndpointType;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::openai::{self, Usage};
+use crate::sse::{SseEvent, SseParser};
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The connection could not be made.
+    Connect,
+    /// The request did not finish within its timeout.
+    Timeout,
+    /// The server answered with a non-2xx status.
+    HttpStatus,
+    /// A chunk was not valid SSE or not a valid JSON chunk.
+    MalformedStream,
+    /// The connection ended before the response was complete.
+    Disconnect,
+    /// The server sent an error object inside the stream.
+    ServerError,
+    /// The run was cancelled while the request was in flight.
+    Cancelled,
+}
+
+impl ErrorKind {
+    /// The stable name used in records and summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::HttpStatus => "http_status",
+            ErrorKind::MalformedStream => "malformed_stream",
+            ErrorKind::Disconnect => "disconnect",
+            ErrorKind::ServerError => "server_error",
+            ErrorKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Where a request's output token count came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TokenSource {
+    /// The server's `usage`.
+    Usage,
+    /// The number of content chunks (servers send about one token per chunk).
+    Chunks,
+}
+
+/// One request, as measured. Times are nanoseconds since the cell's epoch, on a monotonic
+/// clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RequestRecord {
+    /// Position in the cell's sequence of requests, from 0.
+    pub index: u64,
+    /// Sent during warmup: kept, but left out of the statistics.
+    pub warmup: bool,
+    /// When the request was sent.
+    pub start_ns: u64,
+    /// When the first chunk with content arrived.
+    pub first_token_ns: Option<u64>,
+    /// When the last chunk with content arrived.
+    pub last_token_ns: Option<u64>,
+    /// When the response ended (or failed).
+    pub end_ns: u64,
+    /// Gaps between consecutive content chunks.
+    pub chunk_gaps_ns: Vec<u64>,
+    /// Chunks with content.
+    pub content_chunks: u32,
+    /// Input tokens: the server's count when it reports one, else the prompt's.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Where `output_tokens` came from.
+    pub output_token_source: TokenSource,
+    /// The HTTP status, when one arrived.
+    pub http_status: Option<u16>,
+    /// Why it failed.
+    pub error: Option<ErrorKind>,
+    /// The failure's message.
+    pub error_message: Option<String>,
+}
+
+impl RequestRecord {
+    /// Whether the request succeeded.
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+    }
+
+    /// Time to first token (first content chunk - start), in seconds.
+    pub fn ttft_s(&self) -> Option<f64> {
+        self.first_token_ns
+            .map(|t| (t - self.start_ns) as f64 / 1e9)
+    }
+
+    /// Request latency (last content chunk - start), in seconds.
+    pub fn latency_s(&self) -> Option<f64> {
+        self.last_token_ns.map(|t| (t - self.start_ns) as f64 / 1e9)
+    }
+
+    /// Inter-token latency, `(latency - ttft) / (output tokens - 1)`, in seconds; needs at
+    /// least two output tokens (vLLM calls this TPOT).
+    pub fn itl_s(&self) -> Option<f64> {
+        let (first, last) = (self.first_token_ns?, self.last_token_ns?);
+        (self.output_tokens >= 2)
+            .then(|| (last - first) as f64 / 1e9 / (self.output_tokens - 1) as f64)
+    }
+}
+
+/// How to reach and call the endpoint.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The full URL, e.g. `http://127.0.0.1:8000/v1/chat/completions`.
+    pub url: String,
+    /// Chat or completions.
+    pub kind: EndpointType,
+    /// The model name to send.
+    pub model: String,
+    /// Streamed responses (the default) or whole ones.
+    pub stream: bool,
+    /// The longest one request may take, body included.
+    pub timeout: Duration,
+    /// Sent as a bearer token; never stored or logged.
+    pub api_key: Option<String>,
+    /// Extra top-level body fields (`ignore_eos`, `min_tokens`, ...).
+    pub extra_body: serde_json::Map<String, serde_json::Value>,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// Connections to keep open: the concurrency.
+    pub max_connections: usize,
+}
+
+/// A pooled HTTP client for one endpoint.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    cfg: std::sync::Arc<ClientConfig>,
+}
+
+impl Client {
+    /// A client with a connection pool sized for `cfg.max_connections`.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built (bad header names or values, TLS setup).
+    pub fn new(cfg: ClientConfig) -> Result<Self, String> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (k, v) in &cfg.headers {
+            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| format!("header name `{k}`: {e}"))?;
+            let value = reqwest::header::HeaderValue::from_str(v)
+                .map_err(|e| format!("header `{k}`: {e}"))?;
+            headers.insert(name, value);
+        }
+        if let Some(key) = &cfg.api_key {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| "the API key is not a valid header value".to_owned())?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static("application/json"),
+        );
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .pool_max_idle_per_host(cfg.max_connections.max(1))
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        Ok(Client {
+            http,
+            cfg: std::sync::Arc::new(cfg),
+        })
+    }
+
+    /// Sends one request with `prompt` (of `prompt_tokens` tokens) asking for `max_tokens`.
+    pub async fn send(
+        &self,
+        index: u64,
+        warmup: bool,
+        prompt: &str,
+        prompt_tokens: u64,
+        max_tokens: u32,
+        epoch: Instant,
+    ) -> RequestRecord {
+        let cfg = &self.cfg;
+        let body = openai::request_body(
+            cfg.kind,
+            &cfg.model,
+            prompt,
+            max_tokens,
+            cfg.stream,
+            &cfg.extra_body,
+        );
+        let ns = move || u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let mut rec = RequestRecord {
+            index,
+            warmup,
+            start_ns: ns(),
+            first_token_ns: None,
+            last_token_ns: None,
+            end_ns: 0,
+            chunk_gaps_ns: Vec::new(),
+            content_chunks: 0,
+            input_tokens: prompt_tokens,
+            output_tokens: 0,
+            output_token_source: TokenSource::Chunks,
+            http_status: None,
+            error: None,
+            error_message: None,
+        };
+        let deadline = Instant::now() + cfg.timeout;
+        let fail = |rec: &mut RequestRecord, kind: ErrorKind, msg: String| {
+            rec.error = Some(kind);
+            rec.error_message = Some(msg);
+        };
+        let sent =
+            tokio::time::timeout_at(deadline, self.http.post(&cfg.url).body(body).send()).await;
+        let response = match sent {
+            Err(_) => {
+                fail(
+                    &mut rec,
+                    ErrorKind::Timeout,
+                    format!("no response within {:?}", cfg.timeout),
+                );
+                rec.end_ns = ns();
+                return rec;
+            }
+            Ok(Err(e)) => {
+                let kind = if e.is_connect() {
+                    ErrorKind::Connect
+                } else if e.is_timeout() {
+                    ErrorKind::Timeout
+                } else {
+                    ErrorKind::Disconnect
+                };
+                fail(&mut rec, kind, error_chain(&e));
+                rec.end_ns = ns();
+                return rec;
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        rec.http_status = Some(status.as_u16());
+        if !status.is_success() {
+            let text = tokio::time::timeout_at(deadline, response.text())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            let message = openai::parse_chunk(&text)
+                .ok()
+                .and_then(|c| c.error)
+                .unwrap_or_else(|| text.chars().take(200).collect());
+            fail(
+                &mut rec,
+                ErrorKind::HttpStatus,
+                format!("HTTP {}: {message}", status.as_u16()),
+            );
+            rec.end_ns = ns();
+            return rec;
+        }
+        let mut usage: Option<Usage> = None;
+        if cfg.stream {
+            let mut parser = SseParser::new();
+            let mut events = Vec::with_capacity(4);
+            let mut stream = response.bytes_stream();
+            let mut done = false;
+            'read: loop {
+                let next = match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Err(_) => {
+                        fail(
+                            &mut rec,
+                            ErrorKind::Timeout,
+                            format!("the response did not finish within {:?}", cfg.timeout),
+                        );
+                        break;
+                    }
+                    Ok(n) => n,
+                };
+                let bytes = match next {
+                    None => break,
+                    Some(Ok(b)) => b,
+                    Some(Err(e)) => {
+                        fail(&mut rec, ErrorKind::Disconnect, error_chain(&e));
+                        break;
+                    }
+                };
+                let now = ns();
+                if let Err(e) = parser.feed(&bytes, &mut events) {
+                    fail(&mut rec, ErrorKind::MalformedStream, e.to_string());
+                    break;
+                }
+                for event in events.drain(..) {
+                    let data = match event {
+                        SseEvent::Done => {
+                            done = true;
+                            continue;
+                        }
+                        SseEvent::Data(d) => d,
+                    };
+                    match openai::parse_chunk(&data) {
+                        Err(e) => {
+                            fail(
+                                &mut rec,
+                                ErrorKind::MalformedStream,
+                                format!(
+                                    "chunk is not JSON ({e}): {}",
+                                    data.chars().take(80).collect::<String>()
+                                ),
+                            );
+                            break 'read;
+                        }
+                        Ok(info) => {
+                            if let Some(msg) = info.error {
+                                fail(&mut rec, ErrorKind::ServerError, msg);
+                                break 'read;
+                            }
+                            if info.text_bytes > 0 {
+                                match rec.last_token_ns {
+                                    None => rec.first_token_ns = Some(now),
+                                    Some(last) => rec.chunk_gaps_ns.push(now - last),
+                                }
+                                rec.last_token_ns = Some(now);
+                                rec.content_chunks += 1;
+                            }
+                            if info.usage.is_some() {
+                                usage = info.usage;
+                            }
+                        }
+                    }
+                }
+            }
+            if rec.error.is_none()
+                && !done
+                && (parser.has_partial_event() || rec.content_chunks == 0)
+            {
+                fail(
+                    &mut rec,
+                    ErrorKind::Disconnect,
+                    "the stream ended before the response was complete".into(),
+                );
+            }
+        } else {
+            match tokio::time::timeout_at(deadline, response.bytes()).await {
+                Err(_) => fail(
+                    &mut rec,
+                    ErrorKind::Timeout,
+                    format!("the response did not finish within {:?}", cfg.timeout),
+                ),
+                Ok(Err(e)) => fail(&mut rec, ErrorKind::Disconnect, error_chain(&e)),
+                Ok(Ok(body)) => match std::str::from_utf8(&body)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| openai::parse_chunk(t).map_err(|e| e.to_string()))
+                {
+                    Err(e) => fail(
+                        &mut rec,
+                        ErrorKind::MalformedStream,
+                        format!("the body is not a completion: {e}"),
+                    ),
+                    Ok(info) => {
+                        let now = ns();
+                        rec.first_token_ns = Some(now);
+                        rec.last_token_ns = Some(now);
+                        rec.content_chunks = u32::from(info.text_bytes > 0);
+                        usage = info.usage;
+                    }
+                },
+            }
+        }
+        rec.end_ns = ns();
+        match usage {
+            Some(u) => {
+                rec.output_tokens = u.completion_tokens;
+                rec.output_token_source = TokenSource::Usage;
+                if u.prompt_tokens > 0 {
+                    rec.input_tokens = u.prompt_tokens;
+                }
+            }
+            None => rec.output_tokens = u64::from(rec.content_chunks),
+        }
+        rec
+    }
+}
+
+/// An error with its causes, without the URL's query (which could hold secrets).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,191 @@
+//! The scheduler: closed loop at a fixed concurrency, or open loop at a request rate
+//! (Poisson or constant arrivals, optionally capped in concurrency), for a number of requests
+//! or a duration, with warmup requests flagged.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use harness_core::config::Arrival;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Client, RequestRecord};
+use crate::prompts::PromptSynth;
+
+/// What one cell sends.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LoadSpec {
+    /// Requests in flight (closed loop), or the cap in open loop.
+    pub concurrency: Option<u32>,
+    /// Requests per second (open loop).
+    pub rate: Option<f64>,
+    /// Arrival pattern in open loop.
+    pub arrival: Arrival,
+    /// Measured requests (after warmup); with `duration`, whichever ends first.
+    pub requests: Option<u64>,
+    /// Measured duration.
+    pub duration: Option<Duration>,
+    /// Warmup requests, sent first.
+    pub warmup: u64,
+    /// Input tokens per request.
+    pub isl: u32,
+    /// Output tokens asked for.
+    pub osl: u32,
+    /// Seed for prompts and arrivals.
+    pub seed: u64,
+}
+
+impl LoadSpec {
+    /// A closed-loop spec.
+    pub fn closed(concurrency: u32, requests: u64, isl: u32, osl: u32) -> Self {
+        LoadSpec {
+            concurrency: Some(concurrency),
+            rate: None,
+            arrival: Arrival::Poisson,
+            requests: Some(requests),
+            duration: None,
+            warmup: 0,
+            isl,
+            osl,
+            seed: 0,
+        }
+    }
+
+    /// Measured requests when neither a count nor a duration is given: four rounds of the
+    /// concurrency, and at least 100 (vLLM's bench defaults to 1000 prompts; this keeps
+    /// default sweeps short).
+    pub fn default_requests(concurrency: Option<u32>) -> u64 {
+        (u64::from(concurrency.unwrap_or(1)) * 4).max(100)
+    }
+
+    fn total(&self) -> Option<u64> {
+        match (self.requests, self.duration) {
+            (Some(n), _) => Some(self.warmup + n),
+            (None, Some(_)) => None,
+            (None, None) => Some(self.warmup + Self::default_requests(self.concurrency)),
+        }
+    }
+}
+
+/// The seed of request `index`'s prompt.
+fn prompt_seed(seed: u64, index: u64) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index
+}
+
+/// Sends the cell's load and returns every record (warmup included), in index order.
+/// Stops early, marking in-flight requests cancelled, when `cancel` fires.
+pub async fn run(
+    client: &Client,
+    synth: &PromptSynth,
+    spec: &LoadSpec,
+    cancel: &CancellationToken,
+) -> Vec<RequestRecord> {
+    let epoch = Instant::now();
+    let total = spec.total();
+    let deadline = spec.duration.map(|d| epoch + d);
+    let synth = Arc::new(synth.clone());
+    let mut tasks: JoinSet<Vec<RequestRecord>> = JoinSet::new();
+    let one = move |index: u64, client: Client, synth: Arc<PromptSynth>, spec: LoadSpec| async move {
+        let prompt = synth.prompt(spec.isl, prompt_seed(spec.seed, index));
+        client
+            .send(
+                index,
+                index < spec.warmup,
+                &prompt,
+                u64::from(spec.isl),
+                spec.osl,
+                epoch,
+            )
+            .await
+    };
+    match spec.rate {
+        None => {
+            let next = Arc::new(AtomicU64::new(0));
+            for _ in 0..spec.concurrency.unwrap_or(1).max(1) {
+                let (client, synth, spec, next) =
+                    (client.clone(), synth.clone(), spec.clone(), next.clone());
+                tasks.spawn(async move {
+                    let mut out = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        if total.is_some_and(|t| index >= t)
+                            || deadline.is_some_and(|d| Instant::now() >= d)
+                        {
+                            break;
+                        }
+                        out.push(one(index, client.clone(), synth.clone(), spec.clone()).await);
+                    }
+                    out
+                });
+            }
+        }
+        Some(rate) => {
+            let cap = spec
+                .concurrency
+                .map(|c| Arc::new(Semaphore::new(c as usize)));
+            let mut rng = SmallRng::seed_from_u64(spec.seed ^ 0xA11E);
+            let mut at = epoch;
+            let mut index = 0u64;
+            loop {
+                if total.is_some_and(|t| index >= t)
+                    || deadline.is_some_and(|d| at >= d)
+                    || cancel.is_cancelled()
+                {
+                    break;
+                }
+                let gap = match spec.arrival {
+                    Arrival::Constant => 1.0 / rate,
+                    _ => -(1.0 - rng.random::<f64>()).ln() / rate,
+                };
+                if index > 0 {
+                    at += Duration::from_secs_f64(gap);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = cancel.cancelled() => break,
+                }
+                let permit = match &cap {
+                    Some(sem) => tokio::select! {
+                        p = sem.clone().acquire_owned() => p.ok(),
+                        () = cancel.cancelled() => break,
+                    },
+                    None => None,
+                };
+                let (client, synth, spec) = (client.clone(), synth.clone(), spec.clone());
+                tasks.spawn(async move {
+                    let rec = one(index, client, synth, spec).await;
+                    drop(permit);
+                    vec![rec]
+                });
+                index += 1;
+            }
+        }
+    }
+    let mut records = Vec::new();
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(Ok(mut recs)) => records.append(&mut recs),
+                Some(Err(e)) => tracing::warn!(error = %e, "a request task failed"),
+                None => break,
+            },
+            () = cancel.cancelled() => {
+                tasks.abort_all();
+                while let Some(joined) = tasks.join_next().await {
+                    if let Ok(mut recs) = joined {
+                        records.append(&mut recs);
+                    }
+                }
+                break;
+            }
+        }
+    }
+    records.sort_by_key(|r| r.index);
+    records
+}

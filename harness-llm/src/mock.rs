@@ -1,0 +1,520 @@
+//! A mock OpenAI-compatible server: configurable time to first token, inter-token latency,
+//! output length and jitter, with injected faults (error statuses, dropped connections,
+//! stalls, malformed chunks). For tests, demos, and measuring the client itself.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use harness_core::config::MockDeployment;
+//! let mut cfg = MockDeployment::default();
+//! cfg.ttft_ms = 50.0;
+//! cfg.itl_ms = 10.0;
+//! let server = harness_llm::mock::MockServer::start(cfg, "127.0.0.1:0".parse().unwrap()).await?;
+//! println!("serving at {}", server.url());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (streamed or not; a usage
+//! chunk when `stream_options.include_usage` is set), `GET /v1/models`, `GET /health`,
+//! `GET /metrics` (Prometheus text). Prompt tokens are counted as whitespace-separated words,
+//! which is exact for the prompts harness synthesises. Faults are drawn per request from a
+//! seeded hash of its sequence number.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use harness_core::config::MockDeployment;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+/// The model name the mock reports when the request names none.
+pub const MOCK_MODEL: &str = "harness-mock";
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    completed: AtomicU64,
+    injected_errors: AtomicU64,
+    injected_disconnects: AtomicU64,
+    injected_stalls: AtomicU64,
+    injected_malformed: AtomicU64,
+    output_tokens: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    cfg: MockDeployment,
+    counters: Counters,
+}
+
+/// A running mock server.
+#[derive(Debug)]
+pub struct MockServer {
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockServer {
+    /// Binds `addr` (port 0 for a free one) and serves in a background task until
+    /// [`MockServer::shutdown`] or drop.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn start(cfg: MockDeployment, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let app = router(cfg);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(MockServer {
+            addr,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving and waits for the server task; open streams are cut.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The mock's routes, for serving on a listener of your own.
+pub fn router(cfg: MockDeployment) -> Router {
+    let shared = Arc::new(Shared {
+        cfg,
+        counters: Counters::default(),
+    });
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+/// Serves the mock on `listener` until `shutdown` resolves; for `harness mock`.
+///
+/// # Errors
+/// When serving fails.
+pub async fn serve(
+    cfg: MockDeployment,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(cfg))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[derive(Deserialize)]
+struct Request {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    prompt: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Deserialize)]
+struct ChatMessage {
+    #[serde(default)]
+    content: Option<serde_json::Value>,
+}
+
+fn words(v: &serde_json::Value) -> u64 {
+    match v {
+        serde_json::Value::String(s) => s.split_whitespace().count() as u64,
+        serde_json::Value::Array(items) => items.iter().map(words).sum(),
+        serde_json::Value::Object(o) => o.get("text").map_or(0, words),
+        _ => 0,
+    }
+}
+
+/// SplitMix64: a fast, seeded, well-mixed hash of a counter.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn unit(seed: u64, a: u64, b: u64) -> f64 {
+    (mix(seed ^ mix(a ^ mix(b))) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Ok,
+    Error,
+    Disconnect,
+    Stall,
+    Malformed,
+}
+
+fn fate(cfg: &MockDeployment, n: u64) -> Fate {
+    let u = unit(cfg.seed, n, 0xFA7E);
+    let mut edge = cfg.error_rate;
+    if u < edge {
+        return Fate::Error;
+    }
+    for (rate, fate) in [
+        (cfg.disconnect_rate, Fate::Disconnect),
+        (cfg.stall_rate, Fate::Stall),
+        (cfg.malformed_rate, Fate::Malformed),
+    ] {
+        edge += rate;
+        if u < edge {
+            return fate;
+        }
+    }
+    Fate::Ok
+}
+
+fn delay(cfg: &MockDeployment, ms: f64, n: u64, i: u64) -> Duration {
+    let factor = if cfg.jitter > 0.0 {
+        1.0 + cfg.jitter * (2.0 * unit(cfg.seed, n, i + 1) - 1.0)
+    } else {
+        1.0
+    };
+    Duration::from_secs_f64((ms * factor).max(0.0) / 1e3)
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({ "error": { "message": message, "type": "mock_error", "code": status.as_u16() } });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn chat(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    handle(s, body, true).await
+}
+
+async fn completions(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    handle(s, body, false).await
+}
+
+async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
+    let n = s.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let req: Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid request body: {e}"),
+            );
+        }
+    };
+    let prompt_tokens = if chat {
+        if req.messages.is_empty() {
+            return error_response(StatusCode::BAD_REQUEST, "`messages` must not be empty");
+        }
+        req.messages
+            .iter()
+            .filter_map(|m| m.content.as_ref())
+            .map(words)
+            .sum()
+    } else {
+        match &req.prompt {
+            Some(p) => words(p),
+            None => return error_response(StatusCode::BAD_REQUEST, "`prompt` is required"),
+        }
+    };
+    let cfg = &s.cfg;
+    let tokens = cfg
+        .output_tokens
+        .map(|t| t.get())
+        .or(req.max_completion_tokens)
+        .or(req.max_tokens)
+        .unwrap_or(16)
+        .max(1);
+    let fate = fate(cfg, n);
+    if fate == Fate::Error {
+        s.counters.injected_errors.fetch_add(1, Ordering::Relaxed);
+        let status =
+            StatusCode::from_u16(cfg.error_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return error_response(status, "injected error");
+    }
+    let model = req.model.unwrap_or_else(|| MOCK_MODEL.to_owned());
+    let id = format!("cmpl-mock-{n}");
+    let usage = serde_json::json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": tokens,
+        "total_tokens": prompt_tokens + u64::from(tokens),
+    });
+    if !req.stream {
+        let start = Instant::now();
+        let total =
+            delay(cfg, cfg.ttft_ms, n, 0) + delay(cfg, cfg.itl_ms, n, 1) * tokens.saturating_sub(1);
+        tokio::time::sleep_until(start + total).await;
+        s.counters
+            .output_tokens
+            .fetch_add(u64::from(tokens), Ordering::Relaxed);
+        s.counters.completed.fetch_add(1, Ordering::Relaxed);
+        let text = "tok ".repeat(tokens as usize);
+        let choice = if chat {
+            serde_json::json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "length" })
+        } else {
+            serde_json::json!({ "index": 0, "text": text, "finish_reason": "length" })
+        };
+        let object = if chat {
+            "chat.completion"
+        } else {
+            "text_completion"
+        };
+        let body = serde_json::json!({ "id": id, "object": object, "model": model, "choices": [choice], "usage": usage });
+        return axum::Json(body).into_response();
+    }
+    match fate {
+        Fate::Disconnect => s
+            .counters
+            .injected_disconnects
+            .fetch_add(1, Ordering::Relaxed),
+        Fate::Stall => s.counters.injected_stalls.fetch_add(1, Ordering::Relaxed),
+        Fate::Malformed => s
+            .counters
+            .injected_malformed
+            .fetch_add(1, Ordering::Relaxed),
+        _ => 0,
+    };
+    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let stream = TokenStream {
+        shared: s.clone(),
+        n,
+        chat,
+        id,
+        model,
+        tokens,
+        fate,
+        usage: include_usage.then(|| usage.to_string()),
+        start: Instant::now(),
+        phase: Phase::Role,
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(futures::stream::unfold(
+            stream,
+            TokenStream::step,
+        )))
+        .unwrap_or_else(|_| error_response(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+struct TokenStream {
+    shared: Arc<Shared>,
+    n: u64,
+    chat: bool,
+    id: String,
+    model: String,
+    tokens: u32,
+    fate: Fate,
+    usage: Option<String>,
+    start: Instant,
+    phase: Phase,
+}
+
+impl TokenStream {
+    fn chunk(&self, content: &str) -> Bytes {
+        let body = if self.chat {
+            format!(
+                r#"{{"id":"{}","object":"chat.completion.chunk","model":"{}","choices":[{{"index":0,"delta":{{"content":"{}"}},"finish_reason":null}}]}}"#,
+                self.id, self.model, content
+            )
+        } else {
+            format!(
+                r#"{{"id":"{}","object":"text_completion","model":"{}","choices":[{{"index":0,"text":"{}","finish_reason":null}}]}}"#,
+                self.id, self.model, content
+            )
+        };
+        Bytes::from(format!("data: {body}\n\n"))
+    }
+
+    /// When content token `i` (1-based) is due: TTFT, then one ITL per further token,
+    /// from the request's start, so delays do not drift.
+    fn due(&self, i: u32) -> Instant {
+        let cfg = &self.shared.cfg;
+        let mut at = self.start + delay(cfg, cfg.ttft_ms, self.n, 0);
+        if cfg.itl_ms > 0.0 {
+            if cfg.jitter > 0.0 {
+                for k in 2..=i {
+                    at += delay(cfg, cfg.itl_ms, self.n, u64::from(k));
+                }
+            } else {
+                at += Duration::from_secs_f64(cfg.itl_ms / 1e3) * i.saturating_sub(1);
+            }
+        }
+        at
+    }
+
+    async fn step(mut self) -> Option<(Result<Bytes, std::io::Error>, Self)> {
+        let half = (self.tokens / 2).max(1);
+        let out = match self.phase {
+            Phase::Role => {
+                self.phase = Phase::Token(1);
+                if !self.chat {
+                    return Box::pin(self.step()).await;
+                }
+                Bytes::from(format!(
+                    "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"model\":\"{}\",\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"finish_reason\":null}}]}}\n\n",
+                    self.id, self.model
+                ))
+            }
+            Phase::Token(i) => {
+                match self.fate {
+                    // Never sends again; the client's timeout must end the request.
+                    Fate::Stall if i == 2 => std::future::pending::<()>().await,
+                    Fate::Disconnect if i == half + 1 => {
+                        self.phase = Phase::End;
+                        return Some((Err(std::io::Error::other("injected disconnect")), self));
+                    }
+                    Fate::Malformed if i == half + 1 => {
+                        self.phase = Phase::Token(i + 1);
+                        return Some((
+                            Ok(Bytes::from_static(b"data: {\"choices\": [{\"delta\": \n\n")),
+                            self,
+                        ));
+                    }
+                    _ => {}
+                }
+                let due = self.due(i);
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due).await;
+                }
+                self.phase = if i < self.tokens {
+                    Phase::Token(i + 1)
+                } else {
+                    Phase::Usage
+                };
+                self.chunk("tok ")
+            }
+            Phase::Usage => {
+                let c = &self.shared.counters;
+                c.output_tokens
+                    .fetch_add(u64::from(self.tokens), Ordering::Relaxed);
+                c.completed.fetch_add(1, Ordering::Relaxed);
+                self.phase = Phase::Done;
+                match self.usage.take() {
+                    Some(usage) => Bytes::from(format!(
+                        "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"model\":\"{}\",\"choices\":[],\"usage\":{}}}\n\n",
+                        self.id, self.model, usage
+                    )),
+                    None => return Box::pin(self.step()).await,
+                }
+            }
+            Phase::Done => {
+                self.phase = Phase::End;
+                Bytes::from_static(b"data: [DONE]\n\n")
+            }
+            Phase::End => return None,
+        };
+        Some((Ok(out), self))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Role,
+    Token(u32),
+    Usage,
+    Done,
+    End,
+}
+
+async fn models(State(s): State<Arc<Shared>>) -> Response {
+    let _ = &s;
+    axum::Json(serde_json::json!({
+        "object": "list",
+        "data": [{ "id": MOCK_MODEL, "object": "model", "owned_by": "harness" }],
+    }))
+    .into_response()
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    let c = &s.counters;
+    let mut out = String::new();
+    for (name, help, v) in [
+        ("mock_requests_total", "Requests received.", &c.requests),
+        ("mock_completed_total", "Responses completed.", &c.completed),
+        (
+            "mock_injected_errors_total",
+            "Requests answered with an injected error status.",
+            &c.injected_errors,
+        ),
+        (
+            "mock_injected_disconnects_total",
+            "Streams cut on purpose.",
+            &c.injected_disconnects,
+        ),
+        (
+            "mock_injected_stalls_total",
+            "Streams stalled on purpose.",
+            &c.injected_stalls,
+        ),
+        (
+            "mock_injected_malformed_total",
+            "Streams with a malformed chunk.",
+            &c.injected_malformed,
+        ),
+        (
+            "mock_output_tokens_total",
+            "Output tokens sent.",
+            &c.output_tokens,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+            v.load(Ordering::Relaxed)
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,203 @@
+//! The OpenAI-compatible wire format: request bodies and response chunks, for
+//! `/v1/chat/completions` and `/v1/completions`.
+
+use std::borrow::Cow;
+
+use harness_core::config::EndpointType;
+use serde::Deserialize;
+
+/// Token counts the server reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    /// Input tokens.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Output tokens.
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<Choice<'a>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default, borrow)]
+    error: Option<ErrorBody<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody<'a> {
+    #[serde(default, borrow)]
+    message: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<Message<'a>>,
+    #[serde(default, borrow)]
+    message: Option<Message<'a>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+}
+
+/// What one response chunk (or a whole non-streamed response) carries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChunkInfo {
+    /// Bytes of generated text (content and reasoning); 0 for role-only and usage chunks.
+    pub text_bytes: usize,
+    /// Usage, when the chunk reports it.
+    pub usage: Option<Usage>,
+    /// An error message sent inside the stream.
+    pub error: Option<String>,
+}
+
+/// Parses one `data:` payload or a non-streamed body.
+///
+/// # Errors
+/// The JSON error when the payload is not a chunk object.
+pub fn parse_chunk(data: &str) -> Result<ChunkInfo, serde_json::Error> {
+    let chunk: Chunk<'_> = serde_json::from_str(data)?;
+    let mut text_bytes = 0;
+    for c in &chunk.choices {
+        for m in [&c.delta, &c.message].into_iter().flatten() {
+            text_bytes += m.content.as_deref().map_or(0, str::len);
+            text_bytes += m.reasoning_content.as_deref().map_or(0, str::len);
+        }
+        text_bytes += c.text.as_deref().map_or(0, str::len);
+    }
+    Ok(ChunkInfo {
+        text_bytes,
+        usage: chunk.usage,
+        error: chunk.error.map(|e| {
+            e.message
+                .map_or_else(|| "error".to_owned(), Cow::into_owned)
+        }),
+    })
+}
+
+/// The API path's default for an endpoint type.
+pub fn default_path(kind: EndpointType) -> &'static str {
+    match kind {
+        EndpointType::Completions => "/v1/completions",
+        _ => "/v1/chat/completions",
+    }
+}
+
+/// Builds a request body. `extra` fields are merged at the top level last, so they can
+/// override anything (e.g. `ignore_eos`, `min_tokens`, `temperature`).
+pub fn request_body(
+    kind: EndpointType,
+    model: &str,
+    prompt: &str,
+    max_tokens: u32,
+    stream: bool,
+    extra: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<u8> {
+    let mut body = serde_json::Map::with_capacity(6 + extra.len());
+    body.insert("model".into(), model.into());
+    match kind {
+        EndpointType::Completions => {
+            body.insert("prompt".into(), prompt.into());
+        }
+        _ => {
+            body.insert(
+                "messages".into(),
+                serde_json::json!([{ "role": "user", "content": prompt }]),
+            );
+        }
+    }
+    body.insert("max_tokens".into(), max_tokens.into());
+    body.insert("stream".into(), stream.into());
+    if stream {
+        body.insert(
+            "stream_options".into(),
+            serde_json::json!({ "include_usage": true }),
+        );
+    }
+    for (k, v) in extra {
+        body.insert(k.clone(), v.clone());
+    }
+    serde_json::to_vec(&serde_json::Value::Object(body)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_chunks_count_content_and_reasoning_not_roles() {
+        let role = r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#;
+        assert_eq!(parse_chunk(role).expect("ok").text_bytes, 0);
+        let tok = r#"{"choices":[{"index":0,"delta":{"content":"Hello"}}]}"#;
+        assert_eq!(parse_chunk(tok).expect("ok").text_bytes, 5);
+        let think = r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#;
+        assert_eq!(parse_chunk(think).expect("ok").text_bytes, 3);
+        let usage = r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46}}"#;
+        let info = parse_chunk(usage).expect("ok");
+        assert_eq!(
+            info.usage,
+            Some(Usage {
+                prompt_tokens: 12,
+                completion_tokens: 34
+            })
+        );
+        assert_eq!(info.text_bytes, 0);
+    }
+
+    #[test]
+    fn completions_and_non_streamed_bodies_and_errors() {
+        assert_eq!(
+            parse_chunk(r#"{"choices":[{"text":"abc"}]}"#)
+                .expect("ok")
+                .text_bytes,
+            3
+        );
+        let whole = r#"{"choices":[{"message":{"role":"assistant","content":"four"}}],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#;
+        assert_eq!(parse_chunk(whole).expect("ok").text_bytes, 4);
+        let err = parse_chunk(r#"{"error":{"message":"overloaded","code":503}}"#).expect("ok");
+        assert_eq!(err.error.as_deref(), Some("overloaded"));
+        assert!(parse_chunk("{not json").is_err());
+    }
+
+    #[test]
+    fn bodies_carry_stream_options_and_extra_fields() {
+        let mut extra = serde_json::Map::new();
+        extra.insert("ignore_eos".into(), true.into());
+        extra.insert("max_tokens".into(), 7.into());
+        let body: serde_json::Value = serde_json::from_slice(&request_body(
+            EndpointType::Chat,
+            "m",
+            "hi there",
+            32,
+            true,
+            &extra,
+        ))
+        .expect("json");
+        assert_eq!(body["messages"][0]["content"], "hi there");
+        assert_eq!(body["stream_options"]["include_usage"], true);
+        assert_eq!(body["ignore_eos"], true);
+        assert_eq!(body["max_tokens"], 7, "extra fields override");
+        let body: serde_json::Value = serde_json::from_slice(&request_body(
+            EndpointType::Completions,
+            "m",
+            "p",
+            4,
+            false,
+            &Default::default(),
+        ))
+        .expect("json");
+        assert_eq!(body["prompt"], "p");
+        assert!(body.get("stream_options").is_none());
+    }
+}

@@ -1,0 +1,125 @@
+//! Prompts of an exact token count under a real tokenizer.
+//!
+//! A prompt is a run of space-led common words, each of which is one token in the encoding
+//! (checked when the synthesiser is built). BPE pre-tokenisation splits text at such word
+//! boundaries, so `n` words are exactly `n` tokens; the tests check it with the tokenizer.
+//! Words are drawn from a seeded generator per request, so prompts differ (no accidental
+//! prefix-cache hits) and a run repeats exactly.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tiktoken_rs::CoreBPE;
+
+const WORDS: &str = "the of and to in is was for that on with as by at from his her they this \
+be are or an but not were which have had one all their there been has more when who will no \
+if out so said what up its about into than them can only other new some could time these two \
+may then do first any my now such like our over man me even most made after also did many \
+before must through back years where much your way well down should because each just those \
+people how too little state good very make world still own see men work long get here between \
+both life being under never day same another know while last might us great old year off come \
+since against go came right used take three small house few number part place point case week \
+company system program question government during home water room mother area money story fact \
+month lot study book eye job word business issue side kind head far black long both little";
+
+/// Builds prompts of an exact token count.
+#[derive(Clone)]
+pub struct PromptSynth {
+    encoding: String,
+    bpe: &'static CoreBPE,
+    words: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for PromptSynth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PromptSynth")
+            .field("encoding", &self.encoding)
+            .field("words", &self.words.len())
+            .finish()
+    }
+}
+
+/// The encodings built in: `cl100k_base` (the default) and `o200k_base`.
+pub const ENCODINGS: [&str; 2] = ["cl100k_base", "o200k_base"];
+
+impl PromptSynth {
+    /// A synthesiser for a built-in encoding.
+    ///
+    /// # Errors
+    /// A message naming the known encodings when `encoding` is not one.
+    pub fn new(encoding: &str) -> Result<Self, String> {
+        let bpe: &'static CoreBPE = match encoding {
+            "cl100k_base" => tiktoken_rs::cl100k_base_singleton(),
+            "o200k_base" => tiktoken_rs::o200k_base_singleton(),
+            other => {
+                return Err(format!(
+                    "unknown tokenizer encoding `{other}`; built in: {}",
+                    ENCODINGS.join(", ")
+                ));
+            }
+        };
+        let mut words: Vec<&'static str> = WORDS
+            .split_whitespace()
+            .filter(|w| bpe.encode_ordinary(&format!(" {w}")).len() == 1)
+            .collect();
+        words.sort_unstable();
+        words.dedup();
+        if words.len() < 64 {
+            return Err(format!("too few single-token words in `{encoding}`"));
+        }
+        Ok(PromptSynth {
+            encoding: encoding.to_owned(),
+            bpe,
+            words,
+        })
+    }
+
+    /// The encoding's name.
+    pub fn encoding(&self) -> &str {
+        &self.encoding
+    }
+
+    /// A prompt of exactly `tokens` tokens, determined by `seed`.
+    pub fn prompt(&self, tokens: u32, seed: u64) -> String {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut out = String::with_capacity(tokens as usize * 6);
+        for _ in 0..tokens {
+            out.push(' ');
+            out.push_str(self.words[rng.random_range(0..self.words.len())]);
+        }
+        out
+    }
+
+    /// Tokens in `text` under this encoding.
+    pub fn count(&self, text: &str) -> usize {
+        self.bpe.encode_ordinary(text).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_have_exactly_the_requested_tokens_in_every_encoding() {
+        for enc in ENCODINGS {
+            let s = PromptSynth::new(enc).expect("encoding");
+            for (n, seed) in [(1, 1), (2, 2), (17, 3), (128, 4), (1000, 5), (8192, 6)] {
+                let p = s.prompt(n, seed);
+                assert_eq!(s.count(&p), n as usize, "{enc}: {n} tokens");
+                assert_eq!(p.split_whitespace().count(), n as usize);
+            }
+        }
+    }
+
+    #[test]
+    fn prompts_repeat_with_the_seed_and_differ_across_seeds() {
+        let s = PromptSynth::new("cl100k_base").expect("encoding");
+        assert_eq!(s.prompt(64, 9), s.prompt(64, 9));
+        assert_ne!(s.prompt(64, 9), s.prompt(64, 10));
+        assert!(
+            PromptSynth::new("gpt2-ish")
+                .expect_err("unknown")
+                .contains("cl100k_base")
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! [`BenchmarkStep`]: one cell of load against the endpoint the deployment shared, with its
+//! records and statistics stored; and the deployment steps, including the mock server.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use harness_core::config::{Deployment, MockDeployment};
+use harness_core::pipeline::{StepFactory, StepSource};
+use harness_core::steps::DeploymentSteps;
+use harness_core::{
+    Endpoint, Error, Readiness, Result, Step, StepContext, StepOutput, WorkloadSpec,
+};
+use serde::Deserialize;
+
+use crate::client::{Client, ClientConfig};
+use crate::load::{self, LoadSpec};
+use crate::prompts::PromptSynth;
+use crate::summary::{BenchSummary, SloLimits};
+
+/// Runs one cell of load: concurrency or request rate, ISL and OSL from the cell's
+/// parameters; everything else from the experiment (`model`, `endpoint`, `endpoint_type`,
+/// `load`, `tokenizer`, `slo`).
+///
+/// Stores `cells/<cell>/records.jsonl` (one record per request, warmup included) and the
+/// artifact `benchmark.json` (every statistic); reports counts, throughputs and latency
+/// percentiles as metrics. Fails the cell when every measured request failed.
+#[derive(Debug, Default)]
+pub struct BenchmarkStep {
+    synth: Mutex<Option<PromptSynth>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {}
+
+impl BenchmarkStep {
+    /// The step, named `benchmark`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The factory for the step registry: kind `benchmark`, no parameters.
+    pub fn factory() -> StepFactory {
+        Arc::new(|spec, source: &StepSource<'_>| {
+            let _: Params = source.params(spec)?;
+            if spec.step_name() != "benchmark" {
+                return Err(source.error("name", "the benchmark step is always named `benchmark`"));
+            }
+            Ok(Arc::new(BenchmarkStep::new()) as Arc<dyn Step>)
+        })
+    }
+
+    fn synth(&self, encoding: &str) -> Result<PromptSynth> {
+        let mut slot = self.synth.lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            Some(s) if s.encoding() == encoding => Ok(s.clone()),
+            _ => {
+                let s =
+                    PromptSynth::new(encoding).map_err(|e| Error::invalid("tokenizer.name", e))?;
+                *slot = Some(s.clone());
+                Ok(s)
+            }
+        }
+    }
+}
+
+fn int_param(cx: &StepContext, name: &str) -> Option<i64> {
+    cx.cell()
+        .and_then(|c| c.param(name))
+        .and_then(|v| v.as_i64())
+}
+
+#[async_trait]
+impl Step for BenchmarkStep {
+    fn name(&self) -> &str {
+        "benchmark"
+    }
+
+    async fn run(&self, cx: &StepContext) -> Result<StepOutput> {
+        let exp = cx.experiment().clone();
+        let cell = cx
+            .cell()
+            .ok_or_else(|| Error::failed("benchmark", "runs per cell only"))?
+            .clone();
+        let endpoint = cx.resources().get::<Endpoint>().ok_or_else(|| {
+            Error::failed(
+                "benchmark",
+                "no endpoint: the deployment step did not report one",
+            )
+        })?;
+        let need = |name: &str| {
+            int_param(cx, name)
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| Error::failed("benchmark", format!("the cell has no `{name}`")))
+        };
+        let (isl, osl) = (need("isl")?, need("osl")?);
+        let concurrency = int_param(cx, "concurrency").and_then(|v| u32::try_from(v).ok());
+        let rate = cell.param("request_rate").and_then(|v| v.as_f64());
+        let encoding = match &exp.tokenizer {
+            Some(t) if t.path.is_some() => {
+                return Err(Error::NotSupported {
+                    what: "tokenizer.path (Hugging Face tokenizer.json files); use tokenizer.name"
+                        .into(),
+                });
+            }
+            Some(t) => t.name.clone().unwrap_or_else(|| "cl100k_base".into()),
+            None => "cl100k_base".into(),
+        };
+        let synth = self.synth(&encoding)?;
+        let load = &exp.load;
+        let api_key = match &load.api_key_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                Error::failed(
+                    "benchmark",
+                    format!("the API key variable `{var}` (load.api_key_env) is not set"),
+                )
+            })?),
+            None => None,
+        };
+        let client = Client::new(ClientConfig {
+            url: endpoint.url(&exp.endpoint),
+            kind: exp.endpoint_type,
+            model: exp.model.name.clone(),
+            stream: load.stream,
+            timeout: load.request_timeout.get(),
+            api_key,
+            extra_body: load.extra_body.clone().into_iter().collect(),
+            headers: load.headers.clone().into_iter().collect(),
+            max_connections: concurrency.unwrap_or(64) as usize,
+        })
+        .map_err(|e| Error::invalid("load", e))?;
+        let spec = LoadSpec {
+            concurrency,
+            rate,
+            arrival: load.arrival,
+            requests: load.requests.map(|r| u64::from(r.get())),
+            duration: load.duration.map(|d| d.get()),
+            warmup: u64::from(load.warmup_requests),
+            isl,
+            osl,
+            seed: load.seed ^ (cell.index as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+        };
+        let records = load::run(&client, &synth, &spec, cx.cancel()).await;
+        if cx.cancel().is_cancelled() {
+            return Err(Error::Cancelled {
+                what: format!("benchmark of `{}`", cell.id),
+            });
+        }
+        let slo = SloLimits {
+            ttft_s: exp.slo.ttft.map(|d| d.get().as_secs_f64()),
+            itl_s: exp.slo.itl.map(|d| d.get().as_secs_f64()),
+            latency_s: exp.slo.request_latency.map(|d| d.get().as_secs_f64()),
+        };
+        let summary = BenchSummary::of(&records, &slo);
+
+        let mut lines = Vec::with_capacity(records.len() * 256);
+        for r in &records {
+            serde_json::to_writer(&mut lines, r)
+                .map_err(|e| Error::failed("encoding records", e.to_string()))?;
+            lines.push(b'\n');
+        }
+        let records_key = cx.run().layout().cell_dir(&cell.id).join("records.jsonl")?;
+        cx.store().put(&records_key, Bytes::from(lines)).await?;
+        let json = serde_json::to_vec_pretty(&summary)
+            .map_err(|e| Error::failed("encoding the summary", e.to_string()))?;
+        let summary_key = cx
+            .artifacts()
+            .put("benchmark.json", Bytes::from(json))
+            .await?;
+
+        if summary.succeeded == 0 {
+            let first = records
+                .iter()
+                .find(|r| !r.warmup)
+                .and_then(|r| r.error_message.clone())
+                .unwrap_or_default();
+            return Err(Error::failed(
+                format!("benchmark of `{}`", cell.id),
+                format!(
+                    "all {} requests failed ({:?}); first: {first}",
+                    summary.requests, summary.errors
+                ),
+            ));
+        }
+        let mut out = StepOutput::new()
+            .artifact(records_key)
+            .artifact(summary_key);
+        for (k, v) in summary.metrics() {
+            out = out.metric(k, v);
+        }
+        if let Some(src) = summary.output_token_sources.get("chunks") {
+            out = out.note(format!(
+                "{src} requests had no usage from the server; their output tokens are chunk counts"
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// The process that serves the mock: `<program> mock --port {port} --config <json>`.
+pub fn mock_workload(cfg: &MockDeployment, program: &Path) -> WorkloadSpec {
+    let json = serde_json::to_string(cfg).unwrap_or_else(|_| "{}".into());
+    WorkloadSpec::process(
+        "mock",
+        [
+            program.display().to_string(),
+            "mock".into(),
+            "--port".into(),
+            "{port}".into(),
+            "--config".into(),
+            json,
+        ],
+    )
+    .serving(
+        0,
+        Readiness::Http {
+            path: "/health".into(),
+        },
+    )
+}
+
+/// The deployment steps of an experiment, like `harness_core::steps::deployment_steps`, and
+/// also for `deployment: {mock: ...}`, which runs `program mock` (the `harness` binary).
+///
+/// # Errors
+/// As `harness_core::steps::deployment_steps`.
+pub fn deployment_steps(exp: &harness_core::Experiment, program: &Path) -> Result<DeploymentSteps> {
+    match &exp.deployment {
+        Deployment::Mock(cfg) => Ok(DeploymentSteps::for_workload(
+            mock_workload(cfg, program),
+            exp.policy.ready_timeout.get(),
+        )),
+        _ => harness_core::steps::deployment_steps(exp),
+    }
+}

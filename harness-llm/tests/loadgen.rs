@@ -1,0 +1,365 @@
+//! The load generator against the mock server over loopback HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness_core::config::{Arrival, EndpointType, MockDeployment};
+use harness_core::*;
+use harness_llm::client::{Client, ClientConfig, ErrorKind, TokenSource};
+use harness_llm::load::{self, LoadSpec};
+use harness_llm::mock::MockServer;
+use harness_llm::prompts::PromptSynth;
+use harness_llm::summary::{BenchSummary, SloLimits};
+
+fn mock(f: impl FnOnce(&mut MockDeployment)) -> MockDeployment {
+    let mut cfg = MockDeployment::default();
+    f(&mut cfg);
+    cfg
+}
+
+async fn start(cfg: MockDeployment) -> MockServer {
+    MockServer::start(cfg, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("mock starts")
+}
+
+fn client(
+    server: &MockServer,
+    kind: EndpointType,
+    stream: bool,
+    timeout: Duration,
+    conc: usize,
+) -> Client {
+    let path = harness_llm::openai::default_path(kind);
+    Client::new(ClientConfig {
+        url: format!("{}{path}", server.url()),
+        kind,
+        model: "m".into(),
+        stream,
+        timeout,
+        api_key: None,
+        extra_body: Default::default(),
+        headers: Vec::new(),
+        max_connections: conc,
+    })
+    .expect("client")
+}
+
+fn synth() -> PromptSynth {
+    PromptSynth::new("cl100k_base").expect("encoding")
+}
+
+async fn closed(
+    server: &MockServer,
+    conc: u32,
+    requests: u64,
+    isl: u32,
+    osl: u32,
+) -> (Vec<harness_llm::client::RequestRecord>, BenchSummary) {
+    let c = client(
+        server,
+        EndpointType::Chat,
+        true,
+        Duration::from_secs(30),
+        conc as usize,
+    );
+    let recs = load::run(
+        &c,
+        &synth(),
+        &LoadSpec::closed(conc, requests, isl, osl),
+        &CancellationToken::new(),
+    )
+    .await;
+    let summary = BenchSummary::of(&recs, &SloLimits::default());
+    (recs, summary)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measures_the_injected_ttft_and_itl() {
+    let server = start(mock(|m| {
+        m.ttft_ms = 50.0;
+        m.itl_ms = 10.0;
+    }))
+    .await;
+    let (recs, s) = closed(&server, 16, 64, 128, 16).await;
+    assert_eq!(recs.len(), 64);
+    assert_eq!((s.requests, s.succeeded), (64, 64), "{:?}", s.errors);
+    let p50 = |name: &str| s.distributions[name].p(50).expect("p50");
+    // Correctness with generous bounds; the tight accuracy figures are in docs/PERFORMANCE.md.
+    assert!(
+        (48.0..80.0).contains(&p50("ttft_ms")),
+        "ttft p50 {}",
+        p50("ttft_ms")
+    );
+    assert!(
+        (9.5..14.0).contains(&p50("itl_ms")),
+        "itl p50 {}",
+        p50("itl_ms")
+    );
+    assert!(
+        (9.5..14.0).contains(&p50("inter_chunk_ms")),
+        "inter-chunk p50 {}",
+        p50("inter_chunk_ms")
+    );
+    for r in &recs {
+        assert_eq!(r.output_tokens, 16);
+        assert_eq!(r.output_token_source, TokenSource::Usage);
+        assert_eq!(
+            r.input_tokens, 128,
+            "the server's usage counts the prompt exactly"
+        );
+        assert_eq!(r.content_chunks, 16);
+        assert_eq!(r.chunk_gaps_ns.len(), 15);
+        let lat = r.latency_s().expect("latency");
+        let expect = r.ttft_s().expect("ttft") + 15.0 * r.itl_s().expect("itl");
+        assert!((lat - expect).abs() < 1e-6, "latency = ttft + (n-1) itl");
+    }
+    assert!(s.output_token_throughput > 0.0 && s.request_throughput > 0.0);
+    assert_eq!(s.distributions["osl"].p(50), Some(16.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_are_recorded_by_kind_and_throughput_counts_only_successes() {
+    let server = start(mock(|m| {
+        m.error_rate = 0.1;
+        m.disconnect_rate = 0.1;
+        m.seed = 7;
+    }))
+    .await;
+    let (recs, s) = closed(&server, 16, 400, 32, 8).await;
+    assert_eq!(recs.len(), 400, "every request is a record");
+    let count = |k: ErrorKind| recs.iter().filter(|r| r.error == Some(k)).count() as u64;
+    let (http, disc) = (count(ErrorKind::HttpStatus), count(ErrorKind::Disconnect));
+    assert!(
+        (15..80).contains(&http) && (15..80).contains(&disc),
+        "http {http} disconnect {disc}"
+    );
+    assert_eq!(http + disc, 400 - s.succeeded, "no other failures");
+    assert_eq!(s.errors.get("http_status"), Some(&http));
+    assert_eq!(s.errors.get("disconnect"), Some(&disc));
+    assert!(
+        recs.iter()
+            .filter(|r| r.error == Some(ErrorKind::HttpStatus))
+            .all(|r| r.http_status == Some(500))
+    );
+    let implied = s.request_throughput * s.duration_s;
+    assert!(
+        (implied - s.succeeded as f64).abs() < 1e-6,
+        "request throughput counts successes only"
+    );
+    let tokens = s.output_token_throughput * s.duration_s;
+    assert!(
+        (tokens - (s.succeeded * 8) as f64).abs() < 1e-6,
+        "token throughput counts successes only"
+    );
+    // The mock's own counters agree.
+    let metrics = reqwest::get(format!("{}/metrics", server.url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(&format!("mock_injected_errors_total {http}")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_server_does_not_hang_the_cell_past_the_request_timeout() {
+    let server = start(mock(|m| m.stall_rate = 1.0)).await;
+    let c = client(
+        &server,
+        EndpointType::Chat,
+        true,
+        Duration::from_millis(300),
+        4,
+    );
+    let recs = load::run(
+        &c,
+        &synth(),
+        &LoadSpec::closed(4, 8, 16, 8),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(recs.len(), 8);
+    assert!(
+        recs.iter().all(|r| r.error == Some(ErrorKind::Timeout)),
+        "{recs:?}"
+    );
+    assert!(
+        recs.iter().all(|r| r.first_token_ns.is_some()),
+        "the first token came before the stall"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_chunks_are_malformed_stream_errors() {
+    let server = start(mock(|m| m.malformed_rate = 1.0)).await;
+    let (recs, s) = closed(&server, 4, 12, 16, 8).await;
+    assert!(
+        recs.iter()
+            .all(|r| r.error == Some(ErrorKind::MalformedStream))
+    );
+    assert_eq!(s.errors.get("malformed_stream"), Some(&12));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_responses_and_the_completions_endpoint_work() {
+    let server = start(mock(|m| m.ttft_ms = 5.0)).await;
+    for (kind, stream) in [
+        (EndpointType::Completions, true),
+        (EndpointType::Chat, false),
+        (EndpointType::Completions, false),
+    ] {
+        let c = client(&server, kind, stream, Duration::from_secs(10), 2);
+        let recs = load::run(
+            &c,
+            &synth(),
+            &LoadSpec::closed(2, 6, 64, 12),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert!(
+            recs.iter().all(|r| r.ok()),
+            "{kind:?} stream={stream}: {recs:?}"
+        );
+        assert!(
+            recs.iter()
+                .all(|r| r.output_tokens == 12 && r.output_token_source == TokenSource::Usage)
+        );
+        if !stream {
+            assert!(
+                recs.iter().all(|r| r.ttft_s() == r.latency_s()),
+                "unstreamed: TTFT is the whole latency"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_spaces_arrivals_at_the_rate_and_warmup_is_excluded() {
+    let server = start(MockDeployment::default()).await;
+    let c = client(
+        &server,
+        EndpointType::Chat,
+        true,
+        Duration::from_secs(10),
+        8,
+    );
+    let mut spec = LoadSpec::closed(8, 40, 16, 4);
+    spec.rate = Some(100.0);
+    spec.arrival = Arrival::Constant;
+    spec.warmup = 5;
+    let recs = load::run(&c, &synth(), &spec, &CancellationToken::new()).await;
+    assert_eq!(recs.len(), 45);
+    assert_eq!(recs.iter().filter(|r| r.warmup).count(), 5);
+    assert!(
+        recs[..5].iter().all(|r| r.warmup),
+        "warmup requests come first"
+    );
+    let starts: Vec<u64> = recs.iter().map(|r| r.start_ns).collect();
+    let span = (starts[44] - starts[0]) as f64 / 1e9;
+    // 44 gaps of 10 ms; generous bounds, this checks the schedule, not the machine.
+    assert!((0.3..3.0).contains(&span), "span {span}s");
+    let s = BenchSummary::of(&recs, &SloLimits::default());
+    assert_eq!((s.requests, s.warmup_requests), (40, 5));
+}
+
+#[tokio::test]
+async fn a_closed_port_gives_connect_errors() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let c = Client::new(ClientConfig {
+        url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        kind: EndpointType::Chat,
+        model: "m".into(),
+        stream: true,
+        timeout: Duration::from_secs(5),
+        api_key: None,
+        extra_body: Default::default(),
+        headers: Vec::new(),
+        max_connections: 1,
+    })
+    .expect("client");
+    let recs = load::run(
+        &c,
+        &synth(),
+        &LoadSpec::closed(1, 3, 8, 2),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert!(
+        recs.iter().all(|r| r.error == Some(ErrorKind::Connect)),
+        "{recs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_benchmark_step_stores_records_and_statistics_per_cell() {
+    let server = start(mock(|m| {
+        m.ttft_ms = 2.0;
+        m.itl_ms = 1.0;
+    }))
+    .await;
+    let exp = Arc::new(
+        Experiment::from_yaml_str(
+            "name: bench\nmodel: {name: m}\nconcurrency: [1, 4]\nbenchmark: {isl_osl: [[64, 8]]}\n\
+             load: {requests: 12, warmup_requests: 2}\nslo: {ttft: 1s}\n",
+            "bench.yaml",
+        )
+        .expect("experiment"),
+    );
+    let url = server.url();
+    let pipeline = Pipeline::builder()
+        .setup(step_fn("endpoint", move |cx| {
+            let url = url.clone();
+            async move {
+                cx.resources().insert(Endpoint::new(url)?);
+                Ok(StepOutput::new())
+            }
+        }))
+        .per_cell(harness_llm::BenchmarkStep::new())
+        .build()
+        .expect("pipeline");
+    let store = Arc::new(MemoryStore::new());
+    let run = RunContext::new(
+        "r1",
+        exp.clone(),
+        Arc::new(LocalBackend::new().expect("backend")),
+        store.clone(),
+        CancellationToken::new(),
+    )
+    .expect("context");
+    let report = Runner::new(pipeline)
+        .run(
+            &run,
+            &exp.plan().expect("plan"),
+            RunMode::New { input: None },
+        )
+        .await
+        .expect("run");
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:?}");
+    for cell in &report.cells {
+        assert_eq!(cell.metrics.get("requests"), Some(&12.0));
+        assert_eq!(cell.metrics.get("errors"), Some(&0.0));
+        assert!(cell.metrics.get("ttft.p50_ms").is_some_and(|v| *v > 0.0));
+        assert!(cell.metrics.get("goodput").is_some_and(|v| *v > 0.0));
+        let key = run
+            .layout()
+            .cell_dir(&cell.cell)
+            .join("records.jsonl")
+            .expect("key");
+        let lines = store.get(&key).await.expect("records stored");
+        assert_eq!(
+            lines
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count(),
+            14,
+            "warmup records are kept"
+        );
+    }
+}
