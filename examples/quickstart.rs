@@ -1,16 +1,18 @@
-//! The library API end to end: load the quickstart experiment, build its pipeline (start the
-//! local server, check each cell, stop the server), run it into a local folder, print the
-//! cells.
+//! The library API end to end: load the quickstart experiment, start its mock server in this
+//! process, benchmark every cell with `BenchmarkStep`, store the run in a local folder, and
+//! print each cell's TTFT and throughput.
 //!
 //! `cargo run -p examples --example quickstart`
 
 use std::sync::Arc;
 
-use harness_core::steps::deployment_steps;
+use harness_core::config::Deployment;
 use harness_core::{
-    Backend, CancellationToken, Experiment, LocalBackend, Pipeline, RunContext, RunMode, Runner,
-    Stage, StepOutput, TracingReporter, step_fn,
+    Backend, CancellationToken, Endpoint, Error, Experiment, LocalBackend, Pipeline, RunContext,
+    RunMode, Runner, StepOutput, step_fn,
 };
+use harness_llm::BenchmarkStep;
+use harness_llm::mock::MockServer;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,25 +20,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         env!("CARGO_MANIFEST_DIR"),
         "/../experiments/quickstart.yaml"
     );
-    let exp = Arc::new(Experiment::from_path(path)?);
-    let plan = exp.plan()?;
+    // Fewer requests per cell than the file asks for, to keep the example short.
+    let exp = Arc::new(Experiment::from_path(path)?.with_overrides(&["load.requests=16"])?);
+    let Deployment::Mock(mock) = &exp.deployment else {
+        return Err("the quickstart experiment deploys the mock server".into());
+    };
+    let server = MockServer::start(mock.clone(), "127.0.0.1:0".parse()?).await?;
 
-    // Setup starts the deployment and waits until it answers; teardown always stops it.
-    let deployment = deployment_steps(&exp)?;
-    let mut builder = Pipeline::builder().add(Stage::Setup, deployment.setup, None);
-    if let Some(teardown) = deployment.teardown {
-        builder = builder.add(Stage::Teardown, teardown, None);
-    }
-    // One per-cell step: fetch `/` from the endpoint the deployment shared.
-    let pipeline = builder
-        .per_cell(step_fn("fetch", |cx| async move {
-            let endpoint = cx
-                .resources()
-                .get::<harness_core::Endpoint>()
-                .ok_or_else(|| harness_core::Error::failed("fetch", "no endpoint"))?;
-            let status = harness_core::backend::http_get_status(&endpoint.url("/")).await?;
-            Ok(StepOutput::new().metric("http_status", f64::from(status)))
+    // Setup shares the endpoint; every cell is benchmarked.
+    let url = server.url();
+    let pipeline = Pipeline::builder()
+        .setup(step_fn("endpoint", move |cx| {
+            let url = url.clone();
+            async move {
+                cx.resources().insert(Endpoint::new(url)?);
+                Ok::<_, Error>(StepOutput::new())
+            }
         }))
+        .per_cell(BenchmarkStep::new())
         .build()?;
 
     let dir = std::env::temp_dir().join("harness-example-quickstart");
@@ -51,12 +52,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         CancellationToken::new(),
     )?;
     let report = Runner::new(pipeline)
-        .reporter(Arc::new(TracingReporter))
-        .run(&run, &plan, RunMode::New { input: None })
+        .run(&run, &exp.plan()?, RunMode::New { input: None })
         .await?;
+    server.shutdown().await;
 
     for cell in &report.cells {
-        println!("{:<32} {:?} {:?}", cell.cell, cell.status, cell.metrics);
+        let m = |k: &str| cell.metrics.get(k).copied().unwrap_or(f64::NAN);
+        println!(
+            "{:<32} {:?}  TTFT p50 {:6.2} ms  ITL p50 {:5.2} ms  {:8.1} output tok/s",
+            cell.cell,
+            cell.status,
+            m("ttft.p50_ms"),
+            m("itl.p50_ms"),
+            m("output_token_throughput")
+        );
     }
     println!(
         "{:?}; stored under {}/{}",

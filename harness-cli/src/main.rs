@@ -12,7 +12,6 @@ use std::time::SystemTime;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use harness_core::journal::Manifest;
-use harness_core::steps::deployment_steps;
 use harness_core::{
     ArtifactStore, ArtifactStoreExt, Backend, CancellationToken, Error, Experiment, LocalBackend,
     Pipeline, RunContext, RunLayout, RunMode, RunStatus, Runner, Stage, StepRegistry,
@@ -77,10 +76,61 @@ enum Command {
     },
     /// Print a commented experiment with every section and its default.
     Init,
+    /// Serve the mock OpenAI-compatible server (for demos, tests and client measurements).
+    Mock(MockArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MockArgs {
+    /// The address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The port (0: a free one, printed on start).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Worker threads (1 serves from one core).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Time to first token, ms.
+    #[arg(long)]
+    ttft_ms: Option<f64>,
+    /// Inter-token latency, ms.
+    #[arg(long)]
+    itl_ms: Option<f64>,
+    /// Delay jitter, a fraction (0 to 1).
+    #[arg(long)]
+    jitter: Option<f64>,
+    /// Output tokens per response (default: the request's max_tokens).
+    #[arg(long)]
+    output_tokens: Option<u32>,
+    /// Fraction of requests answered with an error status.
+    #[arg(long)]
+    error_rate: Option<f64>,
+    /// Fraction of streams cut halfway.
+    #[arg(long)]
+    disconnect_rate: Option<f64>,
+    /// Fraction of streams that stall after the first token.
+    #[arg(long)]
+    stall_rate: Option<f64>,
+    /// Fraction of streams with a malformed chunk.
+    #[arg(long)]
+    malformed_rate: Option<f64>,
+    /// The whole configuration as JSON (the experiment's `deployment.mock` section); the
+    /// flags above override it.
+    #[arg(long)]
+    config: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The mock picks its own runtime (one thread by default).
+    if let Command::Mock(args) = &cli.command {
+        init_tracing(cli.verbose, cli.log_format, None);
+        return match mock(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => report_error(&e),
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -100,6 +150,7 @@ async fn async_main(cli: Cli) -> ExitCode {
             print!("{}", harness_core::config::DEFAULT_EXPERIMENT);
             ExitCode::SUCCESS
         }
+        Command::Mock(_) => ExitCode::SUCCESS, // handled before the runtime starts
         Command::Validate {
             experiment,
             sets,
@@ -193,27 +244,99 @@ fn load(path: &Path, sets: &[String]) -> Result<(Experiment, String), Error> {
 fn registry() -> StepRegistry {
     let mut r = StepRegistry::with_builtins();
     r.register("http-check", check::HttpCheckStep::factory());
+    r.register("benchmark", harness_llm::BenchmarkStep::factory());
     r
+}
+
+/// Serves the mock until SIGINT or SIGTERM.
+fn mock(args: &MockArgs) -> Result<(), Error> {
+    use harness_core::config::MockDeployment;
+    let mut cfg: MockDeployment = match &args.config {
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| Error::invalid("--config", format!("not a mock configuration: {e}")))?,
+        None => MockDeployment::default(),
+    };
+    let set = |slot: &mut f64, v: Option<f64>| {
+        if let Some(v) = v {
+            *slot = v;
+        }
+    };
+    set(&mut cfg.ttft_ms, args.ttft_ms);
+    set(&mut cfg.itl_ms, args.itl_ms);
+    set(&mut cfg.jitter, args.jitter);
+    set(&mut cfg.error_rate, args.error_rate);
+    set(&mut cfg.disconnect_rate, args.disconnect_rate);
+    set(&mut cfg.stall_rate, args.stall_rate);
+    set(&mut cfg.malformed_rate, args.malformed_rate);
+    if let Some(n) = args.output_tokens {
+        cfg.output_tokens = Some(
+            std::num::NonZeroU32::new(n)
+                .ok_or_else(|| Error::invalid("--output-tokens", "must be at least 1"))?,
+        );
+    }
+    // Validate through the same rules as the experiment file.
+    let json = serde_json::to_value(&cfg).map_err(|e| Error::invalid("mock", e.to_string()))?;
+    let cfg: MockDeployment =
+        serde_json::from_value(json).map_err(|e| Error::invalid("mock", e.to_string()))?;
+    cfg.check().map_err(|e| Error::invalid("mock", e))?;
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    }
+    .map_err(|e| Error::io("starting the runtime", e))?;
+    runtime.block_on(async {
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| Error::io(format!("binding {addr}"), e))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the address", e))?;
+        println!(
+            "mock OpenAI server on http://{local} (ttft {} ms, itl {} ms)",
+            cfg.ttft_ms, cfg.itl_ms
+        );
+        let shutdown = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            }
+        };
+        harness_llm::mock::serve(cfg, listener, shutdown)
+            .await
+            .map_err(|e| Error::io("serving", e))
+    })
 }
 
 /// The pipeline for an experiment: deployment setup and teardown, the experiment's steps,
 /// and the default per-cell step when the experiment names none.
-fn build_pipeline(exp: &Experiment, file: &str) -> Result<(Pipeline, bool), Error> {
-    let deployment = deployment_steps(exp)?;
+fn build_pipeline(exp: &Experiment, file: &str) -> Result<Pipeline, Error> {
+    let program =
+        std::env::current_exe().map_err(|e| Error::io("finding the harness binary", e))?;
+    let deployment = harness_llm::deployment_steps(exp, &program)?;
     let mut builder = Pipeline::builder().add(Stage::Setup, deployment.setup, None);
     if let Some(u) = deployment.teardown {
         builder = builder.add(Stage::Teardown, u, None);
     }
     builder = registry().build_into(exp, file, builder)?;
-    let default_step = !exp.steps.iter().any(|s| s.stage == Stage::Cell);
-    if default_step {
+    // Without per-cell steps of its own, an experiment benchmarks each cell.
+    if !exp.steps.iter().any(|s| s.stage == Stage::Cell) {
         builder = builder.add(
             Stage::Cell,
-            Arc::new(check::HttpCheckStep::new("http-check", "/")),
+            Arc::new(harness_llm::BenchmarkStep::new()),
             None,
         );
     }
-    Ok((builder.build()?, default_step))
+    builder.build()
 }
 
 fn validate(path: &Path, sets: &[String], json: bool) -> Result<(), Error> {
@@ -306,13 +429,7 @@ async fn run(
         None => (new_run_id(), RunMode::New { input: Some(input) }),
     };
     let plan = exp.plan()?;
-    let (pipeline, default_step) = build_pipeline(&exp, &file)?;
-    if default_step {
-        eprintln!(
-            "note: harness has no load generator yet (it lands with harness-llm); each cell runs the `http-check` \
-             connectivity step, which checks the endpoint answers at the cell's concurrency and measures no model performance"
-        );
-    }
+    let pipeline = build_pipeline(&exp, &file)?;
 
     let local = LocalBackend::new()?;
     let backend: Arc<dyn Backend> = Arc::new(local.clone());

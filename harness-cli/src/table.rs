@@ -5,8 +5,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use comfy_table::{Cell, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use harness_core::{CellStatus, CellSummary, Plan, RunReport};
 
-/// The most metric columns shown; `harness show` (later) prints all.
+/// The most metric columns shown; every metric is in the stored summaries.
 const MAX_METRIC_COLUMNS: usize = 8;
+
+/// Benchmark metrics shown first, with short headers, when a cell has them.
+const PREFERRED: [(&str, &str); 8] = [
+    ("requests", "requests"),
+    ("errors", "errors"),
+    ("request_throughput", "req/s"),
+    ("output_token_throughput", "out tok/s"),
+    ("ttft.p50_ms", "TTFT p50 ms"),
+    ("ttft.p99_ms", "TTFT p99 ms"),
+    ("itl.p50_ms", "ITL p50 ms"),
+    ("request_latency.p50_ms", "latency p50 ms"),
+];
 
 fn status_text(s: CellStatus) -> &'static str {
     match s {
@@ -31,13 +43,21 @@ fn short(s: &str, n: usize) -> String {
 /// One row per cell of the plan: status, attempts, duration, metrics, error.
 pub(crate) fn summary_table(plan: &Plan, report: &RunReport, summaries: &[CellSummary]) -> Table {
     let by_id: BTreeMap<_, _> = summaries.iter().map(|s| (&s.cell, s)).collect();
-    let metrics: Vec<String> = summaries
+    let present: BTreeSet<&String> = summaries.iter().flat_map(|s| s.metrics.keys()).collect();
+    let preferred: Vec<(String, String)> = PREFERRED
         .iter()
-        .flat_map(|s| s.metrics.keys().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .take(MAX_METRIC_COLUMNS)
+        .filter(|(k, _)| present.iter().any(|p| p.as_str() == *k))
+        .map(|(k, h)| ((*k).to_owned(), (*h).to_owned()))
         .collect();
+    let metrics: Vec<(String, String)> = if preferred.is_empty() {
+        present
+            .iter()
+            .take(MAX_METRIC_COLUMNS)
+            .map(|k| ((*k).clone(), (*k).clone()))
+            .collect()
+    } else {
+        preferred
+    };
     let mut table = Table::new();
     table
         .load_style(UTF8_FULL_CONDENSED)
@@ -48,7 +68,7 @@ pub(crate) fn summary_table(plan: &Plan, report: &RunReport, summaries: &[CellSu
         "attempts".into(),
         "time (s)".into(),
     ];
-    header.extend(metrics.iter().cloned());
+    header.extend(metrics.iter().map(|(_, h)| h.clone()));
     header.push("error".into());
     table.set_header(header);
     for (cell, rep) in plan.cells().iter().zip(&report.cells) {
@@ -59,7 +79,7 @@ pub(crate) fn summary_table(plan: &Plan, report: &RunReport, summaries: &[CellSu
             Cell::new(rep.attempts),
             Cell::new(summary.map_or(String::new(), |s| format!("{:.2}", s.duration_s))),
         ];
-        for m in &metrics {
+        for (m, _) in &metrics {
             let v = summary.and_then(|s| s.metrics.get(m));
             row.push(Cell::new(v.map_or(String::new(), |v| format_metric(*v))));
         }

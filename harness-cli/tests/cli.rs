@@ -170,14 +170,34 @@ fn run_sweeps_the_quickstart_stores_the_run_and_prints_the_table() {
     }
     assert!(stdout.contains("6/6 cells succeeded"), "{stdout}");
     assert!(
-        stderr.contains("not a benchmark") || stderr.contains("measures no model performance"),
-        "{stderr}"
+        stdout.contains("TTFT p50 ms") && stdout.contains("out tok/s"),
+        "{stdout}"
     );
+    assert!(!stderr.contains("WARN"), "{stderr}");
     let run = only_run(dir.path(), "quickstart");
     let manifest = json(&run.join("manifest.json"));
     assert_eq!(manifest["status"], "succeeded");
     assert_eq!(manifest["plan"].as_array().map(Vec::len), Some(6));
-    assert_eq!(manifest["experiment"]["deployment"]["health"], "/");
+    assert_eq!(
+        manifest["experiment"]["deployment"]["mock"]["ttft_ms"],
+        20.0
+    );
+    // Every cell has its records and statistics; TTFT is near the mock's 20 ms (generous).
+    for row in json(&run.join("summary.json")).as_array().expect("rows") {
+        let cell = row["cell"].as_str().expect("cell");
+        let records = std::fs::read_to_string(run.join("cells").join(cell).join("records.jsonl"))
+            .expect("records");
+        assert_eq!(records.lines().count(), 48, "{cell}");
+        let ttft = row["metrics"]["ttft.p50_ms"].as_f64().expect("ttft");
+        assert!((19.0..200.0).contains(&ttft), "{cell}: ttft p50 {ttft}");
+        assert_eq!(row["metrics"]["errors"], 0.0);
+        assert!(
+            run.join("cells")
+                .join(cell)
+                .join("artifacts/benchmark/benchmark.json")
+                .exists()
+        );
+    }
     assert!(run.join("experiment.yaml").exists());
     assert!(
         run.join("teardown/artifacts/undeploy/workload.log")
@@ -395,4 +415,65 @@ fn kill_9_then_resume_completes_the_remaining_cells_without_redoing_finished_one
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn harness_mock_serves_openai_streams_and_stops_on_sigterm() {
+    let mut child = harness()
+        .args([
+            "mock",
+            "--port",
+            "0",
+            "--ttft-ms",
+            "1",
+            "--output-tokens",
+            "3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("banner");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("url")
+        .to_owned();
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"a b c"}],"stream":true,"stream_options":{"include_usage":true}}"#;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    std::io::Write::write_all(&mut stream, req.as_bytes()).expect("write");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        answer.matches("\"content\":\"tok \"").count(),
+        3,
+        "{answer}"
+    );
+    assert!(
+        answer.contains("\"prompt_tokens\":3") && answer.contains("data: [DONE]"),
+        "{answer}"
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("sigterm");
+    assert!(wait_exit(&mut child).success());
+    // Bad configurations are input errors.
+    let out = harness()
+        .args(["mock", "--error-rate", "1.5"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }

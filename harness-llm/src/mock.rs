@@ -75,7 +75,7 @@ impl MockServer {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = router(cfg);
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
+            let _ = axum::serve(no_delay(listener), app)
                 .with_graceful_shutdown(async {
                     let _ = rx.await;
                 })
@@ -138,9 +138,22 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(cfg))
+    axum::serve(no_delay(listener), router(cfg))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Tokens are small writes: without `TCP_NODELAY`, Nagle's algorithm holds each one until the
+/// client acknowledges the last, and delayed ACKs make that up to 40 ms on Linux.
+fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    })
 }
 
 #[derive(Deserialize)]
