@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::openai::{self, Usage};
-use crate::sse::{SseEvent, SseParser};
+use crate::sse::SseParser;
 
 /// Why a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -187,11 +187,13 @@ impl Client {
     }
 
     /// Sends one request with `prompt` (of `prompt_tokens` tokens) asking for `max_tokens`.
+    /// The prompt is dropped once the body is built, so only the body stays in memory while
+    /// the request is in flight.
     pub async fn send(
         &self,
         index: u64,
         warmup: bool,
-        prompt: &str,
+        prompt: String,
         prompt_tokens: u64,
         max_tokens: u32,
         epoch: Instant,
@@ -200,11 +202,12 @@ impl Client {
         let body = openai::request_body(
             cfg.kind,
             &cfg.model,
-            prompt,
+            &prompt,
             max_tokens,
             cfg.stream,
             &cfg.extra_body,
         );
+        drop(prompt);
         let ns = move || u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let mut rec = RequestRecord {
             index,
@@ -276,10 +279,9 @@ impl Client {
         let mut usage: Option<Usage> = None;
         if cfg.stream {
             let mut parser = SseParser::new();
-            let mut events = Vec::with_capacity(4);
             let mut stream = response.bytes_stream();
             let mut done = false;
-            'read: loop {
+            loop {
                 let next = match tokio::time::timeout_at(deadline, stream.next()).await {
                     Err(_) => {
                         fail(
@@ -300,34 +302,29 @@ impl Client {
                     }
                 };
                 let now = ns();
-                if let Err(e) = parser.feed(&bytes, &mut events) {
-                    fail(&mut rec, ErrorKind::MalformedStream, e.to_string());
-                    break;
-                }
-                for event in events.drain(..) {
-                    let data = match event {
-                        SseEvent::Done => {
-                            done = true;
-                            continue;
-                        }
-                        SseEvent::Data(d) => d,
-                    };
-                    match openai::parse_chunk(&data) {
+                let mut problem: Option<(ErrorKind, String)> = None;
+                let fed = parser.feed_with(&bytes, |data| {
+                    if problem.is_some() {
+                        return;
+                    }
+                    if data == "[DONE]" {
+                        done = true;
+                        return;
+                    }
+                    match openai::parse_chunk(data) {
                         Err(e) => {
-                            fail(
-                                &mut rec,
+                            problem = Some((
                                 ErrorKind::MalformedStream,
                                 format!(
                                     "chunk is not JSON ({e}): {}",
                                     data.chars().take(80).collect::<String>()
                                 ),
-                            );
-                            break 'read;
+                            ));
                         }
                         Ok(info) => {
                             if let Some(msg) = info.error {
-                                fail(&mut rec, ErrorKind::ServerError, msg);
-                                break 'read;
+                                problem = Some((ErrorKind::ServerError, msg));
+                                return;
                             }
                             if info.text_bytes > 0 {
                                 match rec.last_token_ns {
@@ -342,6 +339,13 @@ impl Client {
                             }
                         }
                     }
+                });
+                if let Err(e) = fed {
+                    problem = Some((ErrorKind::MalformedStream, e.to_string()));
+                }
+                if let Some((kind, msg)) = problem {
+                    fail(&mut rec, kind, msg);
+                    break;
                 }
             }
             if rec.error.is_none()

@@ -97,7 +97,7 @@ pub async fn run(
             .send(
                 index,
                 index < spec.warmup,
-                &prompt,
+                prompt,
                 u64::from(spec.isl),
                 spec.osl,
                 epoch,

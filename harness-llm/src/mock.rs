@@ -353,13 +353,19 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         start: Instant::now(),
         phase: Phase::Role,
     };
+    let instant = fate == Fate::Ok && cfg.ttft_ms == 0.0 && cfg.itl_ms == 0.0;
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(futures::stream::unfold(
-            stream,
-            TokenStream::step,
-        )))
+        .body(if instant {
+            // Every token is ready at once: one write, as a real server's socket would carry.
+            let all = stream.all_at_once();
+            Body::from_stream(futures::stream::once(async move {
+                Ok::<_, std::io::Error>(all)
+            }))
+        } else {
+            Body::from_stream(futures::stream::unfold(stream, TokenStream::step))
+        })
         .unwrap_or_else(|_| error_response(StatusCode::INTERNAL_SERVER_ERROR, "response"))
 }
 
@@ -377,6 +383,43 @@ struct TokenStream {
 }
 
 impl TokenStream {
+    /// The whole stream as one buffer, for responses without delays.
+    fn all_at_once(mut self) -> Bytes {
+        let mut out = Vec::with_capacity(64 + self.tokens as usize * 160);
+        if self.chat {
+            out.extend_from_slice(&self.role_chunk());
+        }
+        for _ in 0..self.tokens {
+            out.extend_from_slice(&self.chunk("tok "));
+        }
+        out.extend_from_slice(&self.usage_chunk());
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        Bytes::from(out)
+    }
+
+    fn role_chunk(&self) -> Bytes {
+        Bytes::from(format!(
+            "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"model\":\"{}\",\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"finish_reason\":null}}]}}\n\n",
+            self.id, self.model
+        ))
+    }
+
+    /// Counts the response as completed and returns its usage chunk (empty without
+    /// `include_usage`).
+    fn usage_chunk(&mut self) -> Bytes {
+        let c = &self.shared.counters;
+        c.output_tokens
+            .fetch_add(u64::from(self.tokens), Ordering::Relaxed);
+        c.completed.fetch_add(1, Ordering::Relaxed);
+        match self.usage.take() {
+            Some(usage) => Bytes::from(format!(
+                "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"model\":\"{}\",\"choices\":[],\"usage\":{}}}\n\n",
+                self.id, self.model, usage
+            )),
+            None => Bytes::new(),
+        }
+    }
+
     fn chunk(&self, content: &str) -> Bytes {
         let body = if self.chat {
             format!(
@@ -417,10 +460,7 @@ impl TokenStream {
                 if !self.chat {
                     return Box::pin(self.step()).await;
                 }
-                Bytes::from(format!(
-                    "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"model\":\"{}\",\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"finish_reason\":null}}]}}\n\n",
-                    self.id, self.model
-                ))
+                self.role_chunk()
             }
             Phase::Token(i) => {
                 match self.fate {
@@ -451,18 +491,12 @@ impl TokenStream {
                 self.chunk("tok ")
             }
             Phase::Usage => {
-                let c = &self.shared.counters;
-                c.output_tokens
-                    .fetch_add(u64::from(self.tokens), Ordering::Relaxed);
-                c.completed.fetch_add(1, Ordering::Relaxed);
                 self.phase = Phase::Done;
-                match self.usage.take() {
-                    Some(usage) => Bytes::from(format!(
-                        "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"model\":\"{}\",\"choices\":[],\"usage\":{}}}\n\n",
-                        self.id, self.model, usage
-                    )),
-                    None => return Box::pin(self.step()).await,
+                let usage = self.usage_chunk();
+                if usage.is_empty() {
+                    return Box::pin(self.step()).await;
                 }
+                usage
             }
             Phase::Done => {
                 self.phase = Phase::End;

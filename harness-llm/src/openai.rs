@@ -94,8 +94,39 @@ pub fn default_path(kind: EndpointType) -> &'static str {
     }
 }
 
-/// Builds a request body. `extra` fields are merged at the top level last, so they can
-/// override anything (e.g. `ignore_eos`, `min_tokens`, `temperature`).
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<[ChatMessage<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+    #[serde(flatten)]
+    extra: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(serde::Serialize)]
+struct ChatMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+/// Builds a request body. `extra` fields are written last and replace the fields of the
+/// same name (e.g. `max_tokens`), so they can set anything (`ignore_eos`, `min_tokens`,
+/// `temperature`). Serialised straight from borrowed data: the prompt is copied once, into
+/// the body.
 pub fn request_body(
     kind: EndpointType,
     model: &str,
@@ -104,31 +135,26 @@ pub fn request_body(
     stream: bool,
     extra: &serde_json::Map<String, serde_json::Value>,
 ) -> Vec<u8> {
-    let mut body = serde_json::Map::with_capacity(6 + extra.len());
-    body.insert("model".into(), model.into());
-    match kind {
-        EndpointType::Completions => {
-            body.insert("prompt".into(), prompt.into());
-        }
-        _ => {
-            body.insert(
-                "messages".into(),
-                serde_json::json!([{ "role": "user", "content": prompt }]),
-            );
-        }
-    }
-    body.insert("max_tokens".into(), max_tokens.into());
-    body.insert("stream".into(), stream.into());
-    if stream {
-        body.insert(
-            "stream_options".into(),
-            serde_json::json!({ "include_usage": true }),
-        );
-    }
-    for (k, v) in extra {
-        body.insert(k.clone(), v.clone());
-    }
-    serde_json::to_vec(&serde_json::Value::Object(body)).unwrap_or_default()
+    let own = |key: &str| !extra.contains_key(key);
+    let chat = !matches!(kind, EndpointType::Completions);
+    let body = Body {
+        model: own("model").then_some(model),
+        messages: (chat && own("messages")).then_some([ChatMessage {
+            role: "user",
+            content: prompt,
+        }]),
+        prompt: (!chat && own("prompt")).then_some(prompt),
+        max_tokens: own("max_tokens").then_some(max_tokens),
+        stream: own("stream").then_some(stream),
+        stream_options: (stream && own("stream_options")).then_some(StreamOptions {
+            include_usage: true,
+        }),
+        extra,
+    };
+    let mut out = Vec::with_capacity(prompt.len() + 256);
+    // Serialising borrowed strings and a JSON map cannot fail.
+    let _ = serde_json::to_writer(&mut out, &body);
+    out
 }
 
 #[cfg(test)]

@@ -46,7 +46,26 @@ impl SseParser {
     ///
     /// # Errors
     /// [`SseError`] when an event is too large or not UTF-8; the parser should be dropped.
-    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+        self.feed_with(bytes, |data| {
+            out.push(if data == "[DONE]" {
+                SseEvent::Done
+            } else {
+                SseEvent::Data(data.to_owned())
+            });
+        })
+    }
+
+    /// Feeds bytes and calls `on_event` with each complete event's data, borrowed: no
+    /// allocation per event. `[DONE]` arrives as the text `[DONE]`.
+    ///
+    /// # Errors
+    /// [`SseError`] when an event is too large or not UTF-8; the parser should be dropped.
+    pub fn feed_with(
+        &mut self,
+        mut bytes: &[u8],
+        mut on_event: impl FnMut(&str),
+    ) -> Result<(), SseError> {
         if self.after_cr && bytes.first() == Some(&b'\n') {
             bytes = &bytes[1..];
         }
@@ -62,7 +81,7 @@ impl SseParser {
                     _ => {}
                 }
             }
-            self.end_line(out)?;
+            self.end_line(&mut on_event)?;
         }
         self.line.extend_from_slice(bytes);
         if self.line.len() + self.data.len() > MAX_EVENT_BYTES {
@@ -71,15 +90,11 @@ impl SseParser {
         Ok(())
     }
 
-    fn end_line(&mut self, out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+    fn end_line(&mut self, on_event: &mut impl FnMut(&str)) -> Result<(), SseError> {
         if self.line.is_empty() {
             if self.has_data {
-                let data = std::mem::take(&mut self.data);
-                out.push(if data == "[DONE]" {
-                    SseEvent::Done
-                } else {
-                    SseEvent::Data(data)
-                });
+                on_event(&self.data);
+                self.data.clear();
                 self.has_data = false;
             }
             return Ok(());

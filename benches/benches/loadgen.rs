@@ -1,0 +1,324 @@
+//! The load generator against the mock server: throughput, client CPU per request and peak
+//! memory at several concurrencies; TTFT/ITL accuracy against injected delays; and wrk on the
+//! same server as the ceiling, when `wrk` is installed.
+//!
+//! `cargo bench -p benches --bench loadgen` (about two minutes). The mock runs in its own
+//! process on core 0 and this client on core 1 (`taskset`), each on one thread. Set
+//! `LOADGEN_QUICK=1` for a short smoke run (what `cargo test --all-targets` does).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness_core::CancellationToken;
+use harness_core::config::{EndpointType, MockDeployment};
+use harness_llm::client::{Client, ClientConfig};
+use harness_llm::load::{self, LoadSpec};
+use harness_llm::prompts::PromptSynth;
+use harness_llm::summary::{BenchSummary, SloLimits};
+use nix::sys::resource::{UsageWho, getrusage};
+
+const ROLE: &str = "HARNESS_BENCH_ROLE";
+
+fn main() {
+    if std::env::var(ROLE).as_deref() == Ok("mock") {
+        serve_mock();
+        return;
+    }
+    // Pin this client to core 1, once, when taskset exists and there are two cores.
+    if std::env::var("HARNESS_BENCH_PINNED").is_err() && has("taskset") && cores() >= 2 {
+        let exe = std::env::current_exe().expect("own path");
+        let status = Command::new("taskset")
+            .arg("-c")
+            .arg("1")
+            .arg(exe)
+            .args(std::env::args().skip(1))
+            .env("HARNESS_BENCH_PINNED", "1")
+            .status()
+            .expect("re-exec under taskset");
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    let quick = std::env::var("LOADGEN_QUICK").is_ok() || !std::env::args().any(|a| a == "--bench");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(bench(quick));
+}
+
+fn has(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Serves the mock on one thread; prints the port; stops when stdin closes.
+fn serve_mock() {
+    let cfg: MockDeployment =
+        serde_json::from_str(&std::env::var("MOCK_CONFIG").unwrap_or_default()).unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!("{}", listener.local_addr().expect("addr").port());
+        let stdin_closed = async {
+            let _ = tokio::task::spawn_blocking(|| {
+                let mut s = String::new();
+                let _ = std::io::stdin().read_line(&mut s);
+            })
+            .await;
+        };
+        harness_llm::mock::serve(cfg, listener, stdin_closed)
+            .await
+            .expect("serve");
+    });
+}
+
+struct Mock {
+    child: Child,
+    port: u16,
+}
+
+impl Mock {
+    fn start(cfg: &MockDeployment) -> Self {
+        let exe = std::env::current_exe().expect("own path");
+        let mut cmd = if has("taskset") && cores() >= 2 {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg("0").arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        let mut child = cmd
+            .env(ROLE, "mock")
+            .env("MOCK_CONFIG", serde_json::to_string(cfg).expect("json"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the mock");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("port");
+        Mock {
+            port: line.trim().parse().expect("port number"),
+            child,
+        }
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cpu_s() -> f64 {
+    let u = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+    t(u.user_time()) + t(u.system_time())
+}
+
+/// CPU seconds used so far by process `pid` (utime + stime from /proc, 100 ticks/s).
+fn proc_cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn peak_rss_mb() -> f64 {
+    getrusage(UsageWho::RUSAGE_SELF)
+        .expect("getrusage")
+        .max_rss() as f64
+        / 1024.0
+}
+
+fn client(port: u16, conc: u32) -> Client {
+    Client::new(ClientConfig {
+        url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        kind: EndpointType::Chat,
+        model: "m".into(),
+        stream: true,
+        timeout: Duration::from_secs(120),
+        api_key: None,
+        extra_body: Default::default(),
+        headers: Vec::new(),
+        max_connections: conc as usize,
+    })
+    .expect("client")
+}
+
+async fn bench(quick: bool) {
+    let synth = PromptSynth::new("cl100k_base").expect("encoding");
+    let _ = synth.prompt(8, 0); // load the encoding before measuring
+
+    println!("## Throughput: mock with zero delays, 64 output tokens, ISL 128, streamed\n");
+    println!(
+        "| concurrency | requests | req/s | client CPU ms/request | peak client RSS MB | errors |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let mut cfg = MockDeployment::default();
+    cfg.output_tokens = std::num::NonZeroU32::new(64);
+    let mock = Mock::start(&cfg);
+    for conc in [1u32, 64, 256, 1024] {
+        let requests = if quick {
+            u64::from(conc) * 2
+        } else {
+            (u64::from(conc) * 20).max(5000)
+        };
+        let c = client(mock.port, conc);
+        // Warm the connection pool, then measure.
+        let _ = load::run(
+            &c,
+            &synth,
+            &LoadSpec::closed(conc, u64::from(conc), 128, 64),
+            &CancellationToken::new(),
+        )
+        .await;
+        let (cpu0, t0) = (cpu_s(), Instant::now());
+        let recs = load::run(
+            &c,
+            &synth,
+            &LoadSpec::closed(conc, requests, 128, 64),
+            &CancellationToken::new(),
+        )
+        .await;
+        let (cpu, wall) = (cpu_s() - cpu0, t0.elapsed().as_secs_f64());
+        let errors = recs.iter().filter(|r| !r.ok()).count();
+        println!(
+            "| {conc} | {requests} | {:.0} | {:.3} | {:.0} | {errors} |",
+            requests as f64 / wall,
+            cpu * 1e3 / requests as f64,
+            peak_rss_mb()
+        );
+    }
+    drop(mock);
+
+    println!("\n## Accuracy: mock with TTFT 50 ms and ITL 10 ms, 32 output tokens\n");
+    println!(
+        "| concurrency | metric | p50 ms | p99 ms | p50 error ms | p99 error ms | mock CPU % | client CPU % |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    let mut cfg = MockDeployment::default();
+    cfg.ttft_ms = 50.0;
+    cfg.itl_ms = 10.0;
+    cfg.output_tokens = std::num::NonZeroU32::new(32);
+    for conc in [64u32, 512] {
+        let mock = Mock::start(&cfg);
+        let requests = if quick {
+            u64::from(conc)
+        } else {
+            u64::from(conc) * 8
+        };
+        let c = client(mock.port, conc);
+        // One warmup round opens the connections; it is recorded but left out of the stats.
+        let mut spec = LoadSpec::closed(conc, requests, 128, 32);
+        spec.warmup = u64::from(conc);
+        let (m0, c0, t0) = (proc_cpu_s(mock.child.id()), cpu_s(), Instant::now());
+        let recs = load::run(&c, &synth, &spec, &CancellationToken::new()).await;
+        let wall = t0.elapsed().as_secs_f64();
+        let mock_pct = (proc_cpu_s(mock.child.id()) - m0) / wall * 100.0;
+        let client_pct = (cpu_s() - c0) / wall * 100.0;
+        let s = BenchSummary::of(&recs, &SloLimits::default());
+        for (name, truth) in [("ttft_ms", 50.0), ("itl_ms", 10.0)] {
+            if let Some(d) = s.distributions.get(name) {
+                let (p50, p99) = (d.p(50).unwrap_or(f64::NAN), d.p(99).unwrap_or(f64::NAN));
+                println!(
+                    "| {conc} | {name} | {p50:.3} | {p99:.3} | {:+.3} | {:+.3} | {mock_pct:.0} | {client_pct:.0} |",
+                    p50 - truth,
+                    p99 - truth
+                );
+            }
+        }
+        assert_eq!(
+            s.requests, s.succeeded,
+            "errors in the accuracy run: {:?}",
+            s.errors
+        );
+    }
+
+    println!("\n## Memory: concurrency 1024, ISL 8192, 16 output tokens\n");
+    let mut cfg = MockDeployment::default();
+    cfg.output_tokens = std::num::NonZeroU32::new(16);
+    let mock = Mock::start(&cfg);
+    let c = client(mock.port, 1024);
+    let requests = if quick { 1024 } else { 4096 };
+    let recs = load::run(
+        &c,
+        &synth,
+        &LoadSpec::closed(1024, requests, 8192, 16),
+        &CancellationToken::new(),
+    )
+    .await;
+    println!(
+        "{} requests, {} errors; peak client RSS {:.0} MB",
+        recs.len(),
+        recs.iter().filter(|r| !r.ok()).count(),
+        peak_rss_mb()
+    );
+
+    if has("wrk") && !quick {
+        println!(
+            "\n## wrk on the same mock (zero delays, 64 output tokens, one wrk thread on core 1)\n"
+        );
+        drop(mock);
+        let mut cfg = MockDeployment::default();
+        cfg.output_tokens = std::num::NonZeroU32::new(64);
+        let mock = Mock::start(&cfg);
+        let prompt = synth.prompt(128, 1);
+        let script = std::env::temp_dir().join("harness-wrk.lua");
+        let body = serde_json::json!({
+            "model": "m", "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": 64, "stream": true, "stream_options": {"include_usage": true}
+        });
+        std::fs::write(
+            &script,
+            format!(
+                "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = {}\n",
+                serde_json::to_string(&body.to_string()).expect("lua string")
+            ),
+        )
+        .expect("script");
+        println!("| connections | req/s |");
+        println!("|---:|---:|");
+        for conc in [64, 256, 1024] {
+            let out = Command::new("wrk")
+                .args(["-t1", &format!("-c{conc}"), "-d10s", "-s"])
+                .arg(&script)
+                .arg(format!(
+                    "http://127.0.0.1:{}/v1/chat/completions",
+                    mock.port
+                ))
+                .output()
+                .expect("wrk");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let rps = text
+                .lines()
+                .find(|l| l.starts_with("Requests/sec:"))
+                .unwrap_or("Requests/sec: ?");
+            println!(
+                "| {conc} | {} |",
+                rps.trim_start_matches("Requests/sec:").trim()
+            );
+        }
+    }
+}
