@@ -5,11 +5,13 @@
 //! `cargo run -p examples --example quickstart`
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use harness_core::config::Deployment;
+use harness_core::steps::WaitReadyStep;
 use harness_core::{
-    Backend, CancellationToken, Endpoint, Error, Experiment, LocalBackend, Pipeline, RunContext,
-    RunMode, Runner, StepOutput, step_fn,
+    Backend, CancellationToken, Endpoint, Experiment, LocalBackend, Pipeline, RunContext, RunMode,
+    Runner,
 };
 use harness_llm::BenchmarkStep;
 use harness_llm::mock::MockServer;
@@ -27,16 +29,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let server = MockServer::start(mock.clone(), "127.0.0.1:0".parse()?).await?;
 
-    // Setup shares the endpoint; every cell is benchmarked.
-    let url = server.url();
+    // Setup waits for the endpoint and shares it; every cell is benchmarked.
+    let endpoint = Endpoint::new(server.url())?;
     let pipeline = Pipeline::builder()
-        .setup(step_fn("endpoint", move |cx| {
-            let url = url.clone();
-            async move {
-                cx.resources().insert(Endpoint::new(url)?);
-                Ok::<_, Error>(StepOutput::new())
-            }
-        }))
+        .setup(WaitReadyStep::new(
+            endpoint,
+            Some("/health".into()),
+            Duration::from_secs(10),
+        ))
         .per_cell(BenchmarkStep::new())
         .build()?;
 

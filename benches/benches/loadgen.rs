@@ -222,12 +222,12 @@ async fn bench(quick: bool) {
     cfg.ttft_ms = 50.0;
     cfg.itl_ms = 10.0;
     cfg.output_tokens = std::num::NonZeroU32::new(32);
-    for conc in [64u32, 512] {
+    for conc in [1u32, 64, 512] {
         let mock = Mock::start(&cfg);
         let requests = if quick {
-            u64::from(conc)
+            u64::from(conc).max(8)
         } else {
-            u64::from(conc) * 8
+            (u64::from(conc) * 8).max(64)
         };
         let c = client(mock.port, conc);
         // One warmup round opens the connections; it is recorded but left out of the stats.

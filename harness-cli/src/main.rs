@@ -322,11 +322,7 @@ fn mock(args: &MockArgs) -> Result<(), Error> {
 fn build_pipeline(exp: &Experiment, file: &str) -> Result<Pipeline, Error> {
     let program =
         std::env::current_exe().map_err(|e| Error::io("finding the harness binary", e))?;
-    let deployment = harness_llm::deployment_steps(exp, &program)?;
-    let mut builder = Pipeline::builder().add(Stage::Setup, deployment.setup, None);
-    if let Some(u) = deployment.teardown {
-        builder = builder.add(Stage::Teardown, u, None);
-    }
+    let mut builder = Pipeline::builder().deployment(harness_llm::deployment_steps(exp, &program)?);
     builder = registry().build_into(exp, file, builder)?;
     // Without per-cell steps of its own, an experiment benchmarks each cell.
     if !exp.steps.iter().any(|s| s.stage == Stage::Cell) {

@@ -78,6 +78,15 @@ impl PipelineBuilder {
         self.add(Stage::Teardown, Arc::new(step), None)
     }
 
+    /// Adds a deployment's setup step and, when it has one, its teardown step.
+    pub fn deployment(self, steps: crate::steps::DeploymentSteps) -> Self {
+        let builder = self.add(Stage::Setup, steps.setup, None);
+        match steps.teardown {
+            Some(t) => builder.add(Stage::Teardown, t, None),
+            None => builder,
+        }
+    }
+
     /// Adds a shared step to `stage`, with an optional timeout of its own.
     pub fn add(mut self, stage: Stage, step: Arc<dyn Step>, timeout: Option<Duration>) -> Self {
         self.steps.push((stage, PipelineStep { step, timeout }));

@@ -185,11 +185,7 @@ async fn run_with(
     extra_cell_steps: Vec<Arc<dyn Step>>,
 ) -> (RunReport, MemoryStore) {
     let store = MemoryStore::new();
-    let deployment = deployment_steps(exp).expect("deployment steps");
-    let mut b = Pipeline::builder().add(Stage::Setup, deployment.setup, None);
-    if let Some(u) = deployment.teardown {
-        b = b.add(Stage::Teardown, u, None);
-    }
+    let mut b = Pipeline::builder().deployment(deployment_steps(exp).expect("deployment steps"));
     for s in extra_cell_steps {
         b = b.add(Stage::Cell, s, None);
     }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use harness_core::config::{Arrival, EndpointType, MockDeployment};
+use harness_core::steps::WaitReadyStep;
 use harness_core::*;
 use harness_llm::client::{Client, ClientConfig, ErrorKind, TokenSource};
 use harness_llm::load::{self, LoadSpec};
@@ -312,15 +313,13 @@ async fn the_benchmark_step_stores_records_and_statistics_per_cell() {
         )
         .expect("experiment"),
     );
-    let url = server.url();
+    let endpoint = Endpoint::new(server.url()).expect("endpoint");
     let pipeline = Pipeline::builder()
-        .setup(step_fn("endpoint", move |cx| {
-            let url = url.clone();
-            async move {
-                cx.resources().insert(Endpoint::new(url)?);
-                Ok(StepOutput::new())
-            }
-        }))
+        .setup(WaitReadyStep::new(
+            endpoint,
+            Some("/health".into()),
+            Duration::from_secs(10),
+        ))
         .per_cell(harness_llm::BenchmarkStep::new())
         .build()
         .expect("pipeline");

