@@ -142,6 +142,11 @@ impl Step for BenchmarkStep {
             osl,
             seed: load.seed ^ (cell.index as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
         };
+        let warnings = if load.preflight {
+            preflight(&client, &synth, &spec, cx.cancel()).await
+        } else {
+            Vec::new()
+        };
         let records = load::run(&client, &synth, &spec, cx.cancel()).await;
         if cx.cancel().is_cancelled() {
             return Err(Error::Cancelled {
@@ -190,6 +195,9 @@ impl Step for BenchmarkStep {
         for (k, v) in summary.metrics() {
             out = out.metric(k, v);
         }
+        for w in warnings {
+            out = out.note(w);
+        }
         if let Some(src) = summary.output_token_sources.get("chunks") {
             out = out.note(format!(
                 "{src} requests had no usage from the server; their output tokens are chunk counts"
@@ -234,4 +242,70 @@ pub fn deployment_steps(exp: &harness_core::Experiment, program: &Path) -> Resul
         )),
         _ => harness_core::steps::deployment_steps(exp),
     }
+}
+
+/// Two requests at the cell's ISL and OSL, before the load: warnings when the server does
+/// not return OSL tokens, or counts the prompt far from ISL (another tokenizer), or fails.
+async fn preflight(
+    client: &Client,
+    synth: &PromptSynth,
+    spec: &LoadSpec,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Vec<String> {
+    let mut check = LoadSpec::closed(1, 2, spec.isl, spec.osl);
+    check.seed = spec.seed ^ 0x5EED_F11E;
+    let records = load::run(client, synth, &check, cancel).await;
+    preflight_warnings(&records, spec.isl, spec.osl, synth.encoding())
+}
+
+/// The preflight's verdict on its records.
+pub fn preflight_warnings(
+    records: &[crate::client::RequestRecord],
+    isl: u32,
+    osl: u32,
+    encoding: &str,
+) -> Vec<String> {
+    use crate::client::TokenSource;
+    let mut out = Vec::new();
+    if let Some(failed) = records.iter().find(|r| !r.ok()) {
+        out.push(format!(
+            "preflight: a request failed ({}): {}",
+            failed.error.map_or("?", |k| k.as_str()),
+            failed.error_message.as_deref().unwrap_or_default()
+        ));
+        return out;
+    }
+    let with_usage: Vec<_> = records
+        .iter()
+        .filter(|r| r.output_token_source == TokenSource::Usage)
+        .collect();
+    if with_usage.is_empty() {
+        out.push(
+            "preflight: the server reports no usage; output tokens are counted as chunks".into(),
+        );
+        return out;
+    }
+    if let Some(r) = with_usage
+        .iter()
+        .find(|r| r.output_tokens != u64::from(osl))
+    {
+        out.push(format!(
+            "preflight: the server returned {} output tokens for OSL {osl}; \
+             set load.extra_body {{ignore_eos: true}} or min_tokens for exact OSL",
+            r.output_tokens
+        ));
+    }
+    // Chat templates add a few tokens; a far-off count means another tokenizer.
+    if let Some(r) = with_usage.iter().find(|r| {
+        let n = r.input_tokens as f64;
+        let want = f64::from(isl);
+        n < want * 0.8 || n > want * 1.25 + 32.0
+    }) {
+        out.push(format!(
+            "preflight: the server counts {} input tokens for a {isl}-token prompt under `{encoding}`; \
+             set `tokenizer` to the model's for exact ISL",
+            r.input_tokens
+        ));
+    }
+    out
 }

@@ -298,21 +298,13 @@ async fn a_closed_port_gives_connect_errors() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_benchmark_step_stores_records_and_statistics_per_cell() {
-    let server = start(mock(|m| {
-        m.ttft_ms = 2.0;
-        m.itl_ms = 1.0;
-    }))
-    .await;
-    let exp = Arc::new(
-        Experiment::from_yaml_str(
-            "name: bench\nmodel: {name: m}\nconcurrency: [1, 4]\nbenchmark: {isl_osl: [[64, 8]]}\n\
-             load: {requests: 12, warmup_requests: 2}\nslo: {ttft: 1s}\n",
-            "bench.yaml",
-        )
-        .expect("experiment"),
-    );
+/// Runs `BenchmarkStep` over an experiment against a mock with `cfg`.
+async fn bench_run(
+    cfg: MockDeployment,
+    yaml: &str,
+) -> (RunReport, Arc<MemoryStore>, RunContext, MockServer) {
+    let server = start(cfg).await;
+    let exp = Arc::new(Experiment::from_yaml_str(yaml, "bench.yaml").expect("experiment"));
     let endpoint = Endpoint::new(server.url()).expect("endpoint");
     let pipeline = Pipeline::builder()
         .setup(WaitReadyStep::new(
@@ -340,6 +332,20 @@ async fn the_benchmark_step_stores_records_and_statistics_per_cell() {
         )
         .await
         .expect("run");
+    (report, store, run, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_benchmark_step_stores_records_and_statistics_per_cell() {
+    let (report, store, run, _server) = bench_run(
+        mock(|m| {
+            m.ttft_ms = 2.0;
+            m.itl_ms = 1.0;
+        }),
+        "name: bench\nmodel: {name: m}\nconcurrency: [1, 4]\nbenchmark: {isl_osl: [[64, 8]]}\n\
+         load: {requests: 12, warmup_requests: 2}\nslo: {ttft: 1s}\n",
+    )
+    .await;
     assert_eq!(report.status, RunStatus::Succeeded, "{report:?}");
     for cell in &report.cells {
         assert_eq!(cell.metrics.get("requests"), Some(&12.0));
@@ -360,5 +366,81 @@ async fn the_benchmark_step_stores_records_and_statistics_per_cell() {
             14,
             "warmup records are kept"
         );
+        let summary: CellSummary = store
+            .get_json(&run.layout().cell_summary(&cell.cell))
+            .await
+            .expect("summary");
+        assert!(
+            summary.notes.is_empty(),
+            "the mock honours OSL and counts ISL exactly: {:?}",
+            summary.notes
+        );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preflight_warns_when_the_server_does_not_honour_osl() {
+    let (report, store, run, _server) = bench_run(
+        mock(|m| m.output_tokens = std::num::NonZeroU32::new(5)),
+        "name: pre\nmodel: {name: m}\nconcurrency: [2]\nbenchmark: {isl_osl: [[32, 16]]}\nload: {requests: 4}\n",
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Succeeded);
+    let summary: CellSummary = store
+        .get_json(&run.layout().cell_summary(&report.cells[0].cell))
+        .await
+        .expect("summary");
+    assert!(
+        summary
+            .notes
+            .iter()
+            .any(|n| n.contains("returned 5 output tokens for OSL 16") && n.contains("ignore_eos")),
+        "{:?}",
+        summary.notes
+    );
+    // Turned off, there is no warning and no preflight request.
+    let (report, store, run, server) = bench_run(
+        mock(|m| m.output_tokens = std::num::NonZeroU32::new(5)),
+        "name: pre\nmodel: {name: m}\nconcurrency: [2]\nbenchmark: {isl_osl: [[32, 16]]}\nload: {requests: 4, preflight: false}\n",
+    )
+    .await;
+    let summary: CellSummary = store
+        .get_json(&run.layout().cell_summary(&report.cells[0].cell))
+        .await
+        .expect("summary");
+    assert!(summary.notes.is_empty(), "{:?}", summary.notes);
+    let metrics = reqwest::get(format!("{}/metrics", server.url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("mock_requests_total 4\n"), "{metrics}");
+}
+
+#[test]
+fn preflight_flags_a_foreign_tokenizer_and_failures() {
+    use harness_llm::client::{ErrorKind, RequestRecord, TokenSource};
+    let rec = |input: u64, output: u64, error: Option<ErrorKind>| -> RequestRecord {
+        serde_json::from_value(serde_json::json!({
+            "index": 0, "warmup": false, "start_ns": 0, "first_token_ns": 1, "last_token_ns": 2, "end_ns": 3,
+            "chunk_gaps_ns": [], "content_chunks": output, "input_tokens": input, "output_tokens": output,
+            "output_token_source": TokenSource::Usage, "http_status": 200, "error": error, "error_message": null
+        }))
+        .expect("record")
+    };
+    let w = harness_llm::step::preflight_warnings(&[rec(140, 16, None)], 128, 16, "cl100k_base");
+    assert!(w.is_empty(), "a chat template's few tokens are fine: {w:?}");
+    let w = harness_llm::step::preflight_warnings(&[rec(300, 16, None)], 128, 16, "cl100k_base");
+    assert!(w.iter().any(|w| w.contains("300 input tokens")), "{w:?}");
+    let w = harness_llm::step::preflight_warnings(
+        &[rec(128, 16, Some(ErrorKind::HttpStatus))],
+        128,
+        16,
+        "cl100k_base",
+    );
+    assert!(
+        w.iter().any(|w| w.contains("failed (http_status)")),
+        "{w:?}"
+    );
 }

@@ -483,6 +483,10 @@ pub struct Load {
     /// variable's name is stored, never the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
+    /// Before each cell, two requests check that the server honours OSL and that its token
+    /// count of the prompt agrees with the tokenizer; mismatches become warnings.
+    #[serde(default = "default_true")]
+    pub preflight: bool,
 }
 
 impl Default for Load {
@@ -498,6 +502,7 @@ impl Default for Load {
             extra_body: BTreeMap::new(),
             headers: BTreeMap::new(),
             api_key_env: None,
+            preflight: true,
         }
     }
 }
