@@ -199,14 +199,14 @@ impl Client {
         epoch: Instant,
     ) -> RequestRecord {
         let cfg = &self.cfg;
-        let body = openai::request_body(
+        let body = bytes::Bytes::from(openai::request_body(
             cfg.kind,
             &cfg.model,
             &prompt,
             max_tokens,
             cfg.stream,
             &cfg.extra_body,
-        );
+        ));
         drop(prompt);
         let ns = move || u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let mut rec = RequestRecord {
@@ -230,31 +230,40 @@ impl Client {
             rec.error = Some(kind);
             rec.error_message = Some(msg);
         };
-        let sent =
-            tokio::time::timeout_at(deadline, self.http.post(&cfg.url).body(body).send()).await;
-        let response = match sent {
-            Err(_) => {
-                fail(
-                    &mut rec,
-                    ErrorKind::Timeout,
-                    format!("no response within {:?}", cfg.timeout),
-                );
-                rec.end_ns = ns();
-                return rec;
+        // A pooled keep-alive connection that the server closed just as it was reused fails
+        // before any response byte: a client artifact, not a server failure. Retry once on a
+        // fresh connection, with the clock restarted.
+        let mut retried = false;
+        let response = loop {
+            let request = self.http.post(&cfg.url).body(body.clone());
+            match tokio::time::timeout_at(deadline, request.send()).await {
+                Err(_) => {
+                    fail(
+                        &mut rec,
+                        ErrorKind::Timeout,
+                        format!("no response within {:?}", cfg.timeout),
+                    );
+                    rec.end_ns = ns();
+                    return rec;
+                }
+                Ok(Err(e)) if !retried && stale_connection(&e) => {
+                    retried = true;
+                    rec.start_ns = ns();
+                }
+                Ok(Err(e)) => {
+                    let kind = if e.is_connect() {
+                        ErrorKind::Connect
+                    } else if e.is_timeout() {
+                        ErrorKind::Timeout
+                    } else {
+                        ErrorKind::Disconnect
+                    };
+                    fail(&mut rec, kind, error_chain(&e));
+                    rec.end_ns = ns();
+                    return rec;
+                }
+                Ok(Ok(r)) => break r,
             }
-            Ok(Err(e)) => {
-                let kind = if e.is_connect() {
-                    ErrorKind::Connect
-                } else if e.is_timeout() {
-                    ErrorKind::Timeout
-                } else {
-                    ErrorKind::Disconnect
-                };
-                fail(&mut rec, kind, error_chain(&e));
-                rec.end_ns = ns();
-                return rec;
-            }
-            Ok(Ok(r)) => r,
         };
         let status = response.status();
         rec.http_status = Some(status.as_u16());
@@ -398,6 +407,19 @@ impl Client {
         }
         rec
     }
+}
+
+/// Whether a send failed because the pooled connection was closed by the server before any
+/// response byte arrived (hyper's "connection closed before message completed").
+fn stale_connection(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message() || h.is_canceled();
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// An error with its causes, without the URL's query (which could hold secrets).

@@ -467,6 +467,9 @@ impl TokenStream {
                     // Never sends again; the client's timeout must end the request.
                     Fate::Stall if i == 2 => std::future::pending::<()>().await,
                     Fate::Disconnect if i == half + 1 => {
+                        // Pause so that the status line and the first tokens go out: the cut
+                        // must come mid-stream, after a response has begun.
+                        tokio::time::sleep(Duration::from_millis(2)).await;
                         self.phase = Phase::End;
                         return Some((Err(std::io::Error::other("injected disconnect")), self));
                     }

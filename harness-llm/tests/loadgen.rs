@@ -444,3 +444,115 @@ fn preflight_flags_a_foreign_tokenizer_and_failures() {
         "{w:?}"
     );
 }
+
+/// A server that reads each request fully, then drops the first `drop_first` connections
+/// without answering and answers the rest with a one-token stream. Returns its port and a
+/// counter of connections.
+async fn flaky_server(drop_first: usize) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(read) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if read == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..read]);
+                    let text = String::from_utf8_lossy(&buf);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                if n < drop_first {
+                    return; // closes without a response
+                }
+                let body = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n\
+                            data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    (port, conns)
+}
+
+fn client_for(port: u16) -> Client {
+    Client::new(ClientConfig {
+        url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        kind: EndpointType::Chat,
+        model: "m".into(),
+        stream: true,
+        timeout: Duration::from_secs(10),
+        api_key: None,
+        extra_body: Default::default(),
+        headers: Vec::new(),
+        max_connections: 1,
+    })
+    .expect("client")
+}
+
+#[tokio::test]
+async fn a_connection_closed_before_any_response_is_retried_once_on_a_new_one() {
+    let (port, conns) = flaky_server(1).await;
+    let rec = client_for(port)
+        .send(
+            0,
+            false,
+            "a b c d".into(),
+            4,
+            1,
+            tokio::time::Instant::now(),
+        )
+        .await;
+    assert!(rec.ok(), "{rec:?}");
+    assert_eq!(
+        (rec.output_tokens, rec.output_token_source),
+        (1, TokenSource::Usage)
+    );
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // A server that never answers is retried once, then recorded as a disconnect.
+    let (port, conns) = flaky_server(usize::MAX).await;
+    let rec = client_for(port)
+        .send(
+            0,
+            false,
+            "a b c d".into(),
+            4,
+            1,
+            tokio::time::Instant::now(),
+        )
+        .await;
+    assert_eq!(rec.error, Some(ErrorKind::Disconnect), "{rec:?}");
+    assert_eq!(
+        conns.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "exactly one retry"
+    );
+}
