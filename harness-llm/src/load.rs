@@ -79,7 +79,9 @@ fn prompt_seed(seed: u64, index: u64) -> u64 {
 }
 
 /// Sends the cell's load and returns every record (warmup included), in index order.
-/// Stops early, marking in-flight requests cancelled, when `cancel` fires.
+/// When `cancel` fires it stops sending, abandons the requests in flight (they are not
+/// recorded) and returns the records of those that finished; the caller reports the cell
+/// as cancelled.
 pub async fn run(
     client: &Client,
     synth: &PromptSynth,
