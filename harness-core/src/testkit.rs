@@ -205,6 +205,27 @@ impl BackendFixtures {
     }
 }
 
+/// Runs `pipeline` over `exp`'s plan as the new run `r1`, with a fresh cancellation token:
+/// the usual first lines of a pipeline test.
+///
+/// # Panics
+/// When the run cannot start (the run exists already, or the store refuses the manifest).
+pub async fn run_new(
+    exp: std::sync::Arc<crate::Experiment>,
+    pipeline: crate::Pipeline,
+    backend: std::sync::Arc<dyn Backend>,
+    store: std::sync::Arc<dyn ArtifactStore>,
+) -> (crate::RunReport, crate::RunContext) {
+    let run = crate::RunContext::new("r1", exp.clone(), backend, store, CancellationToken::new())
+        .unwrap_or_else(|e| panic!("run context: {e}"));
+    let plan = exp.plan().unwrap_or_else(|e| panic!("plan: {e}"));
+    let report = crate::Runner::new(pipeline)
+        .run(&run, &plan, crate::RunMode::New { input: None })
+        .await
+        .unwrap_or_else(|e| panic!("run: {e}"));
+    (report, run)
+}
+
 /// Whether process `pid` exists on this machine and is not a zombie (Linux `/proc`).
 pub fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

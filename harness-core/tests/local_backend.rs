@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness_core::steps::deployment_steps;
-use harness_core::testkit::{BackendFixtures, backend_conformance};
+use harness_core::testkit::{BackendFixtures, backend_conformance, run_new};
 use harness_core::*;
 
 fn sh(name: &str, script: &str) -> WorkloadSpec {
@@ -189,22 +189,13 @@ async fn run_with(
     for s in extra_cell_steps {
         b = b.add(Stage::Cell, s, None);
     }
-    let run = RunContext::new(
-        "r1",
+    let (report, _run) = run_new(
         exp.clone(),
+        b.build().expect("pipeline"),
         Arc::new(backend),
         Arc::new(store.clone()),
-        CancellationToken::new(),
     )
-    .expect("context");
-    let report = Runner::new(b.build().expect("pipeline"))
-        .run(
-            &run,
-            &exp.plan().expect("plan"),
-            RunMode::New { input: None },
-        )
-        .await
-        .expect("run");
+    .await;
     (report, store)
 }
 

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use harness_core::steps::deployment_steps;
+use harness_core::testkit::run_new;
 use harness_core::*;
 
 fn deps() -> (PathBuf, PathBuf) {
@@ -46,22 +47,13 @@ async fn a_sweep_against_llama_server_produces_sane_records() {
         .expect("pipeline");
     let store = Arc::new(MemoryStore::new());
     let backend = LocalBackend::new().expect("backend");
-    let run = RunContext::new(
-        "r1",
+    let (report, run) = run_new(
         exp.clone(),
+        pipeline,
         Arc::new(backend.clone()),
         store.clone(),
-        CancellationToken::new(),
     )
-    .expect("context");
-    let report = Runner::new(pipeline)
-        .run(
-            &run,
-            &exp.plan().expect("plan"),
-            RunMode::New { input: None },
-        )
-        .await
-        .expect("run");
+    .await;
     assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
     assert_eq!(backend.live_workloads(), 0, "llama-server was torn down");
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use harness_core::config::{Arrival, EndpointType, MockDeployment};
 use harness_core::steps::WaitReadyStep;
+use harness_core::testkit::run_new;
 use harness_core::*;
 use harness_llm::client::{Client, ClientConfig, ErrorKind, TokenSource};
 use harness_llm::load::{self, LoadSpec};
@@ -32,8 +33,24 @@ fn client(
     conc: usize,
 ) -> Client {
     let path = harness_llm::openai::default_path(kind);
+    client_at(
+        format!("{}{path}", server.url()),
+        kind,
+        stream,
+        timeout,
+        conc,
+    )
+}
+
+fn client_at(
+    url: String,
+    kind: EndpointType,
+    stream: bool,
+    timeout: Duration,
+    conc: usize,
+) -> Client {
     Client::new(ClientConfig {
-        url: format!("{}{path}", server.url()),
+        url,
         kind,
         model: "m".into(),
         stream,
@@ -273,18 +290,7 @@ async fn a_closed_port_gives_connect_errors() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let c = Client::new(ClientConfig {
-        url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
-        kind: EndpointType::Chat,
-        model: "m".into(),
-        stream: true,
-        timeout: Duration::from_secs(5),
-        api_key: None,
-        extra_body: Default::default(),
-        headers: Vec::new(),
-        max_connections: 1,
-    })
-    .expect("client");
+    let c = client_for(port);
     let recs = load::run(
         &c,
         &synth(),
@@ -316,22 +322,13 @@ async fn bench_run(
         .build()
         .expect("pipeline");
     let store = Arc::new(MemoryStore::new());
-    let run = RunContext::new(
-        "r1",
+    let (report, run) = run_new(
         exp.clone(),
+        pipeline,
         Arc::new(LocalBackend::new().expect("backend")),
         store.clone(),
-        CancellationToken::new(),
     )
-    .expect("context");
-    let report = Runner::new(pipeline)
-        .run(
-            &run,
-            &exp.plan().expect("plan"),
-            RunMode::New { input: None },
-        )
-        .await
-        .expect("run");
+    .await;
     (report, store, run, server)
 }
 
@@ -502,34 +499,24 @@ async fn flaky_server(drop_first: usize) -> (u16, Arc<std::sync::atomic::AtomicU
     (port, conns)
 }
 
+/// A streaming chat client for `127.0.0.1:port`, one connection.
 fn client_for(port: u16) -> Client {
-    Client::new(ClientConfig {
-        url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
-        kind: EndpointType::Chat,
-        model: "m".into(),
-        stream: true,
-        timeout: Duration::from_secs(10),
-        api_key: None,
-        extra_body: Default::default(),
-        headers: Vec::new(),
-        max_connections: 1,
-    })
-    .expect("client")
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    client_at(url, EndpointType::Chat, true, Duration::from_secs(10), 1)
+}
+
+/// One request of a 4-token prompt asking for 1 token.
+async fn send_one(port: u16) -> harness_llm::client::RequestRecord {
+    let prompt = "a b c d".to_owned();
+    client_for(port)
+        .send(0, false, prompt, 4, 1, tokio::time::Instant::now())
+        .await
 }
 
 #[tokio::test]
 async fn a_connection_closed_before_any_response_is_retried_once_on_a_new_one() {
     let (port, conns) = flaky_server(1).await;
-    let rec = client_for(port)
-        .send(
-            0,
-            false,
-            "a b c d".into(),
-            4,
-            1,
-            tokio::time::Instant::now(),
-        )
-        .await;
+    let rec = send_one(port).await;
     assert!(rec.ok(), "{rec:?}");
     assert_eq!(
         (rec.output_tokens, rec.output_token_source),
@@ -539,16 +526,7 @@ async fn a_connection_closed_before_any_response_is_retried_once_on_a_new_one() 
 
     // A server that never answers is retried once, then recorded as a disconnect.
     let (port, conns) = flaky_server(usize::MAX).await;
-    let rec = client_for(port)
-        .send(
-            0,
-            false,
-            "a b c d".into(),
-            4,
-            1,
-            tokio::time::Instant::now(),
-        )
-        .await;
+    let rec = send_one(port).await;
     assert_eq!(rec.error, Some(ErrorKind::Disconnect), "{rec:?}");
     assert_eq!(
         conns.load(std::sync::atomic::Ordering::SeqCst),
