@@ -386,6 +386,11 @@ async fn run(
 ) -> Result<ExitCode, Error> {
     let file = path.display().to_string();
     let (mut exp, input) = load(path, sets)?;
+    // The resume hint must name the store when it was given on the command line.
+    let store_arg = store_url
+        .as_ref()
+        .map(|u| format!(" --store {u}"))
+        .unwrap_or_default();
     let url = store_url
         .or_else(|| exp.storage.url.clone())
         .unwrap_or_else(|| harness_storage::DEFAULT_STORE_URL.to_owned());
@@ -477,7 +482,10 @@ async fn run(
         run_cx.layout().root()
     );
     if report.status != RunStatus::Succeeded {
-        println!("resume with: harness run {file} --resume {}", report.run_id);
+        println!(
+            "resume with: harness run {file} --resume {}{store_arg}",
+            report.run_id
+        );
     }
     Ok(match report.status {
         RunStatus::Succeeded => ExitCode::SUCCESS,

@@ -218,13 +218,20 @@ fn a_failing_cell_is_isolated_and_the_exit_code_says_so() {
         "name: iso\nmodel: {name: m}\nconcurrency: [1, 2, 4]\nbenchmark: {isl_osl: [[8, 2]]}\n\
          steps:\n  - kind: command\n    run: [sh, -c, 'test {concurrency} -ne 2 || { echo refusing >&2; exit 9; }']\n",
     );
-    let out = run_in(dir.path(), &["run", "exp.yaml"]);
+    let out = run_in(
+        dir.path(),
+        &["run", "exp.yaml", "--store", "file://./elsewhere"],
+    );
     let stdout = text(&out.stdout);
     assert_eq!(
         out.status.code(),
         Some(1),
         "{stdout}\n{}",
         text(&out.stderr)
+    );
+    assert!(
+        dir.path().join("elsewhere/runs/iso").is_dir(),
+        "--store is honoured"
     );
     assert!(
         stdout
@@ -237,8 +244,9 @@ fn a_failing_cell_is_isolated_and_the_exit_code_says_so() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("resume with: harness run exp.yaml --resume"),
-        "{stdout}"
+        stdout.contains("resume with: harness run exp.yaml --resume")
+            && stdout.contains("--store file://./elsewhere"),
+        "the resume hint names the store: {stdout}"
     );
 }
 
