@@ -4,7 +4,8 @@
 //! (checked when the synthesiser is built). BPE pre-tokenisation splits text at such word
 //! boundaries, so `n` words are exactly `n` tokens; the tests check it with the tokenizer.
 //! Words are drawn from a seeded generator per request, so prompts differ (no accidental
-//! prefix-cache hits) and a run repeats exactly.
+//! prefix-cache hits) and a run repeats exactly. The encoding's tables (tens of MB) are
+//! loaded only to choose the words, then dropped.
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -25,7 +26,6 @@ month lot study book eye job word business issue side kind head far black long b
 #[derive(Clone)]
 pub struct PromptSynth {
     encoding: String,
-    bpe: &'static CoreBPE,
     words: Vec<&'static str>,
 }
 
@@ -47,16 +47,7 @@ impl PromptSynth {
     /// # Errors
     /// A message naming the known encodings when `encoding` is not one.
     pub fn new(encoding: &str) -> Result<Self, String> {
-        let bpe: &'static CoreBPE = match encoding {
-            "cl100k_base" => tiktoken_rs::cl100k_base_singleton(),
-            "o200k_base" => tiktoken_rs::o200k_base_singleton(),
-            other => {
-                return Err(format!(
-                    "unknown tokenizer encoding `{other}`; built in: {}",
-                    ENCODINGS.join(", ")
-                ));
-            }
-        };
+        let bpe = load(encoding)?;
         let mut words: Vec<&'static str> = WORDS
             .split_whitespace()
             .filter(|w| bpe.encode_ordinary(&format!(" {w}")).len() == 1)
@@ -68,7 +59,6 @@ impl PromptSynth {
         }
         Ok(PromptSynth {
             encoding: encoding.to_owned(),
-            bpe,
             words,
         })
     }
@@ -89,10 +79,30 @@ impl PromptSynth {
         out
     }
 
-    /// Tokens in `text` under this encoding.
-    pub fn count(&self, text: &str) -> usize {
-        self.bpe.encode_ordinary(text).len()
+}
+
+/// Loads a built-in encoding (not a process-wide singleton: dropped after use).
+fn load(encoding: &str) -> Result<CoreBPE, String> {
+    match encoding {
+        "cl100k_base" => tiktoken_rs::cl100k_base(),
+        "o200k_base" => tiktoken_rs::o200k_base(),
+        other => {
+            return Err(format!(
+                "unknown tokenizer encoding `{other}`; built in: {}",
+                ENCODINGS.join(", ")
+            ));
+        }
     }
+    .map_err(|e| format!("loading the `{encoding}` encoding: {e}"))
+}
+
+/// Tokens in `text` under a built-in encoding. Loads the encoding each call: for checks,
+/// not for hot paths.
+///
+/// # Errors
+/// When `encoding` is not built in.
+pub fn count_tokens(encoding: &str, text: &str) -> Result<usize, String> {
+    Ok(load(encoding)?.encode_ordinary(text).len())
 }
 
 #[cfg(test)]
@@ -103,9 +113,11 @@ mod tests {
     fn prompts_have_exactly_the_requested_tokens_in_every_encoding() {
         for enc in ENCODINGS {
             let s = PromptSynth::new(enc).expect("encoding");
+            let bpe = load(enc).expect("encoding");
+            assert_eq!(count_tokens(enc, " the cat").expect("count"), 2);
             for (n, seed) in [(1, 1), (2, 2), (17, 3), (128, 4), (1000, 5), (8192, 6)] {
                 let p = s.prompt(n, seed);
-                assert_eq!(s.count(&p), n as usize, "{enc}: {n} tokens");
+                assert_eq!(bpe.encode_ordinary(&p).len(), n as usize, "{enc}: {n} tokens");
                 assert_eq!(p.split_whitespace().count(), n as usize);
             }
         }
