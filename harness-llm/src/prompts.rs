@@ -78,7 +78,6 @@ impl PromptSynth {
         }
         out
     }
-
 }
 
 /// Loads a built-in encoding (not a process-wide singleton: dropped after use).
@@ -117,7 +116,11 @@ mod tests {
             assert_eq!(count_tokens(enc, " the cat").expect("count"), 2);
             for (n, seed) in [(1, 1), (2, 2), (17, 3), (128, 4), (1000, 5), (8192, 6)] {
                 let p = s.prompt(n, seed);
-                assert_eq!(bpe.encode_ordinary(&p).len(), n as usize, "{enc}: {n} tokens");
+                assert_eq!(
+                    bpe.encode_ordinary(&p).len(),
+                    n as usize,
+                    "{enc}: {n} tokens"
+                );
                 assert_eq!(p.split_whitespace().count(), n as usize);
             }
         }
