@@ -133,10 +133,6 @@ impl std::fmt::Debug for Runner {
     }
 }
 
-struct Layered {
-    step: Arc<dyn Step>,
-}
-
 impl Runner {
     /// A runner for `pipeline`.
     pub fn new(pipeline: Pipeline) -> Self {
@@ -159,7 +155,7 @@ impl Runner {
         }
     }
 
-    fn layered(&self, run: &RunContext, stage: Stage) -> Vec<Layered> {
+    fn layered(&self, run: &RunContext, stage: Stage) -> Vec<Arc<dyn Step>> {
         let policy = &run.experiment().policy;
         self.pipeline
             .steps(stage)
@@ -173,16 +169,18 @@ impl Runner {
                 if stage != Stage::Teardown {
                     step = RetryLayer::new(policy.retries, policy.backoff.get()).layer(step);
                 }
-                Layered {
-                    step: TraceLayer.layer(step),
-                }
+                TraceLayer.layer(step)
             })
             .collect()
     }
 
     /// Runs one step, giving it [`CANCEL_GRACE`] to stop after cancellation.
-    async fn invoke(&self, step: &Layered, cx: &StepContext) -> (Result<StepOutput>, Duration) {
-        let name = step.step.name().to_owned();
+    async fn invoke(
+        &self,
+        step: &Arc<dyn Step>,
+        cx: &StepContext,
+    ) -> (Result<StepOutput>, Duration) {
+        let name = step.name().to_owned();
         let cell = cx.cell().map(|c| c.id.clone());
         self.emit(Event::StepStarted {
             stage: cx.stage(),
@@ -192,7 +190,7 @@ impl Runner {
         let start = Instant::now();
         let cancel = cx.cancel().clone();
         let result = tokio::select! {
-            r = step.step.run(cx) => r,
+            r = step.run(cx) => r,
             () = async { cancel.cancelled().await; tokio::time::sleep(CANCEL_GRACE).await } => {
                 Err(Error::Cancelled { what: format!("step `{name}` (it did not stop within {CANCEL_GRACE:?})") })
             }
@@ -313,13 +311,13 @@ impl Runner {
         });
         let mut setup_error: Option<CellError> = None;
         for step in self.layered(run, Stage::Setup) {
-            let cx = run.step(Stage::Setup, None, step.step.name())?;
+            let cx = run.step(Stage::Setup, None, step.name())?;
             let (result, _) = self.invoke(&step, &cx).await;
             if let Err(e) = result {
                 setup_error = Some(CellError {
-                    step: step.step.name().to_owned(),
+                    step: step.name().to_owned(),
                     kind: e.kind().to_owned(),
-                    message: format!("setup step `{}` failed: {e}", step.step.name()),
+                    message: format!("setup step `{}` failed: {e}", step.name()),
                 });
                 break;
             }
@@ -371,10 +369,10 @@ impl Runner {
         let teardown_run = run.with_cancel(CancellationToken::new());
         let mut teardown_errors = Vec::new();
         for step in self.layered(&teardown_run, Stage::Teardown) {
-            let cx = teardown_run.step(Stage::Teardown, None, step.step.name())?;
+            let cx = teardown_run.step(Stage::Teardown, None, step.name())?;
             let (result, _) = self.invoke(&step, &cx).await;
             if let Err(e) = result {
-                teardown_errors.push(format!("teardown step `{}`: {e}", step.step.name()));
+                teardown_errors.push(format!("teardown step `{}`: {e}", step.name()));
             }
         }
 
@@ -451,7 +449,7 @@ impl Runner {
         cell: &Cell,
         mut entry: JournalEntry,
         total: usize,
-        steps: &[Layered],
+        steps: &[Arc<dyn Step>],
         setup_error: Option<&CellError>,
         store_errors: &mut Vec<String>,
     ) -> (JournalEntry, BTreeMap<String, f64>) {
@@ -481,7 +479,7 @@ impl Runner {
         let mut cancelled = false;
         if error.is_none() {
             for step in steps {
-                let name = step.step.name().to_owned();
+                let name = step.name().to_owned();
                 let cx = match run.step(Stage::Cell, Some(shared.clone()), &name) {
                     Ok(cx) => cx,
                     Err(e) => {

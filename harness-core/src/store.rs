@@ -377,9 +377,4 @@ impl ScopedStore {
     pub async fn get(&self, rel: &str) -> Result<Bytes> {
         self.inner.get(&self.key(rel)?).await
     }
-
-    /// The whole store, for steps that must write outside their folder (e.g. cell results).
-    pub fn inner(&self) -> &Arc<dyn ArtifactStore> {
-        &self.inner
-    }
 }

@@ -321,19 +321,12 @@ async fn a_teardown_failure_is_reported_and_the_next_teardown_step_still_runs() 
     let exp = experiment(&[]);
     let run = context(&exp, Arc::new(MemoryStore::new()), "r1");
     let ran = Arc::new(AtomicU32::new(0));
-    let r2 = ran.clone();
     let pipeline = Pipeline::builder()
         .per_cell(step_fn("s", |_| async { Ok(StepOutput::new()) }))
         .teardown(step_fn("first", |_| async {
             Err(Error::failed("delete", "forbidden"))
         }))
-        .teardown(step_fn("second", move |_| {
-            let r = r2.clone();
-            async move {
-                r.fetch_add(1, Ordering::SeqCst);
-                Ok(StepOutput::new())
-            }
-        }))
+        .teardown(counter_step("second", ran.clone()))
         .build()
         .expect("pipeline");
     let report = run_new(pipeline, &run, &exp).await;
@@ -341,6 +334,17 @@ async fn a_teardown_failure_is_reported_and_the_next_teardown_step_still_runs() 
     assert_eq!(ran.load(Ordering::SeqCst), 1);
     assert_eq!(report.teardown_errors.len(), 1);
     assert!(report.teardown_errors[0].contains("forbidden"));
+}
+
+/// A step named `name` that adds one to `counter` each time it runs.
+fn counter_step(name: &'static str, counter: Arc<AtomicU32>) -> impl Step {
+    step_fn(name, move |_| {
+        let c = counter.clone();
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(StepOutput::new())
+        }
+    })
 }
 
 /// A step that counts its runs per cell and cancels the run when it reaches `cancel_at`.
@@ -370,16 +374,9 @@ async fn cancellation_runs_teardown_and_resume_reruns_only_unfinished_cells() {
     let counts: Arc<Mutex<BTreeMap<i64, u32>>> = Arc::default();
     let torn_down = Arc::new(AtomicU32::new(0));
     let pipeline = |cancel_at| {
-        let t = torn_down.clone();
         Pipeline::builder()
             .per_cell(counting_step(counts.clone(), cancel_at))
-            .teardown(step_fn("undeploy", move |_| {
-                let t = t.clone();
-                async move {
-                    t.fetch_add(1, Ordering::SeqCst);
-                    Ok(StepOutput::new())
-                }
-            }))
+            .teardown(counter_step("undeploy", torn_down.clone()))
             .build()
             .expect("pipeline")
     };

@@ -63,6 +63,11 @@ fn client_at(
     .expect("client")
 }
 
+/// Sends `spec` with a fresh synthesiser and cancellation token.
+async fn run_load(c: &Client, spec: &LoadSpec) -> Vec<harness_llm::client::RequestRecord> {
+    load::run(c, &synth(), spec, &CancellationToken::new()).await
+}
+
 fn synth() -> PromptSynth {
     PromptSynth::new("cl100k_base").expect("encoding")
 }
@@ -81,13 +86,7 @@ async fn closed(
         Duration::from_secs(30),
         conc as usize,
     );
-    let recs = load::run(
-        &c,
-        &synth(),
-        &LoadSpec::closed(conc, requests, isl, osl),
-        &CancellationToken::new(),
-    )
-    .await;
+    let recs = run_load(&c, &LoadSpec::closed(conc, requests, isl, osl)).await;
     let summary = BenchSummary::of(&recs, &SloLimits::default());
     (recs, summary)
 }
@@ -193,13 +192,7 @@ async fn a_stalled_server_does_not_hang_the_cell_past_the_request_timeout() {
         Duration::from_millis(300),
         4,
     );
-    let recs = load::run(
-        &c,
-        &synth(),
-        &LoadSpec::closed(4, 8, 16, 8),
-        &CancellationToken::new(),
-    )
-    .await;
+    let recs = run_load(&c, &LoadSpec::closed(4, 8, 16, 8)).await;
     assert_eq!(recs.len(), 8);
     assert!(
         recs.iter().all(|r| r.error == Some(ErrorKind::Timeout)),
@@ -231,13 +224,7 @@ async fn whole_responses_and_the_completions_endpoint_work() {
         (EndpointType::Completions, false),
     ] {
         let c = client(&server, kind, stream, Duration::from_secs(10), 2);
-        let recs = load::run(
-            &c,
-            &synth(),
-            &LoadSpec::closed(2, 6, 64, 12),
-            &CancellationToken::new(),
-        )
-        .await;
+        let recs = run_load(&c, &LoadSpec::closed(2, 6, 64, 12)).await;
         assert!(
             recs.iter().all(|r| r.ok()),
             "{kind:?} stream={stream}: {recs:?}"
@@ -269,7 +256,7 @@ async fn open_loop_spaces_arrivals_at_the_rate_and_warmup_is_excluded() {
     spec.rate = Some(100.0);
     spec.arrival = Arrival::Constant;
     spec.warmup = 5;
-    let recs = load::run(&c, &synth(), &spec, &CancellationToken::new()).await;
+    let recs = run_load(&c, &spec).await;
     assert_eq!(recs.len(), 45);
     assert_eq!(recs.iter().filter(|r| r.warmup).count(), 5);
     assert!(
@@ -291,13 +278,7 @@ async fn a_closed_port_gives_connect_errors() {
         l.local_addr().expect("addr").port()
     };
     let c = client_for(port);
-    let recs = load::run(
-        &c,
-        &synth(),
-        &LoadSpec::closed(1, 3, 8, 2),
-        &CancellationToken::new(),
-    )
-    .await;
+    let recs = run_load(&c, &LoadSpec::closed(1, 3, 8, 2)).await;
     assert!(
         recs.iter().all(|r| r.error == Some(ErrorKind::Connect)),
         "{recs:?}"
