@@ -143,6 +143,8 @@ pub struct ClientConfig {
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// Keeps no idle connections: each request on it opens a new one (for retries).
+    fresh: reqwest::Client,
     cfg: std::sync::Arc<ClientConfig>,
 }
 
@@ -170,15 +172,18 @@ impl Client {
             reqwest::header::CONTENT_TYPE,
             reqwest::header::HeaderValue::from_static("application/json"),
         );
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .pool_max_idle_per_host(cfg.max_connections.max(1))
-            .tcp_nodelay(true)
-            .no_proxy()
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let build = |idle: usize| {
+            reqwest::Client::builder()
+                .default_headers(headers.clone())
+                .pool_max_idle_per_host(idle)
+                .tcp_nodelay(true)
+                .no_proxy()
+                .build()
+                .map_err(|e| format!("building the HTTP client: {e}"))
+        };
         Ok(Client {
-            http,
+            http: build(cfg.max_connections.max(1))?,
+            fresh: build(0)?,
             cfg: std::sync::Arc::new(cfg),
         })
     }
@@ -232,7 +237,10 @@ impl Client {
         // fresh connection, with the clock restarted.
         let mut retried = false;
         let response = loop {
-            let request = self.http.post(&cfg.url).body(body.clone());
+            // The retry goes through the pool-less client: another pooled connection may be
+            // closing too (several reach a server's keep-alive limit at once).
+            let http = if retried { &self.fresh } else { &self.http };
+            let request = http.post(&cfg.url).body(body.clone());
             match tokio::time::timeout_at(deadline, request.send()).await {
                 Err(_) => {
                     fail(
