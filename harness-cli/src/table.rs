@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use comfy_table::{Cell, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
-use harness_core::{CellStatus, CellSummary, Plan, RunReport};
+use harness_core::{CellId, CellStatus, CellSummary, Manifest, RunReport};
 
 /// The most metric columns shown; every metric is in the stored summaries.
 const MAX_METRIC_COLUMNS: usize = 8;
@@ -40,8 +40,61 @@ fn short(s: &str, n: usize) -> String {
     }
 }
 
-/// One row per cell of the plan: status, attempts, duration, metrics, error.
-pub(crate) fn summary_table(plan: &Plan, report: &RunReport, summaries: &[CellSummary]) -> Table {
+/// What the table shows of a cell besides its metrics.
+#[derive(Debug)]
+pub(crate) struct Row<'a> {
+    pub(crate) cell: &'a CellId,
+    pub(crate) status: CellStatus,
+    pub(crate) attempts: u32,
+    pub(crate) error: Option<&'a str>,
+}
+
+/// The rows of a run session's report.
+pub(crate) fn report_rows(report: &RunReport) -> Vec<Row<'_>> {
+    report
+        .cells
+        .iter()
+        .map(|c| Row {
+            cell: &c.cell,
+            status: c.status,
+            attempts: c.attempts,
+            error: c.error.as_ref().map(|e| e.message.as_str()),
+        })
+        .collect()
+}
+
+/// The rows of a stored run: its plan, with each cell's stored summary when it has one.
+pub(crate) fn stored_rows<'a>(
+    manifest: &'a Manifest,
+    summaries: &'a [CellSummary],
+) -> Vec<Row<'a>> {
+    let by_id: BTreeMap<_, _> = summaries.iter().map(|s| (&s.cell, s)).collect();
+    manifest
+        .plan
+        .iter()
+        .map(|cell| match by_id.get(cell) {
+            Some(s) => Row {
+                cell,
+                status: s.status,
+                attempts: s.attempts,
+                error: s.error.as_ref().map(|e| e.message.as_str()),
+            },
+            None => Row {
+                cell,
+                status: manifest
+                    .cell_status
+                    .get(cell)
+                    .copied()
+                    .unwrap_or(CellStatus::Pending),
+                attempts: 0,
+                error: None,
+            },
+        })
+        .collect()
+}
+
+/// One row per cell: status, attempts, duration, metrics, error.
+pub(crate) fn summary_table(rows: &[Row<'_>], summaries: &[CellSummary]) -> Table {
     let by_id: BTreeMap<_, _> = summaries.iter().map(|s| (&s.cell, s)).collect();
     let present: BTreeSet<&String> = summaries.iter().flat_map(|s| s.metrics.keys()).collect();
     let preferred: Vec<(String, String)> = PREFERRED
@@ -71,10 +124,10 @@ pub(crate) fn summary_table(plan: &Plan, report: &RunReport, summaries: &[CellSu
     header.extend(metrics.iter().map(|(_, h)| h.clone()));
     header.push("error".into());
     table.set_header(header);
-    for (cell, rep) in plan.cells().iter().zip(&report.cells) {
-        let summary = by_id.get(&cell.id);
+    for rep in rows {
+        let summary = by_id.get(rep.cell);
         let mut row = vec![
-            Cell::new(&cell.id),
+            Cell::new(rep.cell),
             Cell::new(status_text(rep.status)),
             Cell::new(rep.attempts),
             Cell::new(summary.map_or(String::new(), |s| format!("{:.2}", s.duration_s))),
@@ -83,11 +136,7 @@ pub(crate) fn summary_table(plan: &Plan, report: &RunReport, summaries: &[CellSu
             let v = summary.and_then(|s| s.metrics.get(m));
             row.push(Cell::new(v.map_or(String::new(), |v| format_metric(*v))));
         }
-        row.push(Cell::new(
-            rep.error
-                .as_ref()
-                .map_or(String::new(), |e| short(&e.message, 80)),
-        ));
+        row.push(Cell::new(rep.error.map_or(String::new(), |e| short(e, 80))));
         table.add_row(row);
     }
     table

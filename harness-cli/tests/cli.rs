@@ -244,7 +244,7 @@ fn a_failing_cell_is_isolated_and_the_exit_code_says_so() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("resume with: harness run exp.yaml --resume")
+        stdout.contains("resume with: harness run --resume")
             && stdout.contains("--store file://./elsewhere"),
         "the resume hint names the store: {stdout}"
     );

@@ -178,22 +178,108 @@ pub struct HostInfo {
     pub hostname: String,
     /// The operating system and architecture.
     pub os: String,
+    /// The kernel release, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// The CPU model, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_model: Option<String>,
     /// Logical CPUs.
     pub cpus: usize,
+    /// Physical memory in bytes, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 impl HostInfo {
-    /// This machine.
+    /// This machine. Reads `/proc` on Linux (small files; call it off the async workers).
     pub fn current() -> Self {
         let hostname = nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_default();
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_bytes = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|rest| rest.trim().strip_suffix("kB"))
+            .and_then(|kb| kb.trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024);
+        let kernel = nix::sys::utsname::uname()
+            .ok()
+            .and_then(|u| u.release().to_str().map(str::to_owned));
         HostInfo {
             hostname,
             os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+            kernel,
+            cpu_model,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_bytes,
         }
+    }
+}
+
+/// Where a run came from: recorded in the manifest so it can be traced and reproduced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Provenance {
+    /// The experiment file, as named on the command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment_file: Option<String>,
+    /// The git commit of the repository holding the experiment file, if it is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitInfo>,
+    /// The run this run reproduces (`harness reproduce`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reproduces: Option<String>,
+}
+
+/// A git commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct GitInfo {
+    /// The commit id.
+    pub commit: String,
+    /// Whether the experiment file had uncommitted changes.
+    pub dirty: bool,
+}
+
+impl GitInfo {
+    /// The commit of the repository holding `file`, or `None` when it is in none (or git is
+    /// not installed).
+    pub async fn of_file(file: &std::path::Path) -> Option<GitInfo> {
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or_else(|| std::path::Path::new("."));
+        let name = file.file_name()?;
+        let out = tokio::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .await
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let commit = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let status = tokio::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["status", "--porcelain", "--"])
+            .arg(name)
+            .output()
+            .await
+            .ok()?;
+        Some(GitInfo {
+            commit,
+            dirty: !status.stdout.is_empty(),
+        })
     }
 }
 
@@ -224,6 +310,15 @@ pub struct Manifest {
     /// Cells by status, at the end of the last session.
     #[serde(default)]
     pub cells: BTreeMap<String, usize>,
+    /// Each cell's status at the end of the last session.
+    #[serde(default)]
+    pub cell_status: BTreeMap<CellId, CellStatus>,
+    /// When the last session ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Where the run came from.
+    #[serde(default)]
+    pub provenance: Provenance,
     /// Teardown problems of the last session.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub teardown_errors: Vec<String>,

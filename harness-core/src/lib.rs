@@ -49,6 +49,7 @@ pub mod layer;
 mod local;
 pub mod pipeline;
 pub mod plan;
+pub mod redact;
 pub mod runner;
 pub mod step;
 pub mod steps;
@@ -62,7 +63,7 @@ pub use backend::{
 pub use config::{ConfigError, Experiment, Stage, StepSpec};
 pub use error::{BoxError, Error, Result};
 pub use event::{Event, Reporter, TracingReporter};
-pub use journal::{CellStatus, CellSummary, JournalEntry, Manifest, RunStatus};
+pub use journal::{CellStatus, CellSummary, JournalEntry, Manifest, Provenance, RunStatus};
 pub use local::LocalBackend;
 pub use pipeline::{Pipeline, PipelineBuilder, StepRegistry};
 pub use plan::{Cell, CellId, ParamValue, Plan};

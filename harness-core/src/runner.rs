@@ -233,7 +233,11 @@ impl Runner {
                     harness_version: env!("CARGO_PKG_VERSION").to_owned(),
                     experiment: run.experiment().to_json(),
                     plan: plan.cells().iter().map(|c| c.id.clone()).collect(),
-                    host: HostInfo::current(),
+                    host: tokio::task::spawn_blocking(HostInfo::current)
+                        .await
+                        .map_err(|e| {
+                            Error::failed("reading the host's description", e.to_string())
+                        })?,
                     created_at: timestamp(SystemTime::now()),
                     status: RunStatus::Running,
                     sessions: vec![Session {
@@ -242,6 +246,13 @@ impl Runner {
                         status: None,
                     }],
                     cells: BTreeMap::new(),
+                    cell_status: plan
+                        .cells()
+                        .iter()
+                        .map(|c| (c.id.clone(), CellStatus::Pending))
+                        .collect(),
+                    finished_at: None,
+                    provenance: run.provenance().clone(),
                     teardown_errors: Vec::new(),
                 };
                 let data = serde_json::to_vec_pretty(&manifest)
@@ -421,9 +432,11 @@ impl Runner {
                 .unwrap_or_default();
             *manifest.cells.entry(key).or_default() += 1;
         }
+        manifest.cell_status = cells.iter().map(|c| (c.cell.clone(), c.status)).collect();
         manifest.teardown_errors = teardown_errors.clone();
+        manifest.finished_at = Some(timestamp(SystemTime::now()));
         if let Some(s) = manifest.sessions.last_mut() {
-            s.finished_at = Some(timestamp(SystemTime::now()));
+            s.finished_at = manifest.finished_at.clone();
             s.status = Some(status);
         }
         if let Err(e) = store.put_json(&layout.manifest(), &manifest).await {

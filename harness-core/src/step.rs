@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::Backend;
 use crate::config::{Experiment, Stage};
 use crate::error::Result;
+use crate::journal::Provenance;
 use crate::plan::Cell;
+use crate::redact::{RedactingStore, Secrets};
 use crate::store::{ArtifactKey, ArtifactStore, RunLayout, ScopedStore};
 
 /// One unit of work: deploy, wait, benchmark a cell, check, collect, tear down.
@@ -117,6 +119,7 @@ impl Resources {
 #[derive(Debug, Clone)]
 pub struct RunContext {
     inner: Arc<RunShared>,
+    provenance: Arc<Provenance>,
     cancel: CancellationToken,
 }
 
@@ -145,7 +148,15 @@ impl RunContext {
     ) -> Result<Self> {
         let run_id = run_id.into();
         let layout = RunLayout::new(experiment.name.as_str(), &run_id)?;
+        // Secrets of the experiment and the environment never reach stored text.
+        let secrets = Secrets::of_experiment(&experiment);
+        let store: Arc<dyn ArtifactStore> = if secrets.is_empty() {
+            store
+        } else {
+            Arc::new(RedactingStore::new(store, secrets))
+        };
         Ok(RunContext {
+            provenance: Arc::new(Provenance::default()),
             inner: Arc::new(RunShared {
                 run_id,
                 experiment,
@@ -156,6 +167,17 @@ impl RunContext {
             }),
             cancel,
         })
+    }
+
+    /// Records where the run came from in its manifest.
+    pub fn with_provenance(mut self, provenance: Provenance) -> Self {
+        self.provenance = Arc::new(provenance);
+        self
+    }
+
+    /// Where the run came from.
+    pub fn provenance(&self) -> &Provenance {
+        &self.provenance
     }
 
     /// The run id.
@@ -192,6 +214,7 @@ impl RunContext {
     pub fn with_cancel(&self, cancel: CancellationToken) -> Self {
         RunContext {
             inner: self.inner.clone(),
+            provenance: self.provenance.clone(),
             cancel,
         }
     }

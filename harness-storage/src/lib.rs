@@ -1,10 +1,21 @@
-//! Run storage for harness: an [`ArtifactStore`] over
-//! [`object_store`](https://docs.rs/object_store), opened by URL.
+//! Run storage for harness: an [`ArtifactStore`](harness_core::ArtifactStore) over
+//! [`object_store`](https://docs.rs/object_store), opened by URL, a local spool that keeps a
+//! run going through an outage of its remote store, and the run catalog.
 //!
-//! Supported now: `file://` (a local folder; relative paths such as `file://./harness-runs`
-//! are relative to the working directory; a plain path means the same) and `memory://`.
-//! Remote stores (`s3://`, `gs://`, `az://`) are rejected with [`Error::Unsupported`] until
-//! they land.
+//! | URL | store |
+//! |---|---|
+//! | `file://./harness-runs`, `./runs`, `/abs/path` | a local folder (relative to the working directory) |
+//! | `memory://` | memory of this process |
+//! | `s3://bucket/prefix` | Amazon S3, MinIO and other S3-compatible servers (`endpoint` option) |
+//! | `gs://bucket/prefix` | Google Cloud Storage |
+//! | `az://container/prefix` | Azure Blob Storage |
+//!
+//! Options come from the environment first (`AWS_*`, `GOOGLE_*`, `AZURE_*`, as object_store
+//! reads them) and then from [`StoreOptions`] (the experiment's `storage.options`), e.g.
+//! `endpoint`, `region`, `allow_http`, `access_key_id`. Two options are harness's own:
+//! `retries` (default 3) and `retry_timeout` (default `10s`): a store that does not answer
+//! fails within seconds, not the minutes object_store waits by default. Credentials are
+//! never logged and never part of [`ArtifactStore::describe`](harness_core::ArtifactStore::describe).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -19,15 +30,20 @@
 //! # Ok(()) }
 //! ```
 
-use std::path::{Path as FsPath, PathBuf};
-use std::sync::Arc;
+pub mod catalog;
+mod object;
+mod spool;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use futures::TryStreamExt;
-use harness_core::{ArtifactKey, ArtifactMeta, ArtifactStore};
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness_core::ArtifactStore;
+
+pub use object::ObjectArtifactStore;
+pub use spool::{FlushReport, SpoolingStore};
 
 /// The default store URL: a `harness-runs` folder in the working directory.
 pub const DEFAULT_STORE_URL: &str = "file://./harness-runs";
@@ -44,15 +60,25 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The URL's scheme is not supported (yet).
+    /// The URL's scheme is not supported.
     #[error(
-        "store URL `{url}`: the scheme `{scheme}` is not supported yet; use file:// or memory://"
+        "store URL `{url}`: the scheme `{scheme}` is not supported; use file://, memory://, s3://, gs:// or az://"
     )]
     Unsupported {
         /// The URL.
         url: String,
         /// Its scheme.
         scheme: String,
+    },
+    /// An option is unknown or has a bad value.
+    #[error("store `{url}`: option `{key}`: {reason}")]
+    InvalidOption {
+        /// The URL.
+        url: String,
+        /// The option's name (never its value: it may be a secret).
+        key: String,
+        /// Why.
+        reason: String,
     },
     /// The store could not be opened.
     #[error("opening store `{url}`: {source}")]
@@ -65,201 +91,82 @@ pub enum Error {
     },
 }
 
-/// Opens a store by URL: `file://PATH`, a plain `PATH`, or `memory://`.
-///
-/// # Errors
-/// [`Error::InvalidUrl`], [`Error::Unsupported`] or [`Error::Open`].
-pub fn open(url: &str) -> Result<Arc<dyn ArtifactStore>, Error> {
-    Ok(Arc::new(ObjectArtifactStore::open(url)?))
+/// How to open a store beyond its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// object_store options (`endpoint`, `region`, `allow_http`, `access_key_id`, ...); they
+    /// override the environment.
+    pub options: BTreeMap<String, String>,
+    /// Retries of a failed request to a remote store.
+    pub retries: usize,
+    /// The longest a request, retries included, may take.
+    pub retry_timeout: Duration,
 }
 
-/// An [`ArtifactStore`] over any [`ObjectStore`].
-#[derive(Debug, Clone)]
-pub struct ObjectArtifactStore {
-    inner: Arc<dyn ObjectStore>,
-    url: String,
-    /// Local folders answer quickly and fail for good; remote stores may fail for a moment.
-    remote: bool,
-}
-
-impl ObjectArtifactStore {
-    /// Wraps `store`; `url` describes it in messages.
-    pub fn new(store: Arc<dyn ObjectStore>, url: impl Into<String>, remote: bool) -> Self {
-        ObjectArtifactStore {
-            inner: store,
-            url: url.into(),
-            remote,
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            options: BTreeMap::new(),
+            retries: 3,
+            retry_timeout: Duration::from_secs(10),
         }
     }
+}
 
-    /// Opens a store by URL; see [`open`].
+impl StoreOptions {
+    /// Options from a map such as the experiment's `storage.options`. The keys `retries`
+    /// and `retry_timeout` (e.g. `5s`) are read here; the others go to object_store.
     ///
     /// # Errors
-    /// As [`open`].
-    pub fn open(url: &str) -> Result<Self, Error> {
-        let (scheme, rest) = match url.split_once("://") {
-            Some((s, r)) => (s, r),
-            None => ("file", url),
+    /// [`Error::InvalidOption`] when `retries` or `retry_timeout` cannot be read.
+    pub fn from_map(url: &str, map: &BTreeMap<String, String>) -> Result<Self, Error> {
+        let mut out = StoreOptions::default();
+        let bad = |key: &str, reason: String| Error::InvalidOption {
+            url: url.into(),
+            key: key.into(),
+            reason,
         };
-        match scheme {
-            "file" => {
-                if rest.is_empty() {
-                    return Err(Error::InvalidUrl {
-                        url: url.into(),
-                        reason: "no folder given, e.g. file://./harness-runs".into(),
-                    });
+        for (k, v) in map {
+            match k.as_str() {
+                "retries" => {
+                    out.retries = v
+                        .parse()
+                        .map_err(|_| bad(k, format!("expected a count, found `{v}`")))?;
                 }
-                let dir = absolute(FsPath::new(rest)).map_err(|e| Error::InvalidUrl {
-                    url: url.into(),
-                    reason: e.to_string(),
-                })?;
-                std::fs::create_dir_all(&dir).map_err(|e| Error::InvalidUrl {
-                    url: url.into(),
-                    reason: format!("cannot create {}: {e}", dir.display()),
-                })?;
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(
-                    |source| Error::Open {
-                        url: url.into(),
-                        source,
-                    },
-                )?;
-                Ok(Self::new(
-                    Arc::new(fs),
-                    format!("file://{}", dir.display()),
-                    false,
-                ))
-            }
-            "memory" => Ok(Self::new(
-                Arc::new(object_store::memory::InMemory::new()),
-                "memory://",
-                false,
-            )),
-            "" => Err(Error::InvalidUrl {
-                url: url.into(),
-                reason: "missing scheme".into(),
-            }),
-            other => Err(Error::Unsupported {
-                url: url.into(),
-                scheme: other.into(),
-            }),
-        }
-    }
-
-    fn path(&self, key: &ArtifactKey) -> harness_core::Result<Path> {
-        Path::parse(key.as_str()).map_err(|e| {
-            harness_core::Error::invalid(format!("artifact key `{key}`"), e.to_string())
-        })
-    }
-
-    fn map_err(&self, what: String, e: object_store::Error) -> harness_core::Error {
-        match e {
-            object_store::Error::NotFound { .. } => harness_core::Error::NotFound {
-                what: format!("{what} in {}", self.url),
-            },
-            object_store::Error::AlreadyExists { .. }
-            | object_store::Error::Precondition { .. } => harness_core::Error::AlreadyExists {
-                what: format!("{what} in {}", self.url),
-            },
-            object_store::Error::NotSupported { .. }
-            | object_store::Error::NotImplemented { .. } => harness_core::Error::NotSupported {
-                what: format!("{what} in {}: {e}", self.url),
-            },
-            other if self.remote => {
-                harness_core::Error::transient(format!("{what} in {}", self.url), other)
-            }
-            other => harness_core::Error::Failed {
-                context: format!("{what} in {}", self.url),
-                reason: other.to_string(),
-                source: Some(Box::new(other)),
-            },
-        }
-    }
-}
-
-fn absolute(p: &FsPath) -> std::io::Result<PathBuf> {
-    if p.is_absolute() {
-        Ok(p.to_path_buf())
-    } else {
-        Ok(std::env::current_dir()?.join(p.strip_prefix("./").unwrap_or(p)))
-    }
-}
-
-#[async_trait]
-impl ArtifactStore for ObjectArtifactStore {
-    async fn put(&self, key: &ArtifactKey, data: Bytes) -> harness_core::Result<()> {
-        let path = self.path(key)?;
-        self.inner
-            .put(&path, PutPayload::from_bytes(data))
-            .await
-            .map(|_| ())
-            .map_err(|e| self.map_err(format!("writing `{key}`"), e))
-    }
-
-    async fn put_if_absent(&self, key: &ArtifactKey, data: Bytes) -> harness_core::Result<()> {
-        let path = self.path(key)?;
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        self.inner
-            .put_opts(&path, PutPayload::from_bytes(data), opts)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.map_err(format!("creating `{key}`"), e))
-    }
-
-    async fn get(&self, key: &ArtifactKey) -> harness_core::Result<Bytes> {
-        let path = self.path(key)?;
-        let what = || format!("reading `{key}`");
-        let result = self
-            .inner
-            .get(&path)
-            .await
-            .map_err(|e| self.map_err(what(), e))?;
-        result.bytes().await.map_err(|e| self.map_err(what(), e))
-    }
-
-    async fn list(&self, prefix: &ArtifactKey) -> harness_core::Result<Vec<ArtifactMeta>> {
-        let path = self.path(prefix)?;
-        let what = || format!("listing `{prefix}`");
-        let mut out: Vec<ArtifactMeta> = Vec::new();
-        let mut stream = self.inner.list(Some(&path));
-        while let Some(meta) = stream
-            .try_next()
-            .await
-            .map_err(|e| self.map_err(what(), e))?
-        {
-            let key = ArtifactKey::new(meta.location.as_ref())?;
-            if harness_core::store::is_under(&key, prefix) {
-                out.push(ArtifactMeta::new(
-                    key,
-                    meta.size,
-                    Some(meta.last_modified.into()),
-                ));
+                "retry_timeout" => {
+                    out.retry_timeout = humantime::parse_duration(v)
+                        .map_err(|e| bad(k, format!("expected a duration like `10s`: {e}")))?;
+                }
+                _ => {
+                    out.options.insert(k.clone(), v.clone());
+                }
             }
         }
-        // The object at the prefix itself, if any, is not part of a prefix listing.
-        if let Ok(meta) = self.inner.head(&path).await {
-            out.push(ArtifactMeta::new(
-                prefix.clone(),
-                meta.size,
-                Some(meta.last_modified.into()),
-            ));
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        out.dedup_by(|a, b| a.key == b.key);
         Ok(out)
     }
+}
 
-    async fn delete(&self, key: &ArtifactKey) -> harness_core::Result<()> {
-        let path = self.path(key)?;
-        match self.inner.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.map_err(format!("deleting `{key}`"), e)),
-        }
-    }
+/// Opens a store by URL with default options; see the crate docs for the URLs.
+///
+/// # Errors
+/// [`Error::InvalidUrl`], [`Error::Unsupported`], [`Error::InvalidOption`] or [`Error::Open`].
+pub fn open(url: &str) -> Result<Arc<dyn ArtifactStore>, Error> {
+    open_with(url, &StoreOptions::default())
+}
 
-    fn describe(&self) -> String {
-        self.url.clone()
-    }
+/// Opens a store by URL with `options`.
+///
+/// # Errors
+/// As [`open`].
+pub fn open_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn ArtifactStore>, Error> {
+    Ok(Arc::new(ObjectArtifactStore::open_with(url, options)?))
+}
+
+/// Whether `url` names a remote store (s3, gs, az), whose outages the spool covers.
+pub fn is_remote(url: &str) -> bool {
+    matches!(
+        url.split_once("://").map(|(s, _)| s),
+        Some("s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss")
+    )
 }

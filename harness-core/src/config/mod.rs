@@ -570,6 +570,15 @@ pub struct Storage {
     /// A store URL (`file://./harness-runs` when not set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Store options (`endpoint`, `region`, `allow_http`, `retries`, `retry_timeout`, ...).
+    /// Values of secret-looking options are redacted from everything the run stores;
+    /// credentials are better left to the environment (`AWS_SECRET_ACCESS_KEY`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+    /// A local folder for results the remote store cannot take during an outage
+    /// (default `./harness-spool`); they are uploaded when it answers again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<String>,
 }
 
 /// Retries, timeouts and fail-fast.
