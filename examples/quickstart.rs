@@ -62,8 +62,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{:<32} {:?}  TTFT p50 {:6.2} ms  ITL p50 {:5.2} ms  {:8.1} output tok/s",
             cell.cell,
             cell.status,
-            m("ttft.p50_ms"),
-            m("itl.p50_ms"),
+            m("ttft.p50"),
+            m("itl.p50"),
             m("output_token_throughput")
         );
     }

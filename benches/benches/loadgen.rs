@@ -10,12 +10,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use harness_analytics::{CellStats as BenchSummary, Slo};
 use harness_core::CancellationToken;
 use harness_core::config::{EndpointType, MockDeployment};
 use harness_llm::client::{Client, ClientConfig};
 use harness_llm::load::{self, LoadSpec};
 use harness_llm::prompts::PromptSynth;
-use harness_llm::summary::{BenchSummary, SloLimits};
 use nix::sys::resource::{UsageWho, getrusage};
 
 const ROLE: &str = "HARNESS_BENCH_ROLE";
@@ -238,7 +238,7 @@ async fn bench(quick: bool) {
         let wall = t0.elapsed().as_secs_f64();
         let mock_pct = (proc_cpu_s(mock.child.id()) - m0) / wall * 100.0;
         let client_pct = (cpu_s() - c0) / wall * 100.0;
-        let s = BenchSummary::of(&recs, &SloLimits::default());
+        let s = BenchSummary::of(&recs, &Slo::default()).expect("stats");
         for (name, truth) in [("ttft_ms", 50.0), ("itl_ms", 10.0)] {
             if let Some(d) = s.distributions.get(name) {
                 let (p50, p99) = (d.p(50).unwrap_or(f64::NAN), d.p(99).unwrap_or(f64::NAN));

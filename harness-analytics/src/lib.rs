@@ -1,130 +1,99 @@
-//! Metric statistics of harness.
+//! Metric tables of harness: per-request records and per-cell statistics as versioned Arrow
+//! schemas, parquet files, charts, reports and run comparison.
 //!
-//! Now: [`Distribution`], the summary of one metric over a cell's requests (count, min, max,
-//! mean, standard deviation and exact percentiles). Next (its own issue): versioned Arrow
-//! schemas, parquet, charts, reports and run comparison.
+//! * [`record::Record`]: one request as measured; every source of records produces these.
+//! * [`schema`]: the two Arrow schemas (records, summary), with each metric's unit and
+//!   formula in the field metadata, and the catalog of metric definitions.
+//! * [`Distribution`] and [`CellStats`]: exact statistics, aiperf's definitions.
+//! * [`table`] and [`io`]: records and summaries to and from Arrow batches and parquet.
+//! * [`chart`], [`report`], [`compare`]: charts (SVG and PNG), the HTML and Markdown report
+//!   of a run, and comparison of runs with regression gates.
+//!
+//! Column names and units (`records.parquet`, one row per request): `index`, `warmup`,
+//! `start_ns`, `first_token_ns`, `last_token_ns`, `end_ns` and `chunk_gaps_ns` (nanoseconds,
+//! monotonic, from the cell's epoch), `content_chunks`, `input_tokens`, `output_tokens`,
+//! `output_token_source` (`usage`, `tokenizer` or `chunks`), `http_status`, `error_kind`,
+//! `error_message`, and the per-request metrics `ttft_ms`, `request_latency_ms`, `itl_ms`.
+//!
+//! `summary.parquet`, one row per cell: `run_id`, `experiment`, `cell`, `status`, one column
+//! per cell parameter (`concurrency`, `isl`, `osl`, `request_rate`, ...), `gpus`,
+//! `output_token_source`, the scalars of [`schema::SCALARS`] (`requests`, `errors`,
+//! `duration_s` in s, `request_throughput` in requests/s, `output_token_throughput` and
+//! `total_token_throughput` in tokens/s, `goodput` in requests/s), `errors.<kind>`,
+//! `output_token_throughput_per_gpu`, and for each distribution of [`schema::DISTRIBUTIONS`]
+//! (`ttft`, `itl`, `inter_chunk_latency`, `request_latency` in ms;
+//! `output_token_throughput_per_user` in tokens/s; `input_sequence_length`,
+//! `output_sequence_length` in tokens) the columns `<name>.count`, `.min`, `.max`, `.mean`,
+//! `.std`, `.p1`, `.p5`, `.p10`, `.p25`, `.p50`, `.p75`, `.p90`, `.p95`, `.p99`.
+//!
+//! ```
+//! use harness_analytics::{CellStats, Slo, record::{Record, TokenSource}};
+//! let rec = Record::succeeded(0, 0, 20_000_000, 60_000_000, 5, TokenSource::Usage);
+//! let stats = CellStats::of(&[rec], &Slo::default())?;
+//! assert_eq!(stats.value("ttft.p50"), Some(20.0));
+//! assert_eq!(stats.value("itl.p50"), Some(10.0));
+//! # Ok::<(), harness_analytics::Error>(())
+//! ```
 
-use serde::{Deserialize, Serialize};
+pub mod chart;
+pub mod compare;
+mod dist;
+pub mod io;
+pub mod record;
+pub mod report;
+pub mod schema;
+mod stats;
+pub mod table;
 
-/// The percentiles every distribution reports.
-pub const PERCENTILES: [u8; 9] = [1, 5, 10, 25, 50, 75, 90, 95, 99];
+pub use dist::{Distribution, PERCENTILES, STATS, percentile_sorted};
+pub use stats::{CellStats, Slo};
 
-/// The summary of one metric over many values.
-///
-/// Percentiles are exact, with linear interpolation between the closest ranks (numpy's
-/// default, which aiperf uses): for `q` in 0..=100 the value at rank `q/100 * (n - 1)`. The
-/// standard deviation is the population one (divide by `n`), as numpy's `std`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub struct Distribution {
-    /// How many values.
-    pub count: usize,
-    /// The smallest.
-    pub min: f64,
-    /// The largest.
-    pub max: f64,
-    /// The mean.
-    pub mean: f64,
-    /// The population standard deviation.
-    pub std: f64,
-    /// `(q, value)` for each q in [`PERCENTILES`].
-    pub percentiles: Vec<(u8, f64)>,
+pub enum Error {
+    /// Input that cannot be used: a table without a needed column, a bad gate.
+    #[error("{what}: {reason}")]
+    InvalidInput {
+        /// What was wrong.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// An Arrow error.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    /// A parquet error.
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// Drawing a chart failed.
+    #[error("chart `{chart}`: {reason}")]
+    Chart {
+        /// The chart.
+        chart: String,
+        /// Why.
+        reason: String,
+    },
+    /// Reading or writing the run failed.
+    #[error(transparent)]
+    Store(#[from] harness_core::Error),
 }
 
-impl Distribution {
-    /// Summarises `values`; NaN values are ignored. `None` when nothing is left.
-    pub fn of(values: &mut Vec<f64>) -> Option<Self> {
-        values.retain(|v| !v.is_nan());
-        if values.is_empty() {
-            return None;
+impl Error {
+    pub(crate) fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            what: what.into(),
+            reason: reason.into(),
         }
-        values.sort_unstable_by(f64::total_cmp);
-        let n = values.len();
-        let mean = values.iter().sum::<f64>() / n as f64;
-        let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
-        let percentiles = PERCENTILES
-            .iter()
-            .map(|&q| (q, percentile_sorted(values, f64::from(q))))
-            .collect();
-        Some(Distribution {
-            count: n,
-            min: values[0],
-            max: values[n - 1],
-            mean,
-            std: var.sqrt(),
-            percentiles,
-        })
-    }
-
-    /// Percentile `q` (one of [`PERCENTILES`]).
-    pub fn p(&self, q: u8) -> Option<f64> {
-        self.percentiles
-            .iter()
-            .find(|(k, _)| *k == q)
-            .map(|(_, v)| *v)
-    }
-
-    /// Flattened as `(name, value)` pairs: `min`, `max`, `mean`, `std`, `p1` ... `p99`.
-    pub fn fields(&self) -> Vec<(String, f64)> {
-        let mut out = vec![
-            ("min".to_owned(), self.min),
-            ("max".to_owned(), self.max),
-            ("mean".to_owned(), self.mean),
-            ("std".to_owned(), self.std),
-        ];
-        out.extend(self.percentiles.iter().map(|(q, v)| (format!("p{q}"), *v)));
-        out
     }
 }
 
-/// Percentile `q` (0 to 100) of sorted, non-empty `values`, linearly interpolated.
-pub fn percentile_sorted(values: &[f64], q: f64) -> f64 {
-    let n = values.len();
-    if n == 1 {
-        return values[0];
-    }
-    let rank = (q / 100.0).clamp(0.0, 1.0) * (n - 1) as f64;
-    let lo = rank.floor() as usize;
-    let hi = rank.ceil() as usize;
-    let frac = rank - lo as f64;
-    values[lo] + (values[hi] - values[lo]) * frac
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn matches_numpy_on_a_known_sample() {
-        // numpy: np.percentile([1,2,3,4,10], [1,50,90,99]) = [1.04, 3.0, 7.6, 9.76]; std = 3.1623
-        let d = Distribution::of(&mut vec![10.0, 2.0, 4.0, 1.0, 3.0]).expect("values");
-        assert_eq!((d.count, d.min, d.max, d.mean), (5, 1.0, 10.0, 4.0));
-        assert!((d.p(1).expect("p1") - 1.04).abs() < 1e-12);
-        assert_eq!(d.p(50), Some(3.0));
-        assert!((d.p(90).expect("p90") - 7.6).abs() < 1e-12);
-        assert!((d.p(99).expect("p99") - 9.76).abs() < 1e-12);
-        assert!((d.std - 10f64.sqrt()).abs() < 1e-12);
-    }
-
-    #[test]
-    fn empty_and_nan_only_inputs_have_no_distribution() {
-        assert!(Distribution::of(&mut vec![]).is_none());
-        assert!(Distribution::of(&mut vec![f64::NAN]).is_none());
-        let d = Distribution::of(&mut vec![f64::NAN, 7.0]).expect("one value");
-        assert_eq!((d.count, d.p(1), d.p(99)), (1, Some(7.0), Some(7.0)));
-    }
-
-    proptest! {
-        #[test]
-        fn percentiles_are_ordered_and_bounded(mut v in proptest::collection::vec(-1e6f64..1e6, 1..300)) {
-            let d = Distribution::of(&mut v).expect("values");
-            let mut last = d.min;
-            for (_, p) in &d.percentiles {
-                prop_assert!(*p >= last - 1e-9 && *p <= d.max + 1e-9);
-                last = *p;
-            }
-            prop_assert!(d.mean >= d.min - 1e-9 && d.mean <= d.max + 1e-9);
+impl From<Error> for harness_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Store(e) => e,
+            Error::InvalidInput { what, reason } => harness_core::Error::invalid(what, reason),
+            other => harness_core::Error::failed("analytics", other.to_string()),
         }
     }
 }

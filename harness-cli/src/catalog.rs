@@ -177,3 +177,191 @@ pub(crate) async fn push(
     );
     Ok(())
 }
+
+/// Where a key of a `file://` store lives on disk, for printing.
+fn local_path(store: &dyn ArtifactStore, key: &harness_core::ArtifactKey) -> String {
+    match store.describe().strip_prefix("file://") {
+        Some(root) => format!("{root}/{key}"),
+        None => format!("{}/{key}", store.describe()),
+    }
+}
+
+/// `harness report`.
+pub(crate) async fn report(store: &dyn ArtifactStore, run: &str) -> Result<(), Error> {
+    let info = catalog::find_run(store, run).await?;
+    let written = harness_analytics::report::write_report(store, info.layout.clone()).await?;
+    for w in &written.warnings {
+        eprintln!("warning: {w}");
+    }
+    say!(
+        "report of run {}: {} files; open {}",
+        info.run_id(),
+        written.files,
+        local_path(store, &written.index)
+    );
+    say!(
+        "summary table: {}",
+        local_path(store, &info.layout.summary_table())
+    );
+    Ok(())
+}
+
+/// The arguments of `harness compare`.
+#[derive(Debug)]
+pub(crate) struct CompareArgs {
+    pub(crate) runs: Vec<String>,
+    pub(crate) metrics: Vec<String>,
+    pub(crate) gates: Vec<String>,
+    pub(crate) out: Option<std::path::PathBuf>,
+    pub(crate) json: bool,
+}
+
+fn sig_mark(s: Option<bool>) -> &'static str {
+    match s {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "n/a",
+    }
+}
+
+/// `harness compare`: exit 1 when a gate trips.
+pub(crate) async fn compare(
+    store: &dyn ArtifactStore,
+    args: &CompareArgs,
+) -> Result<std::process::ExitCode, Error> {
+    use harness_analytics::compare::{self, Gate};
+    use harness_analytics::report::{RunData, format_value};
+    let gates = args
+        .gates
+        .iter()
+        .map(|g| g.parse::<Gate>().map_err(Error::from))
+        .collect::<Result<Vec<_>, _>>()?;
+    for m in &args.metrics {
+        if harness_analytics::schema::unit_of(m).is_none() {
+            return Err(Error::invalid(format!("--metric {m}"), "unknown metric"));
+        }
+    }
+    let metrics: Vec<String> = if args.metrics.is_empty() {
+        compare::DEFAULT_METRICS
+            .iter()
+            .map(|m| (*m).to_owned())
+            .collect()
+    } else {
+        args.metrics.clone()
+    };
+    let mut runs = Vec::new();
+    for r in &args.runs {
+        let info = catalog::find_run(store, r).await?;
+        let data = RunData::load(store, info.layout).await?;
+        let samples = compare::load_samples(store, &data).await?;
+        runs.push((data, samples));
+    }
+    let result = compare::compare(&runs, &metrics, &gates, 0x5eed);
+    if args.json {
+        let cells: Vec<serde_json::Value> = result
+            .cells
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "cell": c.cell,
+                    "run": c.run,
+                    "metrics": c.metrics.iter().map(|m| serde_json::json!({
+                        "metric": m.metric, "base": m.base, "value": m.value,
+                        "delta": m.delta(), "relative": m.relative(),
+                        "ci95": m.ci.map(|(a, b)| [a, b]), "significant": m.significant(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "baseline": result.baseline,
+            "candidates": result.candidates,
+            "cells": cells,
+            "unmatched": result.unmatched.iter().map(|(r, c)| serde_json::json!({"run": r, "cell": c})).collect::<Vec<_>>(),
+            "tripped": result.tripped,
+        });
+        say!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        let mut t = Table::new();
+        t.load_style(UTF8_FULL_CONDENSED)
+            .set_content_arrangement(ContentArrangement::Dynamic)
+            .set_header([
+                "cell",
+                "run",
+                "metric",
+                "baseline",
+                "value",
+                "delta",
+                "delta %",
+                "95% CI",
+                "significant",
+            ]);
+        for c in &result.cells {
+            for m in &c.metrics {
+                let f = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), format_value);
+                t.add_row([
+                    c.cell.clone(),
+                    c.run.clone(),
+                    m.metric.clone(),
+                    f(m.base),
+                    f(m.value),
+                    m.delta()
+                        .map_or_else(|| "-".to_owned(), |d| format!("{d:+.3}")),
+                    m.relative()
+                        .map_or_else(|| "-".to_owned(), |r| format!("{:+.1}%", r * 100.0)),
+                    m.ci.map_or_else(|| "-".to_owned(), |(a, b)| format!("[{a:+.3}, {b:+.3}]")),
+                    sig_mark(m.significant()).to_owned(),
+                ]);
+            }
+        }
+        say!("baseline: {}", result.baseline);
+        say!("{t}");
+        for (run, cell) in &result.unmatched {
+            say!("only in {run}: {cell}");
+        }
+    }
+    // Overlay charts and a Markdown summary.
+    let datas: Vec<RunData> = runs.into_iter().map(|(d, _)| d).collect();
+    let out_dir = args.out.clone().unwrap_or_else(|| {
+        let ids: Vec<&str> = datas.iter().map(|d| d.manifest.run_id.as_str()).collect();
+        std::path::PathBuf::from("harness-compare").join(ids.join("-vs-"))
+    });
+    let charts = compare::overlay_charts(&datas);
+    let mut md = format!(
+        "# Comparison\n\nbaseline: {}\n\ncandidates: {}\n\n",
+        result.baseline,
+        result.candidates.join(", ")
+    );
+    tokio::fs::create_dir_all(&out_dir)
+        .await
+        .map_err(|e| Error::io(format!("creating {}", out_dir.display()), e))?;
+    for c in &charts {
+        let (svg, png) = (c.svg()?, c.png()?);
+        for (ext, data) in [("svg", svg.into_bytes()), ("png", png)] {
+            let p = out_dir.join(format!("{}.{ext}", c.name));
+            tokio::fs::write(&p, data)
+                .await
+                .map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
+        }
+        md.push_str(&format!("![{}]({}.png)\n\n", c.name, c.name));
+    }
+    for g in &result.tripped {
+        md.push_str(&format!("- gate tripped: {g}\n"));
+    }
+    let md_path = out_dir.join("compare.md");
+    tokio::fs::write(&md_path, md)
+        .await
+        .map_err(|e| Error::io(format!("writing {}", md_path.display()), e))?;
+    eprintln!("overlay charts: {}", out_dir.display());
+    if result.tripped.is_empty() {
+        if !gates.is_empty() {
+            eprintln!("all {} gates passed", gates.len());
+        }
+        Ok(std::process::ExitCode::SUCCESS)
+    } else {
+        for g in &result.tripped {
+            eprintln!("gate tripped: {g}");
+        }
+        Ok(std::process::ExitCode::from(1))
+    }
+}

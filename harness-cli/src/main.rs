@@ -113,6 +113,38 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Write a run's report: `summary.parquet`, charts, `report/index.html` and `report.md`
+    /// (every run gets one at its end; this rebuilds it).
+    Report {
+        /// The run id (or experiment/run-id).
+        run: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Compare runs: matching cells side by side with deltas and bootstrap confidence
+    /// intervals, overlay charts, and regression gates. The first run is the baseline.
+    Compare {
+        /// Two or more run ids (or experiment/run-id).
+        #[arg(num_args = 2.., required = true)]
+        runs: Vec<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// A metric to compare (repeatable), e.g. `ttft.p99`; default TTFT, ITL and latency
+        /// p50/p99 and throughputs.
+        #[arg(long = "metric", value_name = "METRIC")]
+        metrics: Vec<String>,
+        /// Exit 1 when a gate trips for any matching cell, e.g. `--fail-if "ttft.p99 > +5%"`;
+        /// a relative or delta gate trips only when the change is significant.
+        #[arg(long = "fail-if", value_name = "GATE")]
+        gates: Vec<String>,
+        /// Where to write the overlay charts and `compare.md` (default
+        /// `./harness-compare/<baseline>-vs-<candidate>`).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Print the comparison as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Copy a run to another store, verified; objects already there unchanged are skipped.
     Push {
         /// The run id (or experiment/run-id).
@@ -277,6 +309,30 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
             let store = open_plain_store(&store, None)?;
             catalog::show(store.as_ref(), &run, json).await?;
         }
+        Command::Report { run, store } => {
+            plain_logs();
+            let store = open_plain_store(&store, None)?;
+            catalog::report(store.as_ref(), &run).await?;
+        }
+        Command::Compare {
+            runs,
+            store,
+            metrics,
+            gates,
+            out,
+            json,
+        } => {
+            plain_logs();
+            let store = open_plain_store(&store, None)?;
+            let args = catalog::CompareArgs {
+                runs,
+                metrics,
+                gates,
+                out,
+                json,
+            };
+            return catalog::compare(store.as_ref(), &args).await;
+        }
         Command::Push {
             run,
             to,
@@ -370,6 +426,7 @@ fn registry() -> StepRegistry {
     let mut r = StepRegistry::with_builtins();
     r.register("http-check", check::HttpCheckStep::factory());
     r.register("benchmark", harness_llm::BenchmarkStep::factory());
+    r.register("report", harness_analytics::report::ReportStep::factory());
     r
 }
 
@@ -450,6 +507,14 @@ fn build_pipeline(exp: &Experiment, file: &str) -> Result<Pipeline, Error> {
         std::env::current_exe().map_err(|e| Error::io("finding the harness binary", e))?;
     let mut builder = Pipeline::builder().deployment(harness_llm::deployment_steps(exp, &program)?);
     builder = registry().build_into(exp, file, builder)?;
+    // Every run ends with its report, unless the experiment places the step itself.
+    if !exp.steps.iter().any(|s| s.kind.as_str() == "report") {
+        builder = builder.add(
+            Stage::Teardown,
+            Arc::new(harness_analytics::report::ReportStep::new()),
+            None,
+        );
+    }
     // Without per-cell steps of its own, an experiment benchmarks each cell.
     if !exp.steps.iter().any(|s| s.stage == Stage::Cell) {
         builder = builder.add(

@@ -6,19 +6,10 @@ use comfy_table::{Cell, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED}
 use harness_core::{CellId, CellStatus, CellSummary, Manifest, RunReport};
 
 /// The most metric columns shown; every metric is in the stored summaries.
-const MAX_METRIC_COLUMNS: usize = 8;
+const MAX_METRIC_COLUMNS: usize = 10;
 
-/// Benchmark metrics shown first, with short headers, when a cell has them.
-const PREFERRED: [(&str, &str); 8] = [
-    ("requests", "requests"),
-    ("errors", "errors"),
-    ("request_throughput", "req/s"),
-    ("output_token_throughput", "out tok/s"),
-    ("ttft.p50_ms", "TTFT p50 ms"),
-    ("ttft.p99_ms", "TTFT p99 ms"),
-    ("itl.p50_ms", "ITL p50 ms"),
-    ("request_latency.p50_ms", "latency p50 ms"),
-];
+/// Benchmark metrics shown first, with short headers, when a cell has them: the report's.
+const PREFERRED: [(&str, &str); 10] = harness_analytics::report::TABLE_COLUMNS;
 
 fn status_text(s: CellStatus) -> &'static str {
     match s {

@@ -185,18 +185,25 @@ fn run_sweeps_the_quickstart_stores_the_run_and_prints_the_table() {
     // Every cell has its records and statistics; TTFT is near the mock's 20 ms (generous).
     for row in json(&run.join("summary.json")).as_array().expect("rows") {
         let cell = row["cell"].as_str().expect("cell");
-        let records = std::fs::read_to_string(run.join("cells").join(cell).join("records.jsonl"))
-            .expect("records");
-        assert_eq!(records.lines().count(), 48, "{cell}");
-        let ttft = row["metrics"]["ttft.p50_ms"].as_f64().expect("ttft");
+        let records =
+            std::fs::read(run.join("cells").join(cell).join("records.parquet")).expect("records");
+        let batch = harness_analytics::io::from_parquet(records.into()).expect("parquet");
+        assert_eq!(batch.num_rows(), 48, "{cell}");
+        let ttft = row["metrics"]["ttft.p50"].as_f64().expect("ttft");
         assert!((19.0..200.0).contains(&ttft), "{cell}: ttft p50 {ttft}");
         assert_eq!(row["metrics"]["errors"], 0.0);
-        assert!(
-            run.join("cells")
-                .join(cell)
-                .join("artifacts/benchmark/benchmark.json")
-                .exists()
-        );
+        let stats = json(&run.join("cells").join(cell).join("stats.json"));
+        assert_eq!(stats["requests"], 48);
+    }
+    // The run's report and summary table.
+    for f in [
+        "summary.parquet",
+        "report/index.html",
+        "report/report.md",
+        "report/charts/ttft.svg",
+        "report/charts/pareto.png",
+    ] {
+        assert!(run.join(f).exists(), "{f}");
     }
     assert!(run.join("experiment.yaml").exists());
     assert!(

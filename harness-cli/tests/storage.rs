@@ -373,8 +373,9 @@ async fn an_s3_outage_mid_run_spools_results_and_uploads_every_cell_once() {
             serde_json::from_slice(&objects[&format!("{run_root}/journal/{cell}.json")])
                 .expect("journal");
         assert_eq!(journal["status"], "succeeded", "{cell}");
-        let records = &objects[&format!("{run_root}/cells/{cell}/records.jsonl")];
-        assert_eq!(text(records).lines().count(), 32, "{cell}");
+        let records = &objects[&format!("{run_root}/cells/{cell}/records.parquet")];
+        let batch = harness_analytics::io::from_parquet(records.clone().into()).expect("parquet");
+        assert_eq!(batch.num_rows(), 32, "{cell}");
         assert!(
             objects.contains_key(&format!("{run_root}/cells/{cell}/summary.json")),
             "{cell}"

@@ -177,7 +177,7 @@ pub struct DeploymentSteps {
 pub fn deployment_steps(exp: &Experiment) -> Result<DeploymentSteps> {
     let ready = exp.policy.ready_timeout.get();
     match &exp.deployment {
-        DeploymentConfig::Url { url, health } => Ok(DeploymentSteps {
+        DeploymentConfig::Url { url, health, .. } => Ok(DeploymentSteps {
             setup: Arc::new(WaitReadyStep::new(
                 Endpoint::new(url)?,
                 health.clone(),

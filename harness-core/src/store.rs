@@ -261,10 +261,14 @@ impl ArtifactStore for MemoryStore {
 /// runs/<experiment>/<run-id>/experiment.yaml
 /// runs/<experiment>/<run-id>/journal/<cell>.json
 /// runs/<experiment>/<run-id>/cells/<cell>/summary.json
+/// runs/<experiment>/<run-id>/cells/<cell>/records.parquet
+/// runs/<experiment>/<run-id>/cells/<cell>/stats.json
 /// runs/<experiment>/<run-id>/cells/<cell>/artifacts/<step>/...
 /// runs/<experiment>/<run-id>/setup/artifacts/<step>/...
 /// runs/<experiment>/<run-id>/teardown/artifacts/<step>/...
 /// runs/<experiment>/<run-id>/summary.json
+/// runs/<experiment>/<run-id>/summary.parquet
+/// runs/<experiment>/<run-id>/report/index.html, report.md, charts/...
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunLayout {
@@ -323,9 +327,28 @@ impl RunLayout {
     pub fn cell_summary(&self, cell: &CellId) -> ArtifactKey {
         self.key(&format!("cells/{cell}/summary.json"))
     }
+    /// A cell's per-request records (`records.parquet`, harness-analytics' records schema).
+    pub fn cell_records(&self, cell: &CellId) -> ArtifactKey {
+        self.key(&format!("cells/{cell}/records.parquet"))
+    }
+    /// A cell's full statistics (`stats.json`, harness-analytics' `CellStats`).
+    pub fn cell_stats(&self, cell: &CellId) -> ArtifactKey {
+        self.key(&format!("cells/{cell}/stats.json"))
+    }
     /// The run summary, one row per cell.
     pub fn summary(&self) -> ArtifactKey {
         self.key("summary.json")
+    }
+    /// The run summary as a table (`summary.parquet`, one row per cell, every statistic).
+    pub fn summary_table(&self) -> ArtifactKey {
+        self.key("summary.parquet")
+    }
+    /// A file of the run's report (`report/index.html`, `report/charts/ttft.svg`, ...).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when `rel` is not a valid relative key.
+    pub fn report(&self, rel: &str) -> Result<ArtifactKey> {
+        self.root.join(&format!("report/{rel}"))
     }
     /// Where a step's artifacts go: under the cell, or under `setup`/`teardown`.
     pub fn step_artifacts(&self, scope: &str, step: &str) -> Result<ArtifactKey> {

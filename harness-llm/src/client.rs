@@ -5,116 +5,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use harness_core::config::EndpointType;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::openai::{self, Usage};
 use crate::sse::SseParser;
 
-/// Why a request failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// The connection could not be made.
-    Connect,
-    /// The request did not finish within its timeout.
-    Timeout,
-    /// The server answered with a non-2xx status.
-    HttpStatus,
-    /// A chunk was not valid SSE or not a valid JSON chunk.
-    MalformedStream,
-    /// The connection ended before the response was complete.
-    Disconnect,
-    /// The server sent an error object inside the stream.
-    ServerError,
-}
-
-impl ErrorKind {
-    /// The stable name used in records and summaries.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Connect => "connect",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::HttpStatus => "http_status",
-            ErrorKind::MalformedStream => "malformed_stream",
-            ErrorKind::Disconnect => "disconnect",
-            ErrorKind::ServerError => "server_error",
-        }
-    }
-}
-
-/// Where a request's output token count came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum TokenSource {
-    /// The server's `usage`.
-    Usage,
-    /// The number of content chunks (servers send about one token per chunk).
-    Chunks,
-}
-
-/// One request, as measured. Times are nanoseconds since the cell's epoch, on a monotonic
-/// clock.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct RequestRecord {
-    /// Position in the cell's sequence of requests, from 0.
-    pub index: u64,
-    /// Sent during warmup: kept, but left out of the statistics.
-    pub warmup: bool,
-    /// When the request was sent.
-    pub start_ns: u64,
-    /// When the first chunk with content arrived.
-    pub first_token_ns: Option<u64>,
-    /// When the last chunk with content arrived.
-    pub last_token_ns: Option<u64>,
-    /// When the response ended (or failed).
-    pub end_ns: u64,
-    /// Gaps between consecutive content chunks.
-    pub chunk_gaps_ns: Vec<u64>,
-    /// Chunks with content.
-    pub content_chunks: u32,
-    /// Input tokens: the server's count when it reports one, else the prompt's.
-    pub input_tokens: u64,
-    /// Output tokens.
-    pub output_tokens: u64,
-    /// Where `output_tokens` came from.
-    pub output_token_source: TokenSource,
-    /// The HTTP status, when one arrived.
-    pub http_status: Option<u16>,
-    /// Why it failed.
-    pub error: Option<ErrorKind>,
-    /// The failure's message.
-    pub error_message: Option<String>,
-}
-
-impl RequestRecord {
-    /// Whether the request succeeded.
-    pub fn ok(&self) -> bool {
-        self.error.is_none()
-    }
-
-    /// Time to first token (first content chunk - start), in seconds.
-    pub fn ttft_s(&self) -> Option<f64> {
-        self.first_token_ns
-            .map(|t| (t - self.start_ns) as f64 / 1e9)
-    }
-
-    /// Request latency (last content chunk - start), in seconds.
-    pub fn latency_s(&self) -> Option<f64> {
-        self.last_token_ns.map(|t| (t - self.start_ns) as f64 / 1e9)
-    }
-
-    /// Inter-token latency, `(latency - ttft) / (output tokens - 1)`, in seconds; needs at
-    /// least two output tokens (vLLM calls this TPOT).
-    pub fn itl_s(&self) -> Option<f64> {
-        let (first, last) = (self.first_token_ns?, self.last_token_ns?);
-        (self.output_tokens >= 2)
-            .then(|| (last - first) as f64 / 1e9 / (self.output_tokens - 1) as f64)
-    }
-}
+pub use harness_analytics::record::{ErrorKind, Record as RequestRecord, TokenSource};
 
 /// How to reach and call the endpoint.
 #[derive(Debug, Clone)]

@@ -5,8 +5,8 @@
 //! * [`load`]: closed loop (concurrency) and open loop (request rate, Poisson or constant)
 //!   scheduling, with warmup.
 //! * [`prompts`]: prompts of an exact token count under a built-in tiktoken encoding.
-//! * [`summary`]: a cell's statistics, with aiperf's metric definitions.
-//! * [`step::BenchmarkStep`]: all of the above as a pipeline step.
+//! * [`step::BenchmarkStep`]: all of the above as a pipeline step; records and statistics
+//!   are harness-analytics' ([`harness_analytics::record::Record`], `CellStats`).
 //! * [`mock`]: a mock OpenAI server with fault injection.
 //! * [`sse`], [`openai`]: the stream parser and the wire format.
 
@@ -17,6 +17,5 @@ pub mod openai;
 pub mod prompts;
 pub mod sse;
 pub mod step;
-pub mod summary;
 
 pub use step::{BenchmarkStep, deployment_steps, mock_workload};

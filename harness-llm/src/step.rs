@@ -5,27 +5,29 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use harness_core::config::{Deployment, MockDeployment};
 use harness_core::pipeline::{StepFactory, StepSource};
 use harness_core::steps::DeploymentSteps;
 use harness_core::{
-    Endpoint, Error, Readiness, Result, Step, StepContext, StepOutput, WorkloadSpec,
+    ArtifactStoreExt, Endpoint, Error, Readiness, Result, Step, StepContext, StepOutput,
+    WorkloadSpec,
 };
 use serde::Deserialize;
 
 use crate::client::{Client, ClientConfig};
 use crate::load::{self, LoadSpec};
 use crate::prompts::PromptSynth;
-use crate::summary::{BenchSummary, SloLimits};
+use harness_analytics::io::to_parquet;
+use harness_analytics::table::records_batch;
+use harness_analytics::{CellStats, Slo};
 
 /// Runs one cell of load: concurrency or request rate, ISL and OSL from the cell's
 /// parameters; everything else from the experiment (`model`, `endpoint`, `endpoint_type`,
 /// `load`, `tokenizer`, `slo`).
 ///
-/// Stores `cells/<cell>/records.jsonl` (one record per request, warmup included) and the
-/// artifact `benchmark.json` (every statistic); reports counts, throughputs and latency
-/// percentiles as metrics. Fails the cell when every measured request failed.
+/// Stores `cells/<cell>/records.parquet` (one row per request, warmup included, in
+/// harness-analytics' records schema) and `cells/<cell>/stats.json` (every statistic);
+/// reports counts, throughputs and latency percentiles as metrics. Fails the cell when every measured request failed.
 #[derive(Debug, Default)]
 pub struct BenchmarkStep {
     synth: Mutex<Option<PromptSynth>>,
@@ -153,27 +155,25 @@ impl Step for BenchmarkStep {
                 what: format!("benchmark of `{}`", cell.id),
             });
         }
-        let slo = SloLimits {
-            ttft_s: exp.slo.ttft.map(|d| d.get().as_secs_f64()),
-            itl_s: exp.slo.itl.map(|d| d.get().as_secs_f64()),
-            latency_s: exp.slo.request_latency.map(|d| d.get().as_secs_f64()),
-        };
-        let summary = BenchSummary::of(&records, &slo);
-
-        let mut lines = Vec::with_capacity(records.len() * 256);
-        for r in &records {
-            serde_json::to_writer(&mut lines, r)
-                .map_err(|e| Error::failed("encoding records", e.to_string()))?;
-            lines.push(b'\n');
-        }
-        let records_key = cx.run().layout().cell_dir(&cell.id).join("records.jsonl")?;
-        cx.store().put(&records_key, Bytes::from(lines)).await?;
-        let json = serde_json::to_vec_pretty(&summary)
-            .map_err(|e| Error::failed("encoding the summary", e.to_string()))?;
-        let summary_key = cx
-            .artifacts()
-            .put("benchmark.json", Bytes::from(json))
-            .await?;
+        let slo = Slo::new(
+            exp.slo.ttft.map(|d| d.get().as_secs_f64() * 1e3),
+            exp.slo.itl.map(|d| d.get().as_secs_f64() * 1e3),
+            exp.slo.request_latency.map(|d| d.get().as_secs_f64() * 1e3),
+        );
+        // Statistics and parquet encoding are CPU work: off the async workers.
+        let (records, summary, parquet) = tokio::task::spawn_blocking(move || {
+            let batch = records_batch(&records)?;
+            let summary = CellStats::of_batch(&batch, &slo)?;
+            let parquet = to_parquet(&batch)?;
+            Ok::<_, harness_analytics::Error>((records, summary, parquet))
+        })
+        .await
+        .map_err(|e| Error::failed("summarising the records", e.to_string()))??;
+        let layout = cx.run().layout();
+        let records_key = layout.cell_records(&cell.id);
+        cx.store().put(&records_key, parquet).await?;
+        let summary_key = layout.cell_stats(&cell.id);
+        cx.store().put_json(&summary_key, &summary).await?;
 
         if summary.succeeded == 0 {
             let first = records
@@ -192,7 +192,7 @@ impl Step for BenchmarkStep {
         let mut out = StepOutput::new()
             .artifact(records_key)
             .artifact(summary_key);
-        for (k, v) in summary.metrics() {
+        for (k, v) in summary.headline_metrics() {
             out = out.metric(k, v);
         }
         for w in warnings {

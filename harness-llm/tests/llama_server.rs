@@ -58,47 +58,35 @@ async fn a_sweep_against_llama_server_produces_sane_records() {
     assert_eq!(backend.live_workloads(), 0, "llama-server was torn down");
 
     for cell in &report.cells {
-        let key = run
-            .layout()
-            .cell_dir(&cell.cell)
-            .join("records.jsonl")
-            .expect("key");
-        let text =
-            String::from_utf8(store.get(&key).await.expect("records").to_vec()).expect("utf8");
-        let records: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("json"))
-            .collect();
+        let key = run.layout().cell_records(&cell.cell);
+        let batch = harness_analytics::io::from_parquet(store.get(&key).await.expect("records"))
+            .expect("parquet");
+        let records = harness_analytics::table::records_from_batch(&batch).expect("records");
         assert_eq!(records.len(), 8, "{}", cell.cell);
         for r in &records {
-            assert!(r["error"].is_null(), "{}: {r}", cell.cell);
+            assert!(r.error.is_none(), "{}: {r:?}", cell.cell);
             assert_eq!(
-                r["output_token_source"], "usage",
+                r.output_token_source,
+                harness_analytics::record::TokenSource::Usage,
                 "llama-server reports usage"
             );
             assert_eq!(
-                r["output_tokens"], 32,
-                "ignore_eos gives exactly OSL tokens: {r}"
+                r.output_tokens, 32,
+                "ignore_eos gives exactly OSL tokens: {r:?}"
             );
-            let (start, first, last) = (
-                r["start_ns"].as_u64(),
-                r["first_token_ns"].as_u64(),
-                r["last_token_ns"].as_u64(),
-            );
-            let (start, first, last) = (
-                start.expect("start"),
-                first.expect("first"),
-                last.expect("last"),
+            let (first, last) = (
+                r.first_token_ns.expect("first"),
+                r.last_token_ns.expect("last"),
             );
             assert!(
-                first > start && last > first,
-                "TTFT and ITL are positive: {r}"
+                first > r.start_ns && last > first,
+                "TTFT and ITL are positive: {r:?}"
             );
             // The server counts the prompt with its own tokenizer and chat template.
-            assert!(r["input_tokens"].as_u64().is_some_and(|n| n >= 64), "{r}");
+            assert!(r.input_tokens >= 64, "{r:?}");
         }
-        assert!(cell.metrics.get("ttft.p50_ms").is_some_and(|v| *v > 0.0));
-        assert!(cell.metrics.get("itl.p50_ms").is_some_and(|v| *v > 0.0));
+        assert!(cell.metrics.get("ttft.p50").is_some_and(|v| *v > 0.0));
+        assert!(cell.metrics.get("itl.p50").is_some_and(|v| *v > 0.0));
         assert_eq!(cell.metrics.get("errors"), Some(&0.0));
     }
 }

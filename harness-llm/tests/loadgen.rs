@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use harness_analytics::{CellStats as BenchSummary, Slo};
 use harness_core::config::{Arrival, EndpointType, MockDeployment};
 use harness_core::steps::WaitReadyStep;
 use harness_core::testkit::run_new;
@@ -11,7 +12,6 @@ use harness_llm::client::{Client, ClientConfig, ErrorKind, TokenSource};
 use harness_llm::load::{self, LoadSpec};
 use harness_llm::mock::MockServer;
 use harness_llm::prompts::PromptSynth;
-use harness_llm::summary::{BenchSummary, SloLimits};
 
 fn mock(f: impl FnOnce(&mut MockDeployment)) -> MockDeployment {
     let mut cfg = MockDeployment::default();
@@ -87,7 +87,7 @@ async fn closed(
         conc as usize,
     );
     let recs = run_load(&c, &LoadSpec::closed(conc, requests, isl, osl)).await;
-    let summary = BenchSummary::of(&recs, &SloLimits::default());
+    let summary = BenchSummary::of(&recs, &Slo::default()).expect("stats");
     (recs, summary)
 }
 
@@ -104,19 +104,15 @@ async fn measures_the_injected_ttft_and_itl() {
     let p50 = |name: &str| s.distributions[name].p(50).expect("p50");
     // Correctness with generous bounds; the tight accuracy figures are in docs/PERFORMANCE.md.
     assert!(
-        (48.0..80.0).contains(&p50("ttft_ms")),
+        (48.0..80.0).contains(&p50("ttft")),
         "ttft p50 {}",
-        p50("ttft_ms")
+        p50("ttft")
     );
+    assert!((9.5..14.0).contains(&p50("itl")), "itl p50 {}", p50("itl"));
     assert!(
-        (9.5..14.0).contains(&p50("itl_ms")),
-        "itl p50 {}",
-        p50("itl_ms")
-    );
-    assert!(
-        (9.5..14.0).contains(&p50("inter_chunk_ms")),
+        (9.5..14.0).contains(&p50("inter_chunk_latency")),
         "inter-chunk p50 {}",
-        p50("inter_chunk_ms")
+        p50("inter_chunk_latency")
     );
     for r in &recs {
         assert_eq!(r.output_tokens, 16);
@@ -132,7 +128,7 @@ async fn measures_the_injected_ttft_and_itl() {
         assert!((lat - expect).abs() < 1e-6, "latency = ttft + (n-1) itl");
     }
     assert!(s.output_token_throughput > 0.0 && s.request_throughput > 0.0);
-    assert_eq!(s.distributions["osl"].p(50), Some(16.0));
+    assert_eq!(s.distributions["output_sequence_length"].p(50), Some(16.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,7 +263,7 @@ async fn open_loop_spaces_arrivals_at_the_rate_and_warmup_is_excluded() {
     let span = (starts[44] - starts[0]) as f64 / 1e9;
     // 44 gaps of 10 ms; generous bounds, this checks the schedule, not the machine.
     assert!((0.3..3.0).contains(&span), "span {span}s");
-    let s = BenchSummary::of(&recs, &SloLimits::default());
+    let s = BenchSummary::of(&recs, &Slo::default()).expect("stats");
     assert_eq!((s.requests, s.warmup_requests), (40, 5));
 }
 
@@ -328,22 +324,15 @@ async fn the_benchmark_step_stores_records_and_statistics_per_cell() {
     for cell in &report.cells {
         assert_eq!(cell.metrics.get("requests"), Some(&12.0));
         assert_eq!(cell.metrics.get("errors"), Some(&0.0));
-        assert!(cell.metrics.get("ttft.p50_ms").is_some_and(|v| *v > 0.0));
+        assert!(cell.metrics.get("ttft.p50").is_some_and(|v| *v > 0.0));
         assert!(cell.metrics.get("goodput").is_some_and(|v| *v > 0.0));
-        let key = run
-            .layout()
-            .cell_dir(&cell.cell)
-            .join("records.jsonl")
-            .expect("key");
-        let lines = store.get(&key).await.expect("records stored");
-        assert_eq!(
-            lines
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .count(),
-            14,
-            "warmup records are kept"
-        );
+        let key = run.layout().cell_records(&cell.cell);
+        let batch =
+            harness_analytics::io::from_parquet(store.get(&key).await.expect("records stored"))
+                .expect("parquet");
+        let records = harness_analytics::table::records_from_batch(&batch).expect("records");
+        assert_eq!(records.len(), 14, "warmup records are kept");
+        assert_eq!(records.iter().filter(|r| r.warmup).count(), 2);
         let summary: CellSummary = store
             .get_json(&run.layout().cell_summary(&cell.cell))
             .await

@@ -161,6 +161,8 @@ pub enum Deployment {
         url: String,
         /// A path that answers 2xx when the server is ready; checked before the first cell.
         health: Option<String>,
+        /// GPUs serving the model (all replicas), for per-GPU throughput.
+        gpus: Option<u32>,
     },
     /// A local command that harness starts, waits for, and stops at the end.
     Command(CommandDeployment),
@@ -281,6 +283,7 @@ impl Default for Deployment {
         Deployment::Url {
             url: "http://127.0.0.1:8000".into(),
             health: None,
+            gpus: None,
         }
     }
 }
@@ -300,6 +303,8 @@ pub struct CommandDeployment {
     pub env: BTreeMap<String, String>,
     /// The working directory.
     pub cwd: Option<PathBuf>,
+    /// GPUs the server uses, for per-GPU throughput.
+    pub gpus: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -319,6 +324,19 @@ struct RawDeployment {
     cwd: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mock: Option<MockDeployment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gpus: Option<u32>,
+}
+
+impl Deployment {
+    /// The GPUs serving the model, when the experiment says.
+    pub fn gpus(&self) -> Option<u32> {
+        match self {
+            Deployment::Url { gpus, .. } => *gpus,
+            Deployment::Command(c) => c.gpus,
+            Deployment::Mock(_) => None,
+        }
+    }
 }
 
 impl TryFrom<RawDeployment> for Deployment {
@@ -331,7 +349,15 @@ impl TryFrom<RawDeployment> for Deployment {
                 "deployment.health must be a path starting with `/`, got `{h}`"
             ));
         }
+        if r.gpus == Some(0) {
+            return Err("deployment.gpus must be at least 1; leave it out when unknown".into());
+        }
         if let Some(mock) = r.mock {
+            if r.gpus.is_some() {
+                return Err(
+                    "deployment.gpus applies to `url` and `command`; the mock uses none".into(),
+                );
+            }
             if r.url.is_some() || r.command.is_some() {
                 return Err("deployment takes one of `url`, `command` or `mock`".into());
             }
@@ -354,6 +380,7 @@ impl TryFrom<RawDeployment> for Deployment {
                 Ok(Deployment::Url {
                     url: url.trim_end_matches('/').to_owned(),
                     health: r.health,
+                    gpus: r.gpus,
                 })
             }
             (None, Some(command)) => {
@@ -372,6 +399,7 @@ impl TryFrom<RawDeployment> for Deployment {
                     health: r.health,
                     env: r.env,
                     cwd: r.cwd,
+                    gpus: r.gpus,
                 }))
             }
             (Some(_), Some(_)) => Err("deployment takes one of `url`, `command` or `mock`".into()),
@@ -387,9 +415,10 @@ impl TryFrom<RawDeployment> for Deployment {
 impl From<Deployment> for RawDeployment {
     fn from(d: Deployment) -> Self {
         match d {
-            Deployment::Url { url, health } => RawDeployment {
+            Deployment::Url { url, health, gpus } => RawDeployment {
                 url: Some(url),
                 health,
+                gpus,
                 ..Default::default()
             },
             Deployment::Command(c) => RawDeployment {
@@ -398,6 +427,7 @@ impl From<Deployment> for RawDeployment {
                 health: c.health,
                 env: c.env,
                 cwd: c.cwd,
+                gpus: c.gpus,
                 ..Default::default()
             },
             Deployment::Mock(m) => RawDeployment {

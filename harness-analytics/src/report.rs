@@ -1,0 +1,492 @@
+//! The report of a run: `summary.parquet`, charts (SVG and PNG), a self-contained
+//! `report/index.html` and `report/report.md`; and [`ReportStep`], which writes them at the
+//! end of every run.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use harness_core::journal::{JournalEntry, Manifest};
+use harness_core::{
+    ArtifactStore, ArtifactStoreExt, CellStatus, Experiment, RunLayout, Step, StepContext,
+    StepOutput,
+};
+
+use crate::Error;
+use crate::chart::{Chart, Series, pareto_front};
+use crate::io::to_parquet;
+use crate::stats::CellStats;
+use crate::table::{CellRow, summary_batch};
+
+/// A stored run, read back for reports and comparisons.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RunData {
+    /// Its keys.
+    pub layout: RunLayout,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its cells in plan order.
+    pub rows: Vec<CellRow>,
+    /// GPUs serving the model, when the experiment says.
+    pub gpus: Option<u32>,
+}
+
+fn status_word(s: CellStatus) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+impl RunData {
+    /// Reads run `layout` from `store`: the manifest, each cell's journal entry and
+    /// statistics (`cells/<cell>/stats.json`), when present.
+    ///
+    /// # Errors
+    /// When the manifest cannot be read, or a stored file cannot be decoded.
+    pub async fn load(store: &dyn ArtifactStore, layout: RunLayout) -> Result<Self, Error> {
+        let manifest: Manifest = store.get_json(&layout.manifest()).await?;
+        let exp = Experiment::from_json(&manifest.experiment, "the stored experiment")?;
+        let plan = exp.plan()?;
+        let gpus = exp.deployment.gpus();
+        let mut rows = Vec::with_capacity(plan.len());
+        for cell in plan.cells() {
+            let status = match store
+                .get_json::<JournalEntry>(&layout.journal(&cell.id))
+                .await
+            {
+                Ok(e) => e.status,
+                Err(harness_core::Error::NotFound { .. }) => CellStatus::Pending,
+                Err(e) => return Err(e.into()),
+            };
+            let stats = match store
+                .get_json::<CellStats>(&layout.cell_stats(&cell.id))
+                .await
+            {
+                Ok(s) => Some(s),
+                Err(harness_core::Error::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            };
+            rows.push(CellRow {
+                cell: cell.id.to_string(),
+                params: cell.params.clone(),
+                status: status_word(status),
+                stats,
+            });
+        }
+        Ok(RunData {
+            layout,
+            manifest,
+            rows,
+            gpus,
+        })
+    }
+
+    /// `experiment/run-id`.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.manifest.experiment_name, self.manifest.run_id)
+    }
+
+    /// The summary table of the run, one row per cell.
+    ///
+    /// # Errors
+    /// As [`summary_batch`].
+    pub fn summary(&self) -> Result<arrow_array::RecordBatch, Error> {
+        summary_batch(
+            &self.manifest.run_id,
+            &self.manifest.experiment_name,
+            self.gpus,
+            &self.rows,
+        )
+    }
+
+    /// The load parameter the sweep varies: `concurrency`, or `request_rate`.
+    pub fn load_axis(&self) -> &'static str {
+        let has = |name: &str| {
+            self.rows
+                .iter()
+                .any(|r| r.params.iter().any(|(n, _)| n == name))
+        };
+        if has("concurrency") || !has("request_rate") {
+            "concurrency"
+        } else {
+            "request_rate"
+        }
+    }
+
+    /// The series of the sweep: cells grouped by everything but the load parameter
+    /// (typically ISL/OSL), in first-seen order, each with its label.
+    pub fn series(&self) -> Vec<(String, Vec<&CellRow>)> {
+        let axis = self.load_axis();
+        let mut out: Vec<(String, Vec<&CellRow>)> = Vec::new();
+        for row in &self.rows {
+            let label = row
+                .params
+                .iter()
+                .filter(|(n, _)| n != axis)
+                .map(|(n, v)| format!("{} {v}", n.to_uppercase()))
+                .collect::<Vec<_>>()
+                .join(" / ");
+            let label = if label.is_empty() {
+                "all cells".to_owned()
+            } else {
+                label
+            };
+            match out.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, rows)) => rows.push(row),
+                None => out.push((label, vec![row])),
+            }
+        }
+        out
+    }
+}
+
+/// The x value of a cell: its load parameter.
+pub(crate) fn x_of(row: &CellRow, axis: &str) -> Option<f64> {
+    row.params
+        .iter()
+        .find(|(n, _)| n == axis)
+        .and_then(|(_, v)| v.as_f64())
+}
+
+/// The charts of a run: TTFT, ITL and request latency (p50 solid, p99 dashed) and
+/// throughput against the load, one colour per series; and the Pareto front of output
+/// tokens/s per GPU (or per deployment, when the GPU count is unknown) against tokens/s per
+/// user.
+pub fn charts(run: &RunData) -> Vec<Chart> {
+    let axis = run.load_axis();
+    let x_label = if axis == "concurrency" {
+        "concurrency"
+    } else {
+        "request rate (requests/s)"
+    };
+    let series = run.series();
+    let mut out = Vec::new();
+    for (metric, title, unit) in [
+        ("ttft", "Time to first token", "ms"),
+        ("itl", "Inter-token latency", "ms"),
+        ("request_latency", "Request latency", "ms"),
+    ] {
+        let mut c = Chart::new(
+            metric,
+            format!("{title} (p50 solid, p99 dashed)"),
+            x_label,
+            unit,
+        );
+        c.log_x = axis == "concurrency";
+        for (i, (label, rows)) in series.iter().enumerate() {
+            for (stat, dashed) in [("p50", false), ("p99", true)] {
+                let pts = points(rows, axis, |s| s.value(&format!("{metric}.{stat}")));
+                let s = Series::line(format!("{label} {stat}"), pts, i);
+                c.series.push(if dashed { s.dashed() } else { s });
+            }
+        }
+        out.push(c);
+    }
+    let mut t = Chart::new(
+        "throughput",
+        "Output token throughput",
+        x_label,
+        "output tokens/s",
+    );
+    t.log_x = axis == "concurrency";
+    for (i, (label, rows)) in series.iter().enumerate() {
+        t.series.push(Series::line(
+            label.clone(),
+            points(rows, axis, |s| Some(s.output_token_throughput)),
+            i,
+        ));
+    }
+    out.push(t);
+
+    let per = match run.gpus {
+        Some(g) => format!("per GPU ({g} GPUs)"),
+        None => "per deployment (GPU count unknown)".to_owned(),
+    };
+    let mut p = Chart::new(
+        "pareto",
+        format!("Output tokens/s {per} vs tokens/s per user"),
+        "output tokens/s per user (p50)",
+        format!("output tokens/s {}", per.split(" (").next().unwrap_or("")),
+    );
+    let mut all = Vec::new();
+    for (i, (label, rows)) in series.iter().enumerate() {
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .filter_map(|r| {
+                let s = r.stats.as_ref()?;
+                let x = s.value("output_token_throughput_per_user.p50")?;
+                let y = s.output_token_throughput / f64::from(run.gpus.unwrap_or(1).max(1));
+                Some((x, y))
+            })
+            .collect();
+        all.extend(pts.iter().copied());
+        p.series
+            .push(Series::line(label.clone(), pts, i).points_only());
+    }
+    p.series
+        .push(Series::line("Pareto front", pareto_front(&all), 7).dashed());
+    out.push(p);
+    out.retain(Chart::has_data);
+    out
+}
+
+fn points(rows: &[&CellRow], axis: &str, f: impl Fn(&CellStats) -> Option<f64>) -> Vec<(f64, f64)> {
+    rows.iter()
+        .filter_map(|r| Some((x_of(r, axis)?, f(r.stats.as_ref()?)?)))
+        .collect()
+}
+
+/// The metric columns of result tables (the report's, the CLI's): metric, header.
+pub const TABLE_COLUMNS: [(&str, &str); 10] = [
+    ("requests", "requests"),
+    ("errors", "errors"),
+    ("request_throughput", "req/s"),
+    ("output_token_throughput", "out tok/s"),
+    ("ttft.p50", "TTFT p50 ms"),
+    ("ttft.p99", "TTFT p99 ms"),
+    ("itl.p50", "ITL p50 ms"),
+    ("itl.p99", "ITL p99 ms"),
+    ("request_latency.p50", "latency p50 ms"),
+    ("output_token_throughput_per_user.p50", "tok/s/user p50"),
+];
+
+/// A number for a table: integers plain, others with 1 to 3 decimals.
+pub fn format_value(v: f64) -> String {
+    if !v.is_finite() {
+        "-".to_owned()
+    } else if v.fract() == 0.0 && v.abs() < 1e12 {
+        format!("{v:.0}")
+    } else if v.abs() >= 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn table_rows(run: &RunData) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut header = vec!["cell".to_owned(), "status".to_owned()];
+    header.extend(TABLE_COLUMNS.iter().map(|(_, h)| (*h).to_owned()));
+    let rows = run
+        .rows
+        .iter()
+        .map(|r| {
+            let mut row = vec![r.cell.clone(), r.status.clone()];
+            row.extend(TABLE_COLUMNS.iter().map(|(m, _)| {
+                r.stats
+                    .as_ref()
+                    .and_then(|s| s.value(m))
+                    .map_or_else(|| "-".to_owned(), format_value)
+            }));
+            row
+        })
+        .collect();
+    (header, rows)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The report's files, relative to the run's `report/` folder.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Report {
+    /// `(relative path, bytes)`: `index.html`, `report.md`, `charts/<name>.svg|png`.
+    pub files: Vec<(String, Bytes)>,
+    /// Charts that could not be drawn, and why.
+    pub warnings: Vec<String>,
+}
+
+/// Builds the report of `run`: a self-contained HTML page (tables and SVG charts inline,
+/// opens from disk), a Markdown page, and every chart as SVG and PNG.
+pub fn build_report(run: &RunData) -> Report {
+    let mut report = Report::default();
+    let mut svgs: Vec<(String, String)> = Vec::new();
+    for chart in charts(run) {
+        match (chart.svg(), chart.png()) {
+            (Ok(svg), Ok(png)) => {
+                report.files.push((
+                    format!("charts/{}.svg", chart.name),
+                    Bytes::from(svg.clone()),
+                ));
+                report
+                    .files
+                    .push((format!("charts/{}.png", chart.name), Bytes::from(png)));
+                svgs.push((chart.name.clone(), svg));
+            }
+            (Err(e), _) | (_, Err(e)) => report.warnings.push(e.to_string()),
+        }
+    }
+    let m = &run.manifest;
+    let (header, rows) = table_rows(run);
+    let gpus = run.gpus.map_or_else(
+        || "unknown (throughput is per deployment)".to_owned(),
+        |g| g.to_string(),
+    );
+    let facts: Vec<(&str, String)> = vec![
+        ("run", m.run_id.clone()),
+        ("experiment", m.experiment_name.clone()),
+        ("status", status_word_run(m)),
+        ("created", m.created_at.clone()),
+        ("harness", m.harness_version.clone()),
+        (
+            "host",
+            format!(
+                "{} ({}, {} CPUs{})",
+                m.host.hostname,
+                m.host.os,
+                m.host.cpus,
+                m.host
+                    .cpu_model
+                    .as_ref()
+                    .map(|c| format!(", {c}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        ("GPUs", gpus),
+    ];
+
+    // HTML
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>harness report: {title}</title><style>\
+         body{{font-family:sans-serif;margin:2em;color:#222;background:#fff}}\
+         table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}}\
+         th{{background:#eef}}td:first-child,th:first-child{{text-align:left}}\
+         .charts svg{{max-width:100%;height:auto;border:1px solid #ddd;margin:0.5em 0}}\
+         </style></head><body><h1>harness report: {title}</h1><table>",
+        title = escape(&run.label())
+    );
+    for (k, v) in &facts {
+        let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(v));
+    }
+    h.push_str("</table><h2>Cells</h2><table><tr>");
+    for c in &header {
+        let _ = write!(h, "<th>{}</th>", escape(c));
+    }
+    h.push_str("</tr>");
+    for r in &rows {
+        h.push_str("<tr>");
+        for c in r {
+            let _ = write!(h, "<td>{}</td>", escape(c));
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table><h2>Charts</h2><div class=\"charts\">");
+    for (_, svg) in &svgs {
+        // The SVG documents carry an XML-free root element; inline them as they are.
+        h.push_str(svg);
+    }
+    h.push_str(
+        "</div><p>Metric definitions follow aiperf; every statistic is in \
+         <code>summary.parquet</code> beside this report.</p></body></html>\n",
+    );
+    report.files.push(("index.html".to_owned(), Bytes::from(h)));
+
+    // Markdown
+    let mut md = format!("# harness report: {}\n\n", run.label());
+    for (k, v) in &facts {
+        let _ = writeln!(md, "- **{k}**: {v}");
+    }
+    md.push_str("\n## Cells\n\n| ");
+    md.push_str(&header.join(" | "));
+    md.push_str(" |\n|");
+    md.push_str(&"---|".repeat(header.len()));
+    md.push('\n');
+    for r in &rows {
+        let _ = writeln!(md, "| {} |", r.join(" | "));
+    }
+    md.push_str("\n## Charts\n\n");
+    for (name, _) in &svgs {
+        let _ = writeln!(md, "![{name}](charts/{name}.png)\n");
+    }
+    report.files.push(("report.md".to_owned(), Bytes::from(md)));
+    report
+}
+
+fn status_word_run(m: &Manifest) -> String {
+    serde_json::to_value(m.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// What [`write_report`] wrote.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Written {
+    /// The key of `index.html`.
+    pub index: harness_core::ArtifactKey,
+    /// How many files.
+    pub files: usize,
+    /// Charts that could not be drawn.
+    pub warnings: Vec<String>,
+}
+
+/// Writes `summary.parquet` and the report of run `layout` into `store`.
+///
+/// # Errors
+/// When the run cannot be read or a file cannot be written.
+pub async fn write_report(store: &dyn ArtifactStore, layout: RunLayout) -> Result<Written, Error> {
+    let run = RunData::load(store, layout.clone()).await?;
+    let summary = run.summary()?;
+    store
+        .put(&layout.summary_table(), to_parquet(&summary)?)
+        .await?;
+    let report = build_report(&run);
+    for (rel, data) in &report.files {
+        store.put(&layout.report(rel)?, data.clone()).await?;
+    }
+    Ok(Written {
+        index: layout.report("index.html")?,
+        files: report.files.len() + 1,
+        warnings: report.warnings,
+    })
+}
+
+/// The step that writes the run's `summary.parquet` and report at teardown (kind
+/// `report`); the CLI adds it to every run.
+#[derive(Debug, Clone, Default)]
+pub struct ReportStep;
+
+impl ReportStep {
+    /// The step.
+    pub fn new() -> Self {
+        ReportStep
+    }
+
+    /// A factory for the step registry (kind `report`, no parameters; a teardown step).
+    pub fn factory() -> harness_core::pipeline::StepFactory {
+        Arc::new(|_spec, _source| Ok(Arc::new(ReportStep) as Arc<dyn Step>))
+    }
+}
+
+#[async_trait]
+impl Step for ReportStep {
+    fn name(&self) -> &str {
+        "report"
+    }
+
+    async fn run(&self, cx: &StepContext) -> harness_core::Result<StepOutput> {
+        let run = cx.run();
+        let written = write_report(run.store().as_ref(), run.layout().clone()).await?;
+        let mut out = StepOutput::default();
+        out.notes.extend(written.warnings);
+        out.notes.push(format!("report: {}", written.index));
+        Ok(out)
+    }
+}
+
+/// The cells of `a` keyed by id, for lookups.
+pub(crate) fn by_cell(run: &RunData) -> BTreeMap<&str, &CellRow> {
+    run.rows.iter().map(|r| (r.cell.as_str(), r)).collect()
+}

@@ -1,0 +1,394 @@
+//! [`CellStats`]: a cell's statistics from its records, with aiperf's definitions (listed in
+//! [`crate::schema::DISTRIBUTIONS`] and [`crate::schema::SCALARS`]).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::UInt64Type;
+use arrow_array::{Array, RecordBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::dist::Distribution;
+use crate::record::Record;
+use crate::table::{RecordColumns, records_batch};
+
+/// Service-level objectives for goodput, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Slo {
+    /// Time to first token.
+    pub ttft_ms: Option<f64>,
+    /// Inter-token latency.
+    pub itl_ms: Option<f64>,
+    /// Request latency.
+    pub request_latency_ms: Option<f64>,
+}
+
+impl Slo {
+    /// Objectives from optional limits in milliseconds.
+    pub fn new(ttft_ms: Option<f64>, itl_ms: Option<f64>, request_latency_ms: Option<f64>) -> Self {
+        Slo {
+            ttft_ms,
+            itl_ms,
+            request_latency_ms,
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.ttft_ms.is_some() || self.itl_ms.is_some() || self.request_latency_ms.is_some()
+    }
+}
+
+/// The statistics of one cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CellStats {
+    /// Measured requests (warmup excluded).
+    pub requests: u64,
+    /// Of those, successful.
+    pub succeeded: u64,
+    /// Failed requests by error kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Warmup requests sent (kept in the records, not counted here).
+    pub warmup_requests: u64,
+    /// Last response end - first request start, in seconds.
+    pub duration_s: f64,
+    /// Successful requests per second.
+    pub request_throughput: f64,
+    /// Output tokens of successful requests per second.
+    pub output_token_throughput: f64,
+    /// Input plus output tokens of successful requests per second.
+    pub total_token_throughput: f64,
+    /// Requests meeting every SLO set, per second (`None` without an SLO).
+    pub goodput: Option<f64>,
+    /// Where output token counts came from: successful requests by source.
+    pub output_token_sources: BTreeMap<String, u64>,
+    /// Distributions by name (see [`crate::schema::DISTRIBUTIONS`]).
+    pub distributions: BTreeMap<String, Distribution>,
+}
+
+/// The counts of a cell: one pass over the rows.
+struct Scalars {
+    requests: u64,
+    succeeded: u64,
+    errors: BTreeMap<String, u64>,
+    start: u64,
+    end: u64,
+    in_tokens: u64,
+    out_tokens: u64,
+    sources: BTreeMap<String, u64>,
+    good: u64,
+}
+
+impl Scalars {
+    fn of(c: &RecordColumns<'_>, ok: &[bool], slo: &Slo) -> Self {
+        let mut out = Scalars {
+            requests: 0,
+            succeeded: 0,
+            errors: BTreeMap::new(),
+            start: u64::MAX,
+            end: 0,
+            in_tokens: 0,
+            out_tokens: 0,
+            sources: BTreeMap::new(),
+            good: 0,
+        };
+        let (starts, ends) = (c.start_ns.values(), c.end_ns.values());
+        let (ins, outs) = (c.input_tokens.values(), c.output_tokens.values());
+        // Token sources come in long runs of one value: count runs, not rows.
+        let mut run: Option<(&str, u64)> = None;
+        let value = |a: &arrow_array::Float64Array, i: usize| a.is_valid(i).then(|| a.value(i));
+        let within =
+            |limit: Option<f64>, v: Option<f64>| limit.is_none_or(|l| v.is_some_and(|v| v <= l));
+        for (i, &ok) in ok.iter().enumerate() {
+            if c.warmup.value(i) {
+                continue;
+            }
+            out.requests += 1;
+            out.start = out.start.min(starts[i]);
+            out.end = out.end.max(ends[i]);
+            if !ok {
+                *out.errors
+                    .entry(c.error_kind.value(i).to_owned())
+                    .or_insert(0) += 1;
+                continue;
+            }
+            out.succeeded += 1;
+            out.in_tokens += ins[i];
+            out.out_tokens += outs[i];
+            let src = c.source.value(i);
+            run = match run {
+                Some((s, k)) if s == src => Some((s, k + 1)),
+                Some((s, k)) => {
+                    *out.sources.entry(s.to_owned()).or_insert(0) += k;
+                    Some((src, 1))
+                }
+                None => Some((src, 1)),
+            };
+            if slo.is_set() {
+                // A request with one output token has no ITL; it meets an ITL objective.
+                let itl_ok = slo
+                    .itl_ms
+                    .is_none_or(|l| value(c.itl_ms, i).is_none_or(|x| x <= l));
+                if itl_ok
+                    && within(slo.ttft_ms, value(c.ttft_ms, i))
+                    && within(slo.request_latency_ms, value(c.latency_ms, i))
+                {
+                    out.good += 1;
+                }
+            }
+        }
+        if let Some((s, k)) = run {
+            *out.sources.entry(s.to_owned()).or_insert(0) += k;
+        }
+        out
+    }
+}
+
+/// The sample of a per-request metric column: its successful, measured, non-null values.
+/// Without warmup, errors or nulls that is the Arrow buffer itself (no copy).
+fn float_sample<'a>(
+    a: &'a arrow_array::Float64Array,
+    ok: &[bool],
+    all_ok: bool,
+    ok_count: usize,
+) -> Cow<'a, [f64]> {
+    let vals = a.values();
+    let n = ok.len();
+    match a.nulls() {
+        None if all_ok => Cow::Borrowed(&vals[..]),
+        None => Cow::Owned(filtered(n, |i| ok[i], |i| vals[i], ok_count)),
+        Some(nulls) => Cow::Owned(filtered(
+            n,
+            |i| ok[i] && nulls.is_valid(i),
+            |i| vals[i],
+            ok_count,
+        )),
+    }
+}
+
+/// The values `value(i)` of the rows `keep(i)`, into a vector sized for `expect` of them.
+fn filtered(
+    n: usize,
+    keep: impl Fn(usize) -> bool,
+    value: impl Fn(usize) -> f64,
+    expect: usize,
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(expect);
+    out.extend((0..n).filter(|&i| keep(i)).map(value));
+    out
+}
+
+impl CellStats {
+    /// Summarises `records`.
+    ///
+    /// # Errors
+    /// Only if a batch cannot be built from them (more than 2^31 chunk gaps).
+    pub fn of(records: &[Record], slo: &Slo) -> Result<Self, Error> {
+        Self::of_batch(&records_batch(records)?, slo)
+    }
+
+    /// Summarises a batch in the records schema (from the load generator, an importer or a
+    /// parquet file).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when a column is missing or has another type.
+    pub fn of_batch(batch: &RecordBatch, slo: &Slo) -> Result<Self, Error> {
+        let c = RecordColumns::of(batch)?;
+        let n = batch.num_rows();
+        // Successful, measured requests: the rows every distribution is taken over.
+        let ok: Vec<bool> = (0..n)
+            .map(|i| !c.warmup.value(i) && c.error_kind.is_null(i))
+            .collect();
+        let ok_count = ok.iter().filter(|v| **v).count();
+        let all_ok = ok_count == n;
+        let ok = &ok;
+
+        // The distributions' samples, each made by a job; without warmup, errors or nulls the
+        // Arrow buffer itself is the sample (no copy).
+        let floats = |a| float_sample(a, ok, all_ok, ok_count);
+        let counts = |a: &arrow_array::UInt64Array| -> Cow<'_, [f64]> {
+            let vals = a.values();
+            Cow::Owned(filtered(n, |i| ok[i], |i| vals[i] as f64, ok_count))
+        };
+        type Job<'j> = (
+            &'static str,
+            Box<dyn Fn() -> Cow<'j, [f64]> + Send + Sync + 'j>,
+        );
+        let jobs: Vec<Job<'_>> = vec![
+            ("ttft", Box::new(|| floats(c.ttft_ms))),
+            ("itl", Box::new(|| floats(c.itl_ms))),
+            ("request_latency", Box::new(|| floats(c.latency_ms))),
+            (
+                "output_token_throughput_per_user",
+                Box::new(|| {
+                    let itl = floats(c.itl_ms);
+                    let mut v = Vec::with_capacity(itl.len());
+                    v.extend(itl.iter().filter(|v| **v > 0.0).map(|v| 1e3 / v));
+                    Cow::Owned(v)
+                }),
+            ),
+            ("input_sequence_length", Box::new(|| counts(c.input_tokens))),
+            (
+                "output_sequence_length",
+                Box::new(|| counts(c.output_tokens)),
+            ),
+            (
+                "inter_chunk_latency",
+                Box::new(|| {
+                    let offsets = c.gaps.value_offsets();
+                    let gaps = c.gaps.values().as_primitive::<UInt64Type>().values();
+                    let ms = |g: &u64| *g as f64 / 1e6;
+                    if all_ok {
+                        return Cow::Owned(gaps.iter().map(ms).collect());
+                    }
+                    let mut v = Vec::with_capacity(gaps.len());
+                    for i in (0..n).filter(|&i| ok[i]) {
+                        let (a, b) = (offsets[i] as usize, offsets[i + 1] as usize);
+                        v.extend(gaps[a..b].iter().map(ms));
+                    }
+                    Cow::Owned(v)
+                }),
+            ),
+        ];
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let work = || {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((name, make)) = jobs.get(i) else {
+                    return out;
+                };
+                if let Some(d) = Distribution::of(&make()) {
+                    out.push(((*name).to_owned(), d));
+                }
+            }
+        };
+        let big = n >= 1 << 16;
+        let (scalars, distributions) = std::thread::scope(|s| {
+            // Large cells: a second thread starts on the distributions while this one does
+            // the counts, then helps.
+            let helper = big.then(|| s.spawn(work));
+            let scalars = Scalars::of(&c, ok, slo);
+            let mut distributions: BTreeMap<String, Distribution> = work().into_iter().collect();
+            if let Some(h) = helper {
+                // A panic there would be a bug in `Distribution::of`; its columns are then
+                // missing rather than the process gone.
+                distributions.extend(h.join().unwrap_or_default());
+            }
+            (scalars, distributions)
+        });
+        let Scalars {
+            requests,
+            succeeded,
+            errors,
+            start,
+            end,
+            in_tokens,
+            out_tokens,
+            sources,
+            good,
+        } = scalars;
+        let duration_s = if requests > 0 {
+            end.saturating_sub(start) as f64 / 1e9
+        } else {
+            0.0
+        };
+        let per_s = |v: f64| {
+            if duration_s > 0.0 {
+                v / duration_s
+            } else {
+                0.0
+            }
+        };
+        Ok(CellStats {
+            requests,
+            succeeded,
+            errors,
+            warmup_requests: (n as u64) - requests,
+            duration_s,
+            request_throughput: per_s(succeeded as f64),
+            output_token_throughput: per_s(out_tokens as f64),
+            total_token_throughput: per_s((out_tokens + in_tokens) as f64),
+            goodput: slo.is_set().then(|| per_s(good as f64)),
+            output_token_sources: sources,
+            distributions,
+        })
+    }
+
+    /// A metric by name: a scalar (`request_throughput`, `errors`, `errors.timeout`, ...) or
+    /// a distribution's statistic (`ttft.p99`, `itl.mean`, ...).
+    pub fn value(&self, metric: &str) -> Option<f64> {
+        match metric {
+            "requests" => Some(self.requests as f64),
+            "succeeded" => Some(self.succeeded as f64),
+            "errors" => Some((self.requests - self.succeeded) as f64),
+            "warmup_requests" => Some(self.warmup_requests as f64),
+            "duration_s" => Some(self.duration_s),
+            "request_throughput" => Some(self.request_throughput),
+            "output_token_throughput" => Some(self.output_token_throughput),
+            "total_token_throughput" => Some(self.total_token_throughput),
+            "goodput" => self.goodput,
+            other => {
+                let (base, stat) = other.split_once('.')?;
+                if base == "errors" {
+                    return Some(self.errors.get(stat).copied().unwrap_or(0) as f64);
+                }
+                self.distributions.get(base)?.stat(stat)
+            }
+        }
+    }
+
+    /// Every metric as `(name, value)`: the scalars, errors by kind, and every statistic of
+    /// every distribution.
+    pub fn metrics(&self) -> Vec<(String, f64)> {
+        let names: Vec<&str> = self.distributions.keys().map(String::as_str).collect();
+        self.metrics_of(&names, &crate::dist::STATS)
+    }
+
+    /// The metrics a cell's summary row carries: the scalars, errors by kind, and p50, p99
+    /// and mean of TTFT, ITL, request latency and tokens/s per user. Every statistic stays in
+    /// the cell's `stats.json` and the run's `summary.parquet`.
+    pub fn headline_metrics(&self) -> Vec<(String, f64)> {
+        self.metrics_of(
+            &[
+                "ttft",
+                "itl",
+                "request_latency",
+                "output_token_throughput_per_user",
+            ],
+            &["p50", "p99", "mean"],
+        )
+    }
+
+    /// The scalars, errors by kind, and `stats` of the distributions `names`.
+    fn metrics_of(&self, names: &[&str], stats: &[&str]) -> Vec<(String, f64)> {
+        let mut out: Vec<(String, f64)> = crate::schema::SCALARS
+            .iter()
+            .filter_map(|s| self.value(s.name).map(|v| (s.name.to_owned(), v)))
+            .collect();
+        for (kind, n) in &self.errors {
+            out.push((format!("errors.{kind}"), *n as f64));
+        }
+        for name in names {
+            for stat in stats {
+                let metric = format!("{name}.{stat}");
+                if let Some(v) = self.value(&metric) {
+                    out.push((metric, v));
+                }
+            }
+        }
+        out
+    }
+
+    /// The source of most output token counts, or `mixed` when sources differ.
+    pub fn main_token_source(&self) -> Option<String> {
+        match self.output_token_sources.len() {
+            0 => None,
+            1 => self.output_token_sources.keys().next().cloned(),
+            _ => Some("mixed".to_owned()),
+        }
+    }
+}
