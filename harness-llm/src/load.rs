@@ -39,6 +39,73 @@ pub struct LoadSpec {
     pub osl: u32,
     /// Seed for prompts and arrivals.
     pub seed: u64,
+    /// Standard deviation of per-request ISL around `isl` (0: every request exactly `isl`).
+    pub isl_stddev: f64,
+    /// Standard deviation of per-request OSL around `osl`.
+    pub osl_stddev: f64,
+    /// Prompts from a dataset instead of synthetic ones.
+    pub dataset: Option<Arc<Dataset>>,
+}
+
+/// Prompts read from a JSON-lines file: `{"prompt": "...", "output_tokens": 128}` per line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    entries: Vec<(String, Option<u32>)>,
+}
+
+impl Dataset {
+    /// Reads a JSON-lines file (blocking).
+    ///
+    /// # Errors
+    /// A message naming the file and line of the first bad entry, or an empty file.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses JSON lines; `source` names them in errors. Blank lines are skipped.
+    ///
+    /// # Errors
+    /// As [`Dataset::load`].
+    pub fn parse(text: &str, source: &str) -> Result<Self, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Line {
+            prompt: String,
+            #[serde(default, alias = "max_tokens")]
+            output_tokens: Option<u32>,
+        }
+        let mut entries = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let l: Line =
+                serde_json::from_str(line).map_err(|e| format!("{source}:{}: {e}", i + 1))?;
+            if l.output_tokens == Some(0) {
+                return Err(format!(
+                    "{source}:{}: output_tokens must be at least 1",
+                    i + 1
+                ));
+            }
+            entries.push((l.prompt, l.output_tokens));
+        }
+        if entries.is_empty() {
+            return Err(format!("{source}: no prompts"));
+        }
+        Ok(Dataset { entries })
+    }
+
+    /// How many prompts.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none (never, once loaded).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 impl LoadSpec {
@@ -54,7 +121,25 @@ impl LoadSpec {
             isl,
             osl,
             seed: 0,
+            isl_stddev: 0.0,
+            osl_stddev: 0.0,
+            dataset: None,
         }
+    }
+
+    /// Request `index`'s prompt, its input token count as built (the fallback when the server
+    /// reports no usage), and the output tokens to ask for.
+    pub fn request(&self, synth: &PromptSynth, index: u64) -> (String, u64, u32) {
+        let seed = prompt_seed(self.seed, index);
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x005E_ED0F_1E57);
+        let osl = normal(&mut rng, self.osl, self.osl_stddev);
+        if let Some(d) = &self.dataset {
+            let (prompt, out) = &d.entries[(index % d.entries.len() as u64) as usize];
+            let words = prompt.split_whitespace().count() as u64;
+            return (prompt.clone(), words, out.unwrap_or(osl));
+        }
+        let isl = normal(&mut rng, self.isl, self.isl_stddev);
+        (synth.prompt(isl, seed), u64::from(isl), osl)
     }
 
     /// Measured requests when neither a count nor a duration is given: four rounds of the
@@ -71,6 +156,19 @@ impl LoadSpec {
             (None, None) => Some(self.warmup + Self::default_requests(self.concurrency)),
         }
     }
+}
+
+/// A draw from a normal distribution with `mean` and `stddev`, rounded, at least 1
+/// (Box-Muller; exactly `mean` when `stddev` is 0).
+fn normal(rng: &mut SmallRng, mean: u32, stddev: f64) -> u32 {
+    if stddev <= 0.0 {
+        return mean;
+    }
+    let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+    let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+    (f64::from(mean) + z * stddev)
+        .round()
+        .clamp(1.0, f64::from(u32::MAX)) as u32
 }
 
 /// The seed of request `index`'s prompt.
@@ -94,16 +192,9 @@ pub async fn run(
     let synth = Arc::new(synth.clone());
     let mut tasks: JoinSet<Vec<RequestRecord>> = JoinSet::new();
     let one = move |index: u64, client: Client, synth: Arc<PromptSynth>, spec: LoadSpec| async move {
-        let prompt = synth.prompt(spec.isl, prompt_seed(spec.seed, index));
+        let (prompt, isl, osl) = spec.request(&synth, index);
         client
-            .send(
-                index,
-                index < spec.warmup,
-                prompt,
-                u64::from(spec.isl),
-                spec.osl,
-                epoch,
-            )
+            .send(index, index < spec.warmup, prompt, isl, osl, epoch)
             .await
     };
     match spec.rate {

@@ -49,10 +49,22 @@ struct Counters {
     output_tokens: AtomicU64,
 }
 
+/// How late tokens left after their due time, in microseconds: the mock's own scheduling
+/// error, so a client's measurement can be judged against what the server really did.
+#[derive(Debug, Default)]
+struct Lateness {
+    first: Vec<u32>,
+    rest: Vec<u32>,
+}
+
+/// At most this many lateness samples of each kind are kept (40 MB).
+const MAX_LATENESS_SAMPLES: usize = 10_000_000;
+
 #[derive(Debug)]
 struct Shared {
     cfg: MockDeployment,
     counters: Counters,
+    lateness: std::sync::Mutex<Lateness>,
 }
 
 /// A running mock server.
@@ -119,6 +131,7 @@ pub fn router(cfg: MockDeployment) -> Router {
     let shared = Arc::new(Shared {
         cfg,
         counters: Counters::default(),
+        lateness: std::sync::Mutex::new(Lateness::default()),
     });
     Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -486,6 +499,18 @@ impl TokenStream {
                 if due > Instant::now() {
                     tokio::time::sleep_until(due).await;
                 }
+                let late = Instant::now().saturating_duration_since(due).as_micros();
+                {
+                    let mut l = self
+                        .shared
+                        .lateness
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    let v = if i == 1 { &mut l.first } else { &mut l.rest };
+                    if v.len() < MAX_LATENESS_SAMPLES {
+                        v.push(u32::try_from(late).unwrap_or(u32::MAX));
+                    }
+                }
                 self.phase = if i < self.tokens {
                     Phase::Token(i + 1)
                 } else {
@@ -565,6 +590,35 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
             v.load(Ordering::Relaxed)
         ));
+    }
+    let lateness = {
+        let l = s.lateness.lock().unwrap_or_else(|e| e.into_inner());
+        [
+            (
+                "mock_first_token_lateness_seconds",
+                "How late first tokens left after their due time (the mock's own TTFT error).",
+                l.first.clone(),
+            ),
+            (
+                "mock_token_lateness_seconds",
+                "How late later tokens left after their due time.",
+                l.rest.clone(),
+            ),
+        ]
+    };
+    for (name, help, us) in lateness {
+        let secs: Vec<f64> = us.iter().map(|v| f64::from(*v) / 1e6).collect();
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} summary\n"));
+        if let Some(d) = harness_analytics::Distribution::of(&secs) {
+            for q in [50u8, 90, 99] {
+                out.push_str(&format!(
+                    "{name}{{quantile=\"0.{q}\"}} {}\n",
+                    d.p(q).unwrap_or(f64::NAN)
+                ));
+            }
+            out.push_str(&format!("{name}_sum {}\n", d.mean * d.count as f64));
+        }
+        out.push_str(&format!("{name}_count {}\n", secs.len()));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -1,4 +1,5 @@
-//! Prompts of an exact token count under a real tokenizer.
+//! Prompts of an exact token count under a real tokenizer: a built-in tiktoken encoding, or
+//! any Hugging Face `tokenizer.json` file (read from disk; nothing is downloaded).
 //!
 //! A prompt is a run of space-led common words, each of which is one token in the encoding
 //! (checked when the synthesiser is built). BPE pre-tokenisation splits text at such word
@@ -63,6 +64,43 @@ impl PromptSynth {
         })
     }
 
+    /// A synthesiser for a Hugging Face `tokenizer.json` file. Its name is
+    /// `tokenizer.json:<path>`.
+    ///
+    /// # Errors
+    /// A message naming the file when it cannot be read, or when the tokenizer does not
+    /// split text at spaces (so a prompt of exact length cannot be built from words).
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let tok = HfTokenizer::open(path)?;
+        let mut words: Vec<&'static str> = WORDS
+            .split_whitespace()
+            .filter(|w| tok.count(&format!(" {w}")) == Ok(1))
+            .collect();
+        words.sort_unstable();
+        words.dedup();
+        if words.len() < 16 {
+            return Err(format!(
+                "{}: too few common English words are one token each in this tokenizer ({})",
+                path.display(),
+                words.len()
+            ));
+        }
+        let s = PromptSynth {
+            encoding: format!("tokenizer.json:{}", path.display()),
+            words,
+        };
+        // Word boundaries must be token boundaries: check on a long sample.
+        let sample = s.prompt(512, 1);
+        let n = tok.count(&sample)?;
+        if n != 512 {
+            return Err(format!(
+                "{}: 512 single-token words encode to {n} tokens; this tokenizer merges across spaces",
+                path.display()
+            ));
+        }
+        Ok(s)
+    }
+
     /// The encoding's name.
     pub fn encoding(&self) -> &str {
         &self.encoding
@@ -93,6 +131,32 @@ fn load(encoding: &str) -> Result<CoreBPE, String> {
         }
     }
     .map_err(|e| format!("loading the `{encoding}` encoding: {e}"))
+}
+
+/// A Hugging Face tokenizer read from a `tokenizer.json` file.
+pub(crate) struct HfTokenizer {
+    inner: tokenizers::Tokenizer,
+    path: std::path::PathBuf,
+}
+
+impl HfTokenizer {
+    /// Reads `path`.
+    pub(crate) fn open(path: &std::path::Path) -> Result<Self, String> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| format!("{}: not a readable tokenizer.json: {e}", path.display()))?;
+        Ok(HfTokenizer {
+            inner,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Tokens in `text`, without special tokens.
+    pub(crate) fn count(&self, text: &str) -> Result<usize, String> {
+        self.inner
+            .encode(text, false)
+            .map(|e| e.len())
+            .map_err(|e| format!("{}: encoding failed: {e}", self.path.display()))
+    }
 }
 
 /// Tokens in `text` under a built-in encoding. Loads the encoding each call: for checks,

@@ -53,17 +53,26 @@ impl BenchmarkStep {
             Ok(Arc::new(BenchmarkStep::new()) as Arc<dyn Step>)
         })
     }
+}
 
-    fn synth(&self, encoding: &str) -> Result<PromptSynth> {
-        let mut slot = self.synth.lock().unwrap_or_else(|e| e.into_inner());
-        match &*slot {
-            Some(s) if s.encoding() == encoding => Ok(s.clone()),
-            _ => {
-                let s =
-                    PromptSynth::new(encoding).map_err(|e| Error::invalid("tokenizer.name", e))?;
-                *slot = Some(s.clone());
-                Ok(s)
-            }
+/// The name a synthesiser for `tokenizer` has: the encoding, or `tokenizer.json:<path>`.
+fn synth_key(tokenizer: Option<&harness_core::config::Tokenizer>) -> String {
+    match tokenizer {
+        Some(t) => match (&t.path, &t.name) {
+            (Some(p), _) => format!("tokenizer.json:{}", p.display()),
+            (None, Some(n)) => n.clone(),
+            (None, None) => "cl100k_base".into(),
+        },
+        None => "cl100k_base".into(),
+    }
+}
+
+/// Builds the prompt synthesiser for `tokenizer` (blocking: reads tokenizer tables).
+fn build_synth(tokenizer: Option<&harness_core::config::Tokenizer>) -> Result<PromptSynth> {
+    match tokenizer.and_then(|t| t.path.as_ref()) {
+        Some(p) => PromptSynth::from_file(p).map_err(|e| Error::invalid("tokenizer.path", e)),
+        None => {
+            PromptSynth::new(&synth_key(tokenizer)).map_err(|e| Error::invalid("tokenizer.name", e))
         }
     }
 }
@@ -100,18 +109,38 @@ impl Step for BenchmarkStep {
         let (isl, osl) = (need("isl")?, need("osl")?);
         let concurrency = int_param(cx, "concurrency").and_then(|v| u32::try_from(v).ok());
         let rate = cell.param("request_rate").and_then(|v| v.as_f64());
-        let encoding = match &exp.tokenizer {
-            Some(t) if t.path.is_some() => {
-                return Err(Error::NotSupported {
-                    what: "tokenizer.path (Hugging Face tokenizer.json files); use tokenizer.name"
-                        .into(),
-                });
+        // Building the synthesiser reads a tokenizer (tens of MB): off the async workers,
+        // once per step.
+        let key = synth_key(exp.tokenizer.as_ref());
+        let cached = self
+            .synth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|s| s.encoding() == key);
+        let synth = match cached {
+            Some(s) => s,
+            None => {
+                let tokenizer = exp.tokenizer.clone();
+                let s = tokio::task::spawn_blocking(move || build_synth(tokenizer.as_ref()))
+                    .await
+                    .map_err(|e| Error::failed("loading the tokenizer", e.to_string()))??;
+                *self.synth.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.clone());
+                s
             }
-            Some(t) => t.name.clone().unwrap_or_else(|| "cl100k_base".into()),
-            None => "cl100k_base".into(),
         };
-        let synth = self.synth(&encoding)?;
         let load = &exp.load;
+        let dataset = match &load.dataset {
+            Some(path) => {
+                let path = path.clone();
+                let d = tokio::task::spawn_blocking(move || load::Dataset::load(&path))
+                    .await
+                    .map_err(|e| Error::failed("reading the dataset", e.to_string()))?
+                    .map_err(|e| Error::invalid("load.dataset", e))?;
+                Some(Arc::new(d))
+            }
+            None => None,
+        };
         let api_key = match &load.api_key_env {
             Some(var) => Some(std::env::var(var).map_err(|_| {
                 Error::failed(
@@ -143,6 +172,9 @@ impl Step for BenchmarkStep {
             isl,
             osl,
             seed: load.seed ^ (cell.index as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+            isl_stddev: load.isl_stddev.unwrap_or(0.0),
+            osl_stddev: load.osl_stddev.unwrap_or(0.0),
+            dataset,
         };
         let warnings = if load.preflight {
             preflight(&client, &synth, &spec, cx.cancel()).await

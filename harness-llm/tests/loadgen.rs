@@ -129,6 +129,33 @@ async fn measures_the_injected_ttft_and_itl() {
     }
     assert!(s.output_token_throughput > 0.0 && s.request_throughput > 0.0);
     assert_eq!(s.distributions["output_sequence_length"].p(50), Some(16.0));
+    // The mock reports its own lateness: one first-token sample per request, one per
+    // later token; the client's TTFT cannot be below the server's due time plus lateness p50
+    // by more than the loopback hop.
+    let metrics = reqwest::get(format!("{}/metrics", server.url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("mock_first_token_lateness_seconds_count 64\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mock_token_lateness_seconds_count 960\n"),
+        "{metrics}"
+    );
+    let late_p50 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mock_first_token_lateness_seconds{quantile=\"0.50\"} "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("first-token lateness p50");
+    assert!((0.0..0.030).contains(&late_p50), "{late_p50}");
+    assert!(
+        p50("ttft") >= 50.0 + late_p50 * 1e3 - 1.0,
+        "client TTFT below the server's"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,11 +353,7 @@ async fn the_benchmark_step_stores_records_and_statistics_per_cell() {
         assert_eq!(cell.metrics.get("errors"), Some(&0.0));
         assert!(cell.metrics.get("ttft.p50").is_some_and(|v| *v > 0.0));
         assert!(cell.metrics.get("goodput").is_some_and(|v| *v > 0.0));
-        let key = run.layout().cell_records(&cell.cell);
-        let batch =
-            harness_analytics::io::from_parquet(store.get(&key).await.expect("records stored"))
-                .expect("parquet");
-        let records = harness_analytics::table::records_from_batch(&batch).expect("records");
+        let records = stored_records(&store, &run, &cell.cell).await;
         assert_eq!(records.len(), 14, "warmup records are kept");
         assert_eq!(records.iter().filter(|r| r.warmup).count(), 2);
         let summary: CellSummary = store
@@ -503,4 +526,146 @@ async fn a_connection_closed_before_any_response_is_retried_once_on_a_new_one() 
         2,
         "exactly one retry"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_benchmark_step_builds_prompts_with_a_tokenizer_json_by_path() {
+    // A word-level Hugging Face tokenizer, written by hand: every listed word is one token.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let words = "the of and to in is was for that on with as by at from his her they this be \
+                 are or an but not were which have had one all their there been has more when";
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("[UNK]".into(), 0.into());
+    for (i, w) in words.split_whitespace().enumerate() {
+        vocab.insert(w.into(), (i + 1).into());
+    }
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    });
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, tokenizer.to_string()).expect("write");
+    let (report, store, run, _server) = bench_run(
+        mock(|m| m.output_tokens = None),
+        &format!(
+            "name: tok\nmodel: {{name: m}}\nconcurrency: [2]\nbenchmark: {{isl_osl: [[40, 4]]}}\n\
+             load: {{requests: 4}}\ntokenizer: {{path: {}}}\n",
+            path.display()
+        ),
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:?}");
+    let records = stored_records(&store, &run, &report.cells[0].cell).await;
+    // The mock counts prompt words; the tokenizer made every word one token.
+    assert!(records.iter().all(|r| r.input_tokens == 40), "{records:?}");
+    let summary: CellSummary = store
+        .get_json(&run.layout().cell_summary(&report.cells[0].cell))
+        .await
+        .expect("summary");
+    assert!(summary.notes.is_empty(), "{:?}", summary.notes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isl_and_osl_spread_normally_around_the_cell_and_repeat_with_the_seed() {
+    let server = start(mock(|m| m.output_tokens = None)).await;
+    let c = client(
+        &server,
+        EndpointType::Chat,
+        true,
+        Duration::from_secs(30),
+        8,
+    );
+    let mut spec = LoadSpec::closed(8, 400, 64, 16);
+    spec.isl_stddev = 16.0;
+    spec.osl_stddev = 4.0;
+    spec.seed = 11;
+    let recs = run_load(&c, &spec).await;
+    let stats = |f: fn(&harness_llm::client::RequestRecord) -> u64| {
+        let v: Vec<f64> = recs.iter().map(|r| f(r) as f64).collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        (mean, sd)
+    };
+    // The mock counts prompt words and returns max_tokens tokens: both follow the draws.
+    let (isl_mean, isl_sd) = stats(|r| r.input_tokens);
+    let (osl_mean, osl_sd) = stats(|r| r.output_tokens);
+    assert!(
+        (60.0..68.0).contains(&isl_mean) && (12.0..20.0).contains(&isl_sd),
+        "{isl_mean} {isl_sd}"
+    );
+    assert!(
+        (15.0..17.0).contains(&osl_mean) && (3.0..5.0).contains(&osl_sd),
+        "{osl_mean} {osl_sd}"
+    );
+    assert!(
+        recs.iter()
+            .all(|r| r.ok() && r.input_tokens >= 1 && r.output_tokens >= 1)
+    );
+    let again = run_load(&c, &spec).await;
+    let lens = |rs: &[harness_llm::client::RequestRecord]| -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64, u64)> = rs
+            .iter()
+            .map(|r| (r.index, r.input_tokens, r.output_tokens))
+            .collect();
+        v.sort_unstable();
+        v.into_iter().map(|(_, i, o)| (i, o)).collect()
+    };
+    assert_eq!(
+        lens(&recs),
+        lens(&again),
+        "seeded: the same lengths per request index"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jsonl_dataset_replaces_synthetic_prompts() {
+    use harness_llm::load::Dataset;
+    let text =
+        "{\"prompt\": \"one two three\", \"output_tokens\": 2}\n\n{\"prompt\": \"a b c d e f\"}\n";
+    let d = Dataset::parse(text, "prompts.jsonl").expect("dataset");
+    assert_eq!(d.len(), 2);
+    for (bad, says) in [
+        (
+            "{\"prompt\": \"x\"}\n{\"promt\": \"y\"}\n",
+            "prompts.jsonl:2:",
+        ),
+        ("{\"prompt\": \"x\", \"output_tokens\": 0}\n", "at least 1"),
+        ("\n\n", "no prompts"),
+        ("not json\n", "prompts.jsonl:1:"),
+    ] {
+        let e = Dataset::parse(bad, "prompts.jsonl").expect_err(bad);
+        assert!(e.contains(says), "{e}");
+    }
+    let server = start(mock(|m| m.output_tokens = None)).await;
+    let c = client(
+        &server,
+        EndpointType::Chat,
+        true,
+        Duration::from_secs(30),
+        2,
+    );
+    let mut spec = LoadSpec::closed(1, 4, 999, 5);
+    spec.dataset = Some(std::sync::Arc::new(d));
+    let recs = run_load(&c, &spec).await;
+    let got: Vec<(u64, u64)> = recs
+        .iter()
+        .map(|r| (r.input_tokens, r.output_tokens))
+        .collect();
+    // Lines in order, cycling; the cell's OSL (5) where a line names none.
+    assert_eq!(got, vec![(3, 2), (6, 5), (3, 2), (6, 5)]);
+}
+
+/// The records a run stored for `cell`, read back from parquet.
+async fn stored_records(
+    store: &harness_core::MemoryStore,
+    run: &harness_core::RunContext,
+    cell: &harness_core::CellId,
+) -> Vec<harness_llm::client::RequestRecord> {
+    let data = store
+        .get(&run.layout().cell_records(cell))
+        .await
+        .expect("records stored");
+    let batch = harness_analytics::io::from_parquet(data).expect("parquet");
+    harness_analytics::table::records_from_batch(&batch).expect("records")
 }

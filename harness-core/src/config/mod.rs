@@ -517,6 +517,36 @@ pub struct Load {
     /// count of the prompt agrees with the tokenizer; mismatches become warnings.
     #[serde(default = "default_true")]
     pub preflight: bool,
+    /// Spread of input lengths: each request's ISL is drawn from a normal distribution with
+    /// the cell's ISL as mean and this standard deviation, in tokens (seeded).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_stddev"
+    )]
+    pub isl_stddev: Option<f64>,
+    /// Spread of output lengths, as `isl_stddev`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_stddev"
+    )]
+    pub osl_stddev: Option<f64>,
+    /// Prompts from a JSON-lines file instead of synthetic ones: one object per line with
+    /// `prompt` (text) and optionally `output_tokens`; used in order, cycling. The cell's OSL
+    /// applies to lines without `output_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<PathBuf>,
+}
+
+fn de_stddev<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let v = f64::deserialize(d)?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(serde::de::Error::custom(format!(
+            "expected a standard deviation in tokens, 0 or more, got {v}"
+        )));
+    }
+    Ok(Some(v))
 }
 
 impl Default for Load {
@@ -533,6 +563,9 @@ impl Default for Load {
             headers: BTreeMap::new(),
             api_key_env: None,
             preflight: true,
+            isl_stddev: None,
+            osl_stddev: None,
+            dataset: None,
         }
     }
 }
