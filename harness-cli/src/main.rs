@@ -427,6 +427,8 @@ fn registry() -> StepRegistry {
     r.register("http-check", check::HttpCheckStep::factory());
     r.register("benchmark", harness_llm::BenchmarkStep::factory());
     r.register("report", harness_analytics::report::ReportStep::factory());
+    r.register("functional", harness_llm::checks::FunctionalStep::factory());
+    r.register("accuracy", harness_llm::checks::AccuracyStep::factory());
     r
 }
 

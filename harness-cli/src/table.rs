@@ -6,10 +6,17 @@ use comfy_table::{Cell, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED}
 use harness_core::{CellId, CellStatus, CellSummary, Manifest, RunReport};
 
 /// The most metric columns shown; every metric is in the stored summaries.
-const MAX_METRIC_COLUMNS: usize = 10;
+const MAX_METRIC_COLUMNS: usize = 13;
 
 /// Benchmark metrics shown first, with short headers, when a cell has them: the report's.
 const PREFERRED: [(&str, &str); 10] = harness_analytics::report::TABLE_COLUMNS;
+
+/// Results of the check steps, shown after the benchmark's when a cell has them.
+const CHECKS: [(&str, &str); 3] = [
+    ("functional.passed", "checks ok"),
+    ("functional.failed", "checks failed"),
+    ("accuracy", "accuracy"),
+];
 
 fn status_text(s: CellStatus) -> &'static str {
     match s {
@@ -90,6 +97,7 @@ pub(crate) fn summary_table(rows: &[Row<'_>], summaries: &[CellSummary]) -> Tabl
     let present: BTreeSet<&String> = summaries.iter().flat_map(|s| s.metrics.keys()).collect();
     let preferred: Vec<(String, String)> = PREFERRED
         .iter()
+        .chain(CHECKS.iter())
         .filter(|(k, _)| present.iter().any(|p| p.as_str() == *k))
         .map(|(k, h)| ((*k).to_owned(), (*h).to_owned()))
         .collect();

@@ -2,21 +2,12 @@
 //! by headless Chromium, parquet read by pyarrow and pandas, and `harness compare` with
 //! regression gates between runs against the mock at known ITLs.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn harness(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_harness"))
-        .env_remove("HARNESS_LOG")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("harness runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::*;
 
 fn ok(out: &Output) -> String {
     assert!(
@@ -26,16 +17,6 @@ fn ok(out: &Output) -> String {
         text(&out.stderr)
     );
     text(&out.stdout)
-}
-
-fn deps() -> PathBuf {
-    std::env::var_os("HARNESS_TEST_DEPS").map_or_else(
-        || {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/harness-test-deps")
-        },
-        PathBuf::from,
-    )
 }
 
 /// Runs a one-or-more-cell experiment against the mock; returns the run's folder.

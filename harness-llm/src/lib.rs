@@ -7,9 +7,11 @@
 //! * [`prompts`]: prompts of an exact token count under a built-in tiktoken encoding.
 //! * [`step::BenchmarkStep`]: all of the above as a pipeline step; records and statistics
 //!   are harness-analytics' ([`harness_analytics::record::Record`], `CellStats`).
+//! * [`checks`]: functional and accuracy checks of an endpoint, as steps.
 //! * [`mock`]: a mock OpenAI server with fault injection.
 //! * [`sse`], [`openai`]: the stream parser and the wire format.
 
+pub mod checks;
 pub mod client;
 pub mod load;
 pub mod mock;

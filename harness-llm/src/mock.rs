@@ -65,6 +65,35 @@ struct Shared {
     cfg: MockDeployment,
     counters: Counters,
     lateness: std::sync::Mutex<Lateness>,
+    /// Prompt -> answer, from `cfg.answers`.
+    answers: std::collections::HashMap<String, String>,
+}
+
+/// Reads the answers file of the mock's configuration (JSON lines of `prompt` and `answer`).
+///
+/// # Errors
+/// A message naming the file and line.
+pub fn load_answers(
+    path: &std::path::Path,
+) -> Result<std::collections::HashMap<String, String>, String> {
+    #[derive(Deserialize)]
+    struct Line {
+        prompt: String,
+        answer: String,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let mut out = std::collections::HashMap::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let l: Line =
+            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        out.insert(l.prompt.trim().to_owned(), l.answer);
+    }
+    Ok(out)
 }
 
 /// A running mock server.
@@ -128,10 +157,19 @@ impl Drop for MockServer {
 
 /// The mock's routes, for serving on a listener of your own.
 pub fn router(cfg: MockDeployment) -> Router {
+    // A small file read once when the server is built.
+    let answers = match &cfg.answers {
+        Some(path) => load_answers(path).unwrap_or_else(|e| {
+            tracing::warn!("mock answers ignored: {e}");
+            Default::default()
+        }),
+        None => Default::default(),
+    };
     let shared = Arc::new(Shared {
         cfg,
         counters: Counters::default(),
         lateness: std::sync::Mutex::new(Lateness::default()),
+        answers,
     });
     Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -185,6 +223,8 @@ struct Request {
     messages: Vec<ChatMessage>,
     #[serde(default)]
     prompt: Option<serde_json::Value>,
+    #[serde(default)]
+    stop: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -297,13 +337,45 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         }
     };
     let cfg = &s.cfg;
-    let tokens = cfg
+    // The content: a known answer for a known prompt, else `tok` per token.
+    let last = if chat {
+        req.messages
+            .last()
+            .and_then(|m| m.content.as_ref())
+            .and_then(|c| c.as_str())
+    } else {
+        req.prompt.as_ref().and_then(|p| p.as_str())
+    };
+    let answer: Option<Vec<String>> = last
+        .and_then(|p| s.answers.get(p.trim()))
+        .map(|a| a.split_inclusive(' ').map(str::to_owned).collect());
+    let limit = cfg
         .output_tokens
         .map(|t| t.get())
         .or(req.max_completion_tokens)
         .or(req.max_tokens)
         .unwrap_or(16)
         .max(1);
+    let mut tokens = answer
+        .as_ref()
+        .map_or(limit, |a| (a.len() as u32).clamp(1, limit));
+    // `stop`: the mock's only word is `tok`, so a stop string found in it ends the response
+    // before its first token.
+    let stops: Vec<String> = match &req.stop {
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let stopped = answer.is_none()
+        && stops
+            .iter()
+            .any(|st| !st.is_empty() && "tok ".contains(st.as_str()));
+    if stopped {
+        tokens = 0;
+    }
     let fate = fate(cfg, n);
     if fate == Fate::Error {
         s.counters.injected_errors.fetch_add(1, Ordering::Relaxed);
@@ -327,11 +399,19 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
             .output_tokens
             .fetch_add(u64::from(tokens), Ordering::Relaxed);
         s.counters.completed.fetch_add(1, Ordering::Relaxed);
-        let text = "tok ".repeat(tokens as usize);
-        let choice = if chat {
-            serde_json::json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "length" })
+        let text = match &answer {
+            Some(words) => words.concat(),
+            None => "tok ".repeat(tokens as usize),
+        };
+        let finish = if stopped || answer.is_some() {
+            "stop"
         } else {
-            serde_json::json!({ "index": 0, "text": text, "finish_reason": "length" })
+            "length"
+        };
+        let choice = if chat {
+            serde_json::json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish })
+        } else {
+            serde_json::json!({ "index": 0, "text": text, "finish_reason": finish })
         };
         let object = if chat {
             "chat.completion"
@@ -365,6 +445,7 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         usage: include_usage.then(|| usage.to_string()),
         start: Instant::now(),
         phase: Phase::Role,
+        words: answer.map(Arc::new),
     };
     let instant = fate == Fate::Ok && cfg.ttft_ms == 0.0 && cfg.itl_ms == 0.0;
     Response::builder()
@@ -393,6 +474,8 @@ struct TokenStream {
     usage: Option<String>,
     start: Instant,
     phase: Phase,
+    /// The answer's pieces, one per token, instead of `tok`.
+    words: Option<Arc<Vec<String>>>,
 }
 
 impl TokenStream {
@@ -402,8 +485,8 @@ impl TokenStream {
         if self.chat {
             out.extend_from_slice(&self.role_chunk());
         }
-        for _ in 0..self.tokens {
-            out.extend_from_slice(&self.chunk("tok "));
+        for i in 1..=self.tokens {
+            out.extend_from_slice(&self.chunk(self.piece(i)));
         }
         out.extend_from_slice(&self.usage_chunk());
         out.extend_from_slice(b"data: [DONE]\n\n");
@@ -433,7 +516,25 @@ impl TokenStream {
         }
     }
 
+    /// The text of content token `i` (1-based).
+    fn piece(&self, i: u32) -> &str {
+        match &self.words {
+            Some(w) => w.get(i as usize - 1).map_or("", |s| s.as_str()),
+            None => "tok ",
+        }
+    }
+
     fn chunk(&self, content: &str) -> Bytes {
+        // Answers may hold quotes or backslashes; `tok ` needs no escaping.
+        let escaped;
+        let content = if self.words.is_some() {
+            escaped = serde_json::to_string(content).unwrap_or_default();
+            escaped
+                .get(1..escaped.len().saturating_sub(1))
+                .unwrap_or("")
+        } else {
+            content
+        };
         let body = if self.chat {
             format!(
                 r#"{{"id":"{}","object":"chat.completion.chunk","model":"{}","choices":[{{"index":0,"delta":{{"content":"{}"}},"finish_reason":null}}]}}"#,
@@ -469,7 +570,11 @@ impl TokenStream {
         let half = (self.tokens / 2).max(1);
         let out = match self.phase {
             Phase::Role => {
-                self.phase = Phase::Token(1);
+                self.phase = if self.tokens == 0 {
+                    Phase::Usage
+                } else {
+                    Phase::Token(1)
+                };
                 if !self.chat {
                     return Box::pin(self.step()).await;
                 }
@@ -516,7 +621,7 @@ impl TokenStream {
                 } else {
                     Phase::Usage
                 };
-                self.chunk("tok ")
+                self.chunk(self.piece(i))
             }
             Phase::Usage => {
                 self.phase = Phase::Done;

@@ -669,3 +669,59 @@ async fn stored_records(
     let batch = harness_analytics::io::from_parquet(data).expect("parquet");
     harness_analytics::table::records_from_batch(&batch).expect("records")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mock_answers_from_its_lookup_file_and_honours_stop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let answers = dir.path().join("answers.jsonl");
+    std::fs::write(
+        &answers,
+        "{\"prompt\": \"2+2?\", \"answer\": \"It is \\\"4\\\".\"}\n",
+    )
+    .expect("write");
+    let server = start(mock(|m| m.answers = Some(answers.clone()))).await;
+    let http = reqwest::Client::new();
+    let ask = |body: serde_json::Value| {
+        let http = http.clone();
+        let url = format!("{}/v1/chat/completions", server.url());
+        async move {
+            http.post(url)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("send")
+                .text()
+                .await
+                .expect("text")
+        }
+    };
+    let whole: serde_json::Value = serde_json::from_str(
+        &ask(serde_json::json!({"messages": [{"role": "user", "content": "2+2?"}]})).await,
+    )
+    .expect("json");
+    assert_eq!(whole["choices"][0]["message"]["content"], "It is \"4\".");
+    // Streamed, the answer arrives as valid JSON chunks, quotes escaped.
+    let streamed =
+        ask(serde_json::json!({"messages": [{"role": "user", "content": "2+2?"}], "stream": true}))
+            .await;
+    let mut content = String::new();
+    for line in streamed.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line != "[DONE]" {
+            let v: serde_json::Value = serde_json::from_str(line).expect("chunk is JSON");
+            content.push_str(
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    assert_eq!(content, "It is \"4\".");
+    // Other prompts get `tok`; a stop string that occurs ends the output at once.
+    let stopped: serde_json::Value = serde_json::from_str(
+        &ask(serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stop": ["tok"]})).await,
+    )
+    .expect("json");
+    assert_eq!(stopped["choices"][0]["message"]["content"], "");
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+}

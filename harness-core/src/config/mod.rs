@@ -209,6 +209,11 @@ pub struct MockDeployment {
     /// Seed for jitter and faults.
     #[serde(default)]
     pub seed: u64,
+    /// A JSON-lines file of `{"prompt": ..., "answer": ...}`: a request whose last message
+    /// (or prompt) is one of the prompts gets that answer as its content, so accuracy
+    /// checks can be tested against a known truth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers: Option<PathBuf>,
 }
 
 impl Default for MockDeployment {
@@ -224,6 +229,7 @@ impl Default for MockDeployment {
             stall_rate: 0.0,
             malformed_rate: 0.0,
             seed: 0,
+            answers: None,
         }
     }
 }

@@ -1,0 +1,36 @@
+//! Helpers shared by the CLI's integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs `harness args...` in `dir` and waits for it.
+pub(crate) fn harness(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_harness"))
+        .env_remove("HARNESS_LOG")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("harness runs")
+}
+
+/// Bytes as text.
+pub(crate) fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The repository's root.
+pub(crate) fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where `scripts/test-deps.sh` installs what the tests need.
+pub(crate) fn deps() -> PathBuf {
+    std::env::var_os("HARNESS_TEST_DEPS").map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/harness-test-deps")
+        },
+        PathBuf::from,
+    )
+}

@@ -1,0 +1,680 @@
+//! Functional checks and accuracy checks of an OpenAI-compatible endpoint, as pipeline steps.
+//!
+//! * [`FunctionalStep`] (kind `functional`): `/v1/models` lists the model; chat and
+//!   completions, streamed and not, return valid OpenAI shapes; `max_tokens` is honoured;
+//!   `stop` works; an invalid request gets a 4xx, not a 5xx; N concurrent requests all
+//!   succeed. The pass/fail table is stored as `functional.json`.
+//! * [`AccuracyStep`] (kind `accuracy`): a JSON-lines dataset of prompts, expected answers
+//!   and scorers (`exact`, `regex`, `numeric` with a tolerance, `choice` letter); accuracy
+//!   with a 95% Wilson interval, per-item results in `accuracy.json`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use harness_core::pipeline::{StepFactory, StepSource};
+use harness_core::{Endpoint, Error, Result, Step, StepContext, StepOutput};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// The check.
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// What was seen.
+    pub detail: String,
+    /// How long it took, in milliseconds.
+    pub duration_ms: f64,
+}
+
+fn endpoint(cx: &StepContext, step: &str) -> Result<Arc<Endpoint>> {
+    cx.resources()
+        .get::<Endpoint>()
+        .ok_or_else(|| Error::failed(step, "no endpoint: the deployment step did not report one"))
+}
+
+fn http(timeout: Duration) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| Error::failed("http client", e.to_string()))
+}
+
+async fn post(
+    c: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> std::result::Result<(u16, String), String> {
+    let r = c
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let text = r.text().await.map_err(|e| e.to_string())?;
+    Ok((status, text))
+}
+
+/// The SSE `data:` payloads of a streamed body, without `[DONE]`; `Err` when it does not end
+/// with `[DONE]` or a payload is not JSON.
+fn sse_payloads(body: &str) -> std::result::Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    let mut done = false;
+    for line in body.lines() {
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let data = data.trim();
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        out.push(serde_json::from_str(data).map_err(|e| format!("a chunk is not JSON: {e}"))?);
+    }
+    if !done {
+        return Err("the stream did not end with [DONE]".into());
+    }
+    Ok(out)
+}
+
+/// Runs the functional suite against `base` (e.g. `http://127.0.0.1:8000`) for `model`.
+pub async fn functional_suite(base: &str, model: &str, parallel: usize) -> Vec<CheckResult> {
+    let Ok(c) = http(Duration::from_secs(60)) else {
+        return vec![CheckResult {
+            name: "client".into(),
+            passed: false,
+            detail: "cannot build an HTTP client".into(),
+            duration_ms: 0.0,
+        }];
+    };
+    let chat = format!("{base}/v1/chat/completions");
+    let completions = format!("{base}/v1/completions");
+    let msg = |text: &str| json!([{ "role": "user", "content": text }]);
+    let mut out = Vec::new();
+    macro_rules! check {
+        ($name:expr, $body:expr) => {{
+            let t0 = Instant::now();
+            let r: std::result::Result<String, String> = async { $body }.await;
+            out.push(CheckResult {
+                name: $name.into(),
+                passed: r.is_ok(),
+                detail: r.unwrap_or_else(|e| e),
+                duration_ms: t0.elapsed().as_secs_f64() * 1e3,
+            });
+        }};
+    }
+    check!("models lists the model", {
+        let r = c
+            .get(format!("{base}/v1/models"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = r.text().await.map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
+        let ids: Vec<&str> = v["data"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|m| m["id"].as_str()).collect())
+            .unwrap_or_default();
+        if ids.contains(&model) {
+            Ok(format!("{} models", ids.len()))
+        } else {
+            Err(format!("`{model}` not in {ids:?}"))
+        }
+    });
+    check!("chat, whole response", {
+        let (st, text) = post(
+            &c,
+            &chat,
+            &json!({"model": model, "messages": msg("Say hello."), "max_tokens": 8}),
+        )
+        .await?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| format!("HTTP {st}: not JSON: {e}"))?;
+        let ok = st == 200
+            && v["object"] == "chat.completion"
+            && v["choices"][0]["message"]["content"].is_string()
+            && v["usage"]["completion_tokens"].is_u64();
+        if ok {
+            Ok("chat.completion with content and usage".into())
+        } else {
+            Err(format!("HTTP {st}: {text:.200}"))
+        }
+    });
+    check!("chat, streamed", {
+        let (st, text) = post(&c, &chat, &json!({"model": model, "messages": msg("Say hello."), "max_tokens": 8, "stream": true})).await?;
+        let chunks = sse_payloads(&text)?;
+        let ok = st == 200
+            && !chunks.is_empty()
+            && chunks
+                .iter()
+                .all(|c| c["object"] == "chat.completion.chunk" && c["choices"].is_array());
+        if ok {
+            Ok(format!("{} chunks", chunks.len()))
+        } else {
+            Err(format!("HTTP {st}: {text:.200}"))
+        }
+    });
+    check!("completions, whole response", {
+        let (st, text) = post(
+            &c,
+            &completions,
+            &json!({"model": model, "prompt": "Once upon a time", "max_tokens": 8}),
+        )
+        .await?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| format!("HTTP {st}: not JSON: {e}"))?;
+        if st == 200 && v["object"] == "text_completion" && v["choices"][0]["text"].is_string() {
+            Ok("text_completion with text".into())
+        } else {
+            Err(format!("HTTP {st}: {text:.200}"))
+        }
+    });
+    check!("completions, streamed", {
+        let (st, text) = post(
+            &c,
+            &completions,
+            &json!({"model": model, "prompt": "Once upon a time", "max_tokens": 8, "stream": true}),
+        )
+        .await?;
+        let chunks = sse_payloads(&text)?;
+        if st == 200 && !chunks.is_empty() && chunks.iter().all(|c| c["choices"].is_array()) {
+            Ok(format!("{} chunks", chunks.len()))
+        } else {
+            Err(format!("HTTP {st}: {text:.200}"))
+        }
+    });
+    check!("max_tokens is honoured", {
+        let (st, text) = post(&c, &chat, &json!({"model": model, "messages": msg("Count from one to one hundred."), "max_tokens": 5})).await?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| format!("HTTP {st}: not JSON: {e}"))?;
+        let n = v["usage"]["completion_tokens"]
+            .as_u64()
+            .ok_or("no usage.completion_tokens")?;
+        if n <= 5 {
+            Ok(format!("{n} tokens for max_tokens 5"))
+        } else {
+            Err(format!("{n} tokens for max_tokens 5"))
+        }
+    });
+    check!("stop ends the output", {
+        let body = json!({"model": model, "messages": msg("Count from one to one hundred."), "max_tokens": 16, "temperature": 0});
+        let (_, text) = post(&c, &chat, &body).await?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
+        let content = v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let word = content
+            .split_whitespace()
+            .nth(1)
+            .or_else(|| content.split_whitespace().next())
+            .ok_or("the reply is empty")?
+            .to_owned();
+        let mut stopped = body.clone();
+        stopped["stop"] = json!([word]);
+        let (st, text) = post(&c, &chat, &stopped).await?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| format!("HTTP {st}: not JSON: {e}"))?;
+        let again = v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default();
+        let cut = again.len() < content.len() && !again.contains(word.as_str());
+        if st == 200 && cut {
+            Ok(format!(
+                "stop `{word}`: {} -> {} chars",
+                content.len(),
+                again.len()
+            ))
+        } else {
+            Err(format!("stop `{word}` ignored: {again:.120}"))
+        }
+    });
+    check!("invalid request gets a 4xx", {
+        let r = c
+            .post(&chat)
+            .header("content-type", "application/json")
+            .body("{\"model\": ")
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let st = r.status().as_u16();
+        if (400..500).contains(&st) {
+            Ok(format!("HTTP {st}"))
+        } else {
+            Err(format!("HTTP {st} for a truncated JSON body"))
+        }
+    });
+    check!(format!("{parallel} concurrent requests succeed"), {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..parallel {
+            let (c, chat, model) = (c.clone(), chat.clone(), model.to_owned());
+            set.spawn(async move { post(&c, &chat, &json!({"model": model, "messages": [{"role": "user", "content": format!("Request {i}.")}], "max_tokens": 4})).await });
+        }
+        let mut failed = Vec::new();
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok((200, _))) => {}
+                Ok(Ok((st, body))) => failed.push(format!("HTTP {st}: {body:.80}")),
+                Ok(Err(e)) => failed.push(e),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        if failed.is_empty() {
+            Ok(format!("{parallel} of {parallel}"))
+        } else {
+            Err(format!("{} failed; first: {}", failed.len(), failed[0]))
+        }
+    });
+    out
+}
+
+/// The `functional` step.
+#[derive(Debug, Clone)]
+pub struct FunctionalStep {
+    name: String,
+    parallel: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FunctionalParams {
+    #[serde(default = "default_parallel")]
+    parallel: usize,
+}
+
+fn default_parallel() -> usize {
+    16
+}
+
+impl FunctionalStep {
+    /// The factory for the step registry: kind `functional`; parameter `parallel`
+    /// (concurrent requests of the last check, default 16, 1 to 1024).
+    pub fn factory() -> StepFactory {
+        Arc::new(|spec, source: &StepSource<'_>| {
+            let p: FunctionalParams = source.params(spec)?;
+            if !(1..=1024).contains(&p.parallel) {
+                return Err(source.error("parallel", "expected 1 to 1024"));
+            }
+            Ok(Arc::new(FunctionalStep {
+                name: spec.step_name().to_owned(),
+                parallel: p.parallel,
+            }) as Arc<dyn Step>)
+        })
+    }
+}
+
+#[async_trait]
+impl Step for FunctionalStep {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn run(&self, cx: &StepContext) -> Result<StepOutput> {
+        let ep = endpoint(cx, &self.name)?;
+        let results =
+            functional_suite(&ep.url(""), &cx.experiment().model.name, self.parallel).await;
+        let failed: Vec<&CheckResult> = results.iter().filter(|r| !r.passed).collect();
+        let json = serde_json::to_vec_pretty(&results)
+            .map_err(|e| Error::failed("encoding the checks", e.to_string()))?;
+        let key = cx
+            .artifacts()
+            .put("functional.json", Bytes::from(json))
+            .await?;
+        if let Some(first) = failed.first() {
+            return Err(Error::failed(
+                format!("functional checks of {}", ep.url("")),
+                format!(
+                    "{} of {} failed; first: {}: {}",
+                    failed.len(),
+                    results.len(),
+                    first.name,
+                    first.detail
+                ),
+            ));
+        }
+        Ok(StepOutput::new()
+            .artifact(key)
+            .metric("functional.passed", results.len() as f64)
+            .metric("functional.failed", 0.0))
+    }
+}
+
+/// How an answer is scored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scorer {
+    /// The reply, trimmed, equals `expected` (case-insensitive).
+    Exact,
+    /// The reply matches the regular expression `expected`.
+    Regex,
+    /// The first number in the reply is within `tolerance` of `expected`.
+    Numeric,
+    /// The first standalone letter A-E in the reply equals `expected`.
+    Choice,
+}
+
+/// One dataset item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Item {
+    /// The prompt.
+    pub prompt: String,
+    /// The expected answer.
+    pub expected: String,
+    /// How to score.
+    pub scorer: Scorer,
+    /// For `numeric`: the largest accepted absolute difference.
+    #[serde(default)]
+    pub tolerance: f64,
+}
+
+impl Item {
+    /// Whether `reply` is right.
+    ///
+    /// # Errors
+    /// A bad regular expression or a non-numeric `expected` for `numeric`.
+    pub fn score(&self, reply: &str) -> std::result::Result<bool, String> {
+        let reply = reply.trim();
+        Ok(match self.scorer {
+            Scorer::Exact => reply.eq_ignore_ascii_case(self.expected.trim()),
+            Scorer::Regex => regex_lite_match(&self.expected, reply)?,
+            Scorer::Numeric => {
+                let want: f64 = self
+                    .expected
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("expected `{}` is not a number", self.expected))?;
+                first_number(reply).is_some_and(|got| (got - want).abs() <= self.tolerance)
+            }
+            Scorer::Choice => {
+                first_choice(reply).is_some_and(|c| c.eq_ignore_ascii_case(self.expected.trim()))
+            }
+        })
+    }
+}
+
+/// A minimal matcher: `^`/`$` anchors and `|` alternatives of literal text, case-insensitive
+/// (enough for answer checks without a regex engine).
+fn regex_lite_match(pattern: &str, text: &str) -> std::result::Result<bool, String> {
+    if pattern.chars().any(|c| "[](){}*+?\\.".contains(c)) {
+        return Err(format!(
+            "regex `{pattern}`: only literal alternatives with ^, $ and | are supported"
+        ));
+    }
+    let text = text.to_lowercase();
+    Ok(pattern.split('|').any(|alt| {
+        let alt = alt.to_lowercase();
+        let (start, alt) = alt
+            .strip_prefix('^')
+            .map_or((false, alt.as_str()), |a| (true, a));
+        let (end, alt) = alt.strip_suffix('$').map_or((false, alt), |a| (true, a));
+        match (start, end) {
+            (true, true) => text == alt,
+            (true, false) => text.starts_with(alt),
+            (false, true) => text.ends_with(alt),
+            (false, false) => text.contains(alt),
+        }
+    }))
+}
+
+fn first_number(s: &str) -> Option<f64> {
+    let mut cur = String::new();
+    for ch in s.chars().chain(std::iter::once(' ')) {
+        if ch.is_ascii_digit() || ch == '.' || (ch == '-' && cur.is_empty()) {
+            cur.push(ch);
+        } else if !cur.is_empty() {
+            if let Ok(v) = cur.trim_end_matches('.').parse() {
+                return Some(v);
+            }
+            cur.clear();
+        }
+    }
+    None
+}
+
+fn first_choice(s: &str) -> Option<String> {
+    s.split(|c: char| !c.is_ascii_alphanumeric())
+        .find(|w| w.len() == 1 && matches!(w.chars().next(), Some('A'..='E' | 'a'..='e')))
+        .map(str::to_uppercase)
+}
+
+/// Reads a dataset (JSON lines of [`Item`]).
+///
+/// # Errors
+/// A message naming the file and line.
+pub fn load_items(path: &std::path::Path) -> std::result::Result<Vec<Item>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let item: Item =
+            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        if item.scorer == Scorer::Numeric && item.expected.trim().parse::<f64>().is_err() {
+            return Err(format!(
+                "{}:{}: a numeric item needs a number as `expected`",
+                path.display(),
+                i + 1
+            ));
+        }
+        out.push(item);
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no items", path.display()));
+    }
+    Ok(out)
+}
+
+/// The 95% Wilson score interval of `k` successes in `n` trials.
+pub fn wilson(k: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (k, n, z) = (k as f64, n as f64, 1.959_963_984_540_054);
+    let p = k / n;
+    let denom = 1.0 + z * z / n;
+    let center = (p + z * z / (2.0 * n)) / denom;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
+    ((center - half).max(0.0), (center + half).min(1.0))
+}
+
+/// The `accuracy` step.
+#[derive(Debug, Clone)]
+pub struct AccuracyStep {
+    name: String,
+    dataset: PathBuf,
+    max_tokens: u32,
+    concurrency: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccuracyParams {
+    dataset: PathBuf,
+    #[serde(default = "default_max_tokens")]
+    max_tokens: u32,
+    #[serde(default = "default_concurrency")]
+    concurrency: usize,
+}
+
+fn default_max_tokens() -> u32 {
+    64
+}
+fn default_concurrency() -> usize {
+    4
+}
+
+impl AccuracyStep {
+    /// The factory for the step registry: kind `accuracy`; parameters `dataset` (a JSON-lines
+    /// file of `{prompt, expected, scorer, tolerance}`), `max_tokens` (64), `concurrency` (4).
+    /// The dataset is read, and checked, when the experiment is loaded.
+    pub fn factory() -> StepFactory {
+        Arc::new(|spec, source: &StepSource<'_>| {
+            let p: AccuracyParams = source.params(spec)?;
+            load_items(&p.dataset).map_err(|e| source.error("dataset", e))?;
+            if !(1..=256).contains(&p.concurrency) {
+                return Err(source.error("concurrency", "expected 1 to 256"));
+            }
+            Ok(Arc::new(AccuracyStep {
+                name: spec.step_name().to_owned(),
+                dataset: p.dataset,
+                max_tokens: p.max_tokens.max(1),
+                concurrency: p.concurrency,
+            }) as Arc<dyn Step>)
+        })
+    }
+}
+
+#[async_trait]
+impl Step for AccuracyStep {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn run(&self, cx: &StepContext) -> Result<StepOutput> {
+        let ep = endpoint(cx, &self.name)?;
+        let path = self.dataset.clone();
+        let items = tokio::task::spawn_blocking(move || load_items(&path))
+            .await
+            .map_err(|e| Error::failed("reading the dataset", e.to_string()))?
+            .map_err(|e| Error::invalid("accuracy dataset", e))?;
+        let c = http(cx.experiment().load.request_timeout.get())?;
+        let url = ep.url("/v1/chat/completions");
+        let model = cx.experiment().model.name.clone();
+        let sem = Arc::new(tokio::sync::Semaphore::new(self.concurrency));
+        let mut set = tokio::task::JoinSet::new();
+        for (i, item) in items.iter().cloned().enumerate() {
+            let (c, url, model, sem, max_tokens) = (
+                c.clone(),
+                url.clone(),
+                model.clone(),
+                sem.clone(),
+                self.max_tokens,
+            );
+            set.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                let body = json!({"model": model, "messages": [{"role": "user", "content": item.prompt}], "max_tokens": max_tokens, "temperature": 0});
+                let reply = match post(&c, &url, &body).await {
+                    Ok((200, text)) => serde_json::from_str::<Value>(&text)
+                        .ok()
+                        .and_then(|v| v["choices"][0]["message"]["content"].as_str().map(str::to_owned))
+                        .ok_or_else(|| format!("no content in {text:.120}")),
+                    Ok((st, text)) => Err(format!("HTTP {st}: {text:.120}")),
+                    Err(e) => Err(e),
+                };
+                (i, item, reply)
+            });
+        }
+        let mut rows = Vec::new();
+        let (mut correct, mut errors) = (0usize, 0usize);
+        while let Some(joined) = set.join_next().await {
+            let (i, item, reply) =
+                joined.map_err(|e| Error::failed("accuracy request", e.to_string()))?;
+            let (ok, reply, note) = match reply {
+                Ok(r) => match item.score(&r) {
+                    Ok(ok) => (ok, r, None),
+                    Err(e) => (false, r, Some(e)),
+                },
+                Err(e) => {
+                    errors += 1;
+                    (false, String::new(), Some(e))
+                }
+            };
+            correct += usize::from(ok);
+            rows.push(json!({"index": i, "prompt": item.prompt, "expected": item.expected, "scorer": item.scorer, "reply": reply, "correct": ok, "error": note}));
+        }
+        rows.sort_by_key(|r| r["index"].as_u64());
+        let n = items.len();
+        let (lo, hi) = wilson(correct, n);
+        let accuracy = correct as f64 / n as f64;
+        let doc = json!({"items": n, "correct": correct, "errors": errors, "accuracy": accuracy, "ci95": [lo, hi], "results": rows});
+        let json = serde_json::to_vec_pretty(&doc)
+            .map_err(|e| Error::failed("encoding accuracy", e.to_string()))?;
+        let key = cx
+            .artifacts()
+            .put("accuracy.json", Bytes::from(json))
+            .await?;
+        let mut out = StepOutput::new()
+            .artifact(key)
+            .metric("accuracy", accuracy)
+            .metric("accuracy.ci95_low", lo)
+            .metric("accuracy.ci95_high", hi)
+            .metric("accuracy.items", n as f64)
+            .metric("accuracy.request_errors", errors as f64);
+        if errors > 0 {
+            out = out.note(format!(
+                "accuracy: {errors} of {n} requests failed and count as wrong"
+            ));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(expected: &str, scorer: Scorer, tolerance: f64) -> Item {
+        Item {
+            prompt: "q".into(),
+            expected: expected.into(),
+            scorer,
+            tolerance,
+        }
+    }
+
+    #[test]
+    fn scorers() {
+        assert_eq!(
+            item("Paris", Scorer::Exact, 0.0).score(" paris \n"),
+            Ok(true)
+        );
+        assert_eq!(
+            item("Paris", Scorer::Exact, 0.0).score("It is Paris"),
+            Ok(false)
+        );
+        assert_eq!(
+            item("^yes|^sure", Scorer::Regex, 0.0).score("Sure thing"),
+            Ok(true)
+        );
+        assert!(item("a+b", Scorer::Regex, 0.0).score("x").is_err());
+        assert_eq!(
+            item("42", Scorer::Numeric, 0.0).score("The answer is 42."),
+            Ok(true)
+        );
+        assert_eq!(
+            item("3.14", Scorer::Numeric, 0.01).score("about 3.141"),
+            Ok(true)
+        );
+        assert_eq!(item("3.14", Scorer::Numeric, 0.0).score("3.2"), Ok(false));
+        assert_eq!(item("-7", Scorer::Numeric, 0.0).score("-7"), Ok(true));
+        assert_eq!(
+            item("B", Scorer::Choice, 0.0).score("The answer is (B) because"),
+            Ok(true)
+        );
+        assert_eq!(item("B", Scorer::Choice, 0.0).score("C"), Ok(false));
+    }
+
+    #[test]
+    fn wilson_interval_matches_known_values() {
+        // 8 of 10: the Wilson 95% interval is about [0.490, 0.943].
+        let (lo, hi) = wilson(8, 10);
+        assert!(
+            (lo - 0.4902).abs() < 1e-3 && (hi - 0.9433).abs() < 1e-3,
+            "{lo} {hi}"
+        );
+        assert_eq!(wilson(0, 0), (0.0, 1.0));
+        let (lo, hi) = wilson(10, 10);
+        assert!(hi > 0.999 && lo > 0.69, "{lo} {hi}");
+    }
+}
