@@ -301,7 +301,8 @@ impl ArtifactStore for SpoolingStore {
             Err(e) => return Err(e),
         };
         let spooled = self.spool.list(prefix).await?;
-        out.retain(|m| !spooled.iter().any(|s| s.key == m.key));
+        let newer: BTreeSet<&ArtifactKey> = spooled.iter().map(|m| &m.key).collect();
+        out.retain(|m| !newer.contains(&m.key));
         out.extend(spooled);
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
