@@ -333,7 +333,7 @@ pub fn build_report(run: &RunData) -> Report {
     let facts: Vec<(&str, String)> = vec![
         ("run", m.run_id.clone()),
         ("experiment", m.experiment_name.clone()),
-        ("status", status_word_run(m)),
+        ("status", status_word_run(run)),
         ("created", m.created_at.clone()),
         ("harness", m.harness_version.clone()),
         (
@@ -413,8 +413,22 @@ pub fn build_report(run: &RunData) -> Report {
     report
 }
 
-fn status_word_run(m: &Manifest) -> String {
-    serde_json::to_value(m.status)
+/// The run's status; while the run is still finishing (the report step runs at teardown,
+/// before the manifest's last write) it is derived from the cells.
+fn status_word_run(run: &RunData) -> String {
+    use harness_core::RunStatus;
+    let status = match run.manifest.status {
+        RunStatus::Running => {
+            let ok = run.rows.iter().filter(|r| r.status == "succeeded").count();
+            match ok {
+                n if n == run.rows.len() => RunStatus::Succeeded,
+                0 => RunStatus::Failed,
+                _ => RunStatus::Partial,
+            }
+        }
+        other => other,
+    };
+    serde_json::to_value(status)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()

@@ -64,6 +64,8 @@ fn the_report_renders_in_headless_chromium() {
         md.contains("| concurrency=1,isl=32,osl=16 | succeeded |"),
         "{md}"
     );
+    // Written at teardown, before the manifest's last write: the status comes from the cells.
+    assert!(md.contains("- **status**: succeeded"), "{md}");
     // `harness report` rebuilds it and says where it is.
     std::fs::remove_file(&index).expect("rm");
     let out = ok(&harness(d, &["report", &run_id(&run_dir)]));
