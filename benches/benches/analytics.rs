@@ -1,7 +1,8 @@
 //! Statistics of harness-analytics at scale: summarising 10 million per-request records
 //! (every distribution, exact percentiles), and one distribution of 10 million values.
 //!
-//! `cargo bench -p benches --bench analytics`; `ANALYTICS_ROWS=1000000` for a smaller run.
+//! `cargo bench -p benches --bench analytics`; `ANALYTICS_ROWS=1000000` for a smaller run
+//! (`cargo test` runs it once with 100,000 records as a smoke test).
 
 use std::sync::Arc;
 
@@ -72,10 +73,12 @@ fn batch(n: usize) -> RecordBatch {
 }
 
 fn bench(c: &mut Criterion) {
+    // `cargo test --all-targets` runs benches once as a smoke test: keep that small.
+    let smoke = !std::env::args().any(|a| a == "--bench");
     let n: usize = std::env::var("ANALYTICS_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000_000);
+        .unwrap_or(if smoke { 100_000 } else { 10_000_000 });
     let b = batch(n);
     let slo = Slo::new(Some(40.0), Some(11.0), None);
     let mut g = c.benchmark_group("analytics");
