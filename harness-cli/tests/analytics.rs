@@ -51,17 +51,40 @@ fn run_id(path: &Path) -> String {
 fn the_report_renders_in_headless_chromium() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let run_dir = run(d, "rep", 2.0, "[1, 2, 4]", 12);
+    // The quickstart, with fewer requests per cell.
+    let quickstart = repo().join("experiments/quickstart.yaml");
+    ok(&harness(
+        d,
+        &[
+            "run",
+            quickstart.to_str().expect("path"),
+            "--no-progress",
+            "--set",
+            "load.requests=12",
+        ],
+    ));
+    let run_dir = std::fs::read_dir(d.join("harness-runs/runs/quickstart"))
+        .expect("runs")
+        .next()
+        .expect("a run")
+        .expect("entry")
+        .path();
     let index = run_dir.join("report/index.html");
     let html = std::fs::read_to_string(&index).expect("the run wrote its report");
-    assert!(html.contains("<svg") && html.contains("concurrency=4,isl=32,osl=16"));
+    assert!(html.contains("<svg") && html.contains("concurrency=16,isl=512,osl=64"));
+    for chart in ["ttft", "itl", "request_latency", "throughput", "pareto"] {
+        assert!(
+            run_dir.join(format!("report/charts/{chart}.png")).exists(),
+            "{chart}"
+        );
+    }
     assert!(
         !html.contains("src=\"http"),
         "self-contained: nothing loaded from the network"
     );
     let md = std::fs::read_to_string(run_dir.join("report/report.md")).expect("report.md");
     assert!(
-        md.contains("| concurrency=1,isl=32,osl=16 | succeeded |"),
+        md.contains("| concurrency=1,isl=128,osl=32 | succeeded |"),
         "{md}"
     );
     // Written at teardown, before the manifest's last write: the status comes from the cells.

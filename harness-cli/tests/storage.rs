@@ -63,10 +63,21 @@ fn s3(url: &str, addr: std::net::SocketAddr) -> Arc<dyn ArtifactStore> {
 async fn ls_show_reproduce_and_push_to_s3_read_back_identical() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let exp = experiment(d, "cat", "");
+    // A run made by the quickstart, made smaller.
+    let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/quickstart.yaml");
     ok(&harness(
         d,
-        &["run", exp.to_str().expect("path"), "--no-progress"],
+        &[
+            "run",
+            quickstart.to_str().expect("path"),
+            "--no-progress",
+            "--set",
+            "concurrency=[1,2]",
+            "--set",
+            "benchmark.isl_osl=[[16,8]]",
+            "--set",
+            "load.requests=8",
+        ],
         &[],
     )
     .await);
@@ -99,8 +110,15 @@ async fn ls_show_reproduce_and_push_to_s3_read_back_identical() {
     assert_eq!(m["cell_status"]["concurrency=2,isl=16,osl=8"], "succeeded");
     assert!(m["host"]["cpus"].as_u64().is_some_and(|c| c >= 1));
     assert!(m["finished_at"].is_string());
-    // The repository's commit: the experiment sits in a temp folder, outside any repository.
-    assert!(m["provenance"]["git"].is_null(), "{m}");
+    // The quickstart lives in this repository: its commit is recorded.
+    let commit = m["provenance"]["git"]["commit"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+        "{m}"
+    );
+    assert!(m["provenance"]["git"]["dirty"].is_boolean(), "{m}");
     assert_eq!(local["cells"].as_array().map(Vec::len), Some(2));
 
     // Reproduce: a new run of the stored experiment that says what it reproduces.
@@ -112,7 +130,7 @@ async fn ls_show_reproduce_and_push_to_s3_read_back_identical() {
         .iter()
         .find(|r| r["run_id"] != id.as_str())
         .expect("new run");
-    assert_eq!(copy["reproduces"], format!("cat/{id}"));
+    assert_eq!(copy["reproduces"], format!("quickstart/{id}"));
     assert_eq!(copy["status"], "succeeded");
     let copy_id = copy["run_id"].as_str().expect("id");
     let again = json(&harness(d, &["show", copy_id, "--json"], &[]).await);
@@ -121,8 +139,10 @@ async fn ls_show_reproduce_and_push_to_s3_read_back_identical() {
         local["manifest"]["experiment"]
     );
     let input = |run: &str| {
-        std::fs::read_to_string(d.join(format!("harness-runs/runs/cat/{run}/experiment.yaml")))
-            .expect("experiment.yaml")
+        std::fs::read_to_string(d.join(format!(
+            "harness-runs/runs/quickstart/{run}/experiment.yaml"
+        )))
+        .expect("experiment.yaml")
     };
     assert_eq!(input(copy_id), input(&id));
 
