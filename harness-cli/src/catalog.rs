@@ -179,7 +179,7 @@ pub(crate) async fn push(
 }
 
 /// Where a key of a `file://` store lives on disk, for printing.
-fn local_path(store: &dyn ArtifactStore, key: &harness_core::ArtifactKey) -> String {
+pub(crate) fn local_path(store: &dyn ArtifactStore, key: &harness_core::ArtifactKey) -> String {
     match store.describe().strip_prefix("file://") {
         Some(root) => format!("{root}/{key}"),
         None => format!("{}/{key}", store.describe()),

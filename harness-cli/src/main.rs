@@ -873,6 +873,12 @@ async fn execute(
         store.describe(),
         run_cx.layout().root()
     );
+    // Where to look next: the report the teardown step wrote, when it did.
+    if let Ok(index) = run_cx.layout().report("index.html")
+        && store.get(&index).await.is_ok()
+    {
+        say!("report: {}", catalog::local_path(store.as_ref(), &index));
+    }
     let store_arg = store_args
         .store
         .as_ref()

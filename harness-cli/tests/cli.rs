@@ -170,6 +170,10 @@ fn run_sweeps_the_quickstart_stores_the_run_and_prints_the_table() {
     }
     assert!(stdout.contains("6/6 cells succeeded"), "{stdout}");
     assert!(
+        stdout.contains("report: /") && stdout.contains("/report/index.html"),
+        "the run says where its report is: {stdout}"
+    );
+    assert!(
         stdout.contains("TTFT p50 ms") && stdout.contains("out tok/s"),
         "{stdout}"
     );
