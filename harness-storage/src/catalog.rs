@@ -58,6 +58,41 @@ impl RunInfo {
     }
 }
 
+/// The prefix that holds the runs of `experiment` (all runs when `None`).
+fn runs_prefix(experiment: Option<&str>) -> Result<ArtifactKey> {
+    match experiment {
+        Some(e) => ArtifactKey::new(format!("runs/{e}")),
+        None => ArtifactKey::new("runs"),
+    }
+}
+
+/// `experiment/run-id` or `run-id`, split.
+fn split_run(run: &str) -> (Option<&str>, &str) {
+    match run.split_once('/') {
+        Some((e, r)) => (Some(e), r),
+        None => (None, run),
+    }
+}
+
+/// The manifests under `prefix`, as `(layout, key)`, of run `id` when given.
+async fn manifest_keys(
+    store: &dyn ArtifactStore,
+    prefix: &ArtifactKey,
+    id: Option<&str>,
+) -> Result<Vec<(RunLayout, ArtifactKey)>> {
+    let mut out = Vec::new();
+    for meta in store.list(prefix).await? {
+        let parts: Vec<&str> = meta.key.as_str().split('/').collect();
+        let [_, exp, run, "manifest.json"] = parts.as_slice() else {
+            continue;
+        };
+        if id.is_none_or(|id| id == *run) {
+            out.push((RunLayout::new(exp, run)?, meta.key));
+        }
+    }
+    Ok(out)
+}
+
 /// The runs in `store`, oldest first; of one experiment when `experiment` is given. Runs
 /// whose manifest cannot be read are skipped with a warning.
 ///
@@ -67,20 +102,11 @@ pub async fn list_runs(
     store: &dyn ArtifactStore,
     experiment: Option<&str>,
 ) -> Result<Vec<RunInfo>> {
-    let prefix = match experiment {
-        Some(e) => ArtifactKey::new(format!("runs/{e}"))?,
-        None => ArtifactKey::new("runs")?,
-    };
     let mut out = Vec::new();
-    for meta in store.list(&prefix).await? {
-        let parts: Vec<&str> = meta.key.as_str().split('/').collect();
-        let [_, exp, run, "manifest.json"] = parts.as_slice() else {
-            continue;
-        };
-        let layout = RunLayout::new(exp, run)?;
-        match store.get_json::<Manifest>(&meta.key).await {
+    for (layout, key) in manifest_keys(store, &runs_prefix(experiment)?, None).await? {
+        match store.get_json::<Manifest>(&key).await {
             Ok(manifest) => out.push(RunInfo { layout, manifest }),
-            Err(e) => tracing::warn!("skipping `{}`: {e}", meta.key),
+            Err(e) => tracing::warn!("skipping `{key}`: {e}"),
         }
     }
     out.sort_by(|a, b| {
@@ -90,25 +116,23 @@ pub async fn list_runs(
     Ok(out)
 }
 
-/// The run `run` (a run id, or `experiment/run-id`) in `store`.
+/// The run `run` (a run id, or `experiment/run-id`) in `store`. Reads only that run's
+/// manifest.
 ///
 /// # Errors
 /// [`Error::NotFound`] when there is none; [`Error::InvalidInput`] when the id is ambiguous.
 pub async fn find_run(store: &dyn ArtifactStore, run: &str) -> Result<RunInfo> {
-    let (experiment, id) = match run.split_once('/') {
-        Some((e, r)) => (Some(e), r),
-        None => (None, run),
-    };
-    let mut found: Vec<RunInfo> = list_runs(store, experiment)
-        .await?
-        .into_iter()
-        .filter(|r| r.run_id() == id)
-        .collect();
+    let (experiment, id) = split_run(run);
+    let mut found = manifest_keys(store, &runs_prefix(experiment)?, Some(id)).await?;
     match found.len() {
         0 => Err(Error::NotFound {
             what: format!("run `{run}` in {}", store.describe()),
         }),
-        1 => Ok(found.remove(0)),
+        1 => {
+            let (layout, key) = found.remove(0);
+            let manifest = store.get_json(&key).await?;
+            Ok(RunInfo { layout, manifest })
+        }
         _ => Err(Error::invalid(
             format!("run `{run}`"),
             "several experiments have a run of this id; name it as experiment/run-id",
@@ -122,16 +146,9 @@ pub async fn find_run(store: &dyn ArtifactStore, run: &str) -> Result<RunInfo> {
 /// # Errors
 /// When the store cannot be listed, or [`Error::NotFound`] when nothing of the run is there.
 pub async fn run_keys(store: &dyn ArtifactStore, run: &str) -> Result<Vec<ArtifactKey>> {
-    let (experiment, id) = match run.split_once('/') {
-        Some((e, r)) => (Some(e), r),
-        None => (None, run),
-    };
-    let prefix = match experiment {
-        Some(e) => ArtifactKey::new(format!("runs/{e}"))?,
-        None => ArtifactKey::new("runs")?,
-    };
+    let (experiment, id) = split_run(run);
     let keys: Vec<ArtifactKey> = store
-        .list(&prefix)
+        .list(&runs_prefix(experiment)?)
         .await?
         .into_iter()
         .map(|m| m.key)
