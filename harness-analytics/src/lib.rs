@@ -38,6 +38,7 @@
 pub mod chart;
 pub mod compare;
 mod dist;
+pub mod import;
 pub mod io;
 pub mod record;
 pub mod report;
@@ -77,6 +78,16 @@ pub enum Error {
     /// Reading or writing the run failed.
     #[error(transparent)]
     Store(#[from] harness_core::Error),
+    /// Another tool's export could not be imported.
+    #[error("{file}{}: {reason}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Import {
+        /// The file.
+        file: String,
+        /// The line, from 1, where the format has lines.
+        line: Option<usize>,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -93,6 +104,7 @@ impl From<Error> for harness_core::Error {
         match e {
             Error::Store(e) => e,
             Error::InvalidInput { what, reason } => harness_core::Error::invalid(what, reason),
+            e @ Error::Import { .. } => harness_core::Error::invalid("import", e.to_string()),
             other => harness_core::Error::failed("analytics", other.to_string()),
         }
     }
