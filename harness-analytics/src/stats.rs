@@ -67,6 +67,10 @@ pub struct CellStats {
     pub output_token_sources: BTreeMap<String, u64>,
     /// Distributions by name (see [`crate::schema::DISTRIBUTIONS`]).
     pub distributions: BTreeMap<String, Distribution>,
+    /// The tool that measured the requests when it was not harness' load generator
+    /// (`aiperf 0.13.0`); set by importers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
 }
 
 /// The counts of a cell: one pass over the rows.
@@ -315,6 +319,7 @@ impl CellStats {
             goodput: slo.is_set().then(|| per_s(good as f64)),
             output_token_sources: sources,
             distributions,
+            tool: None,
         })
     }
 

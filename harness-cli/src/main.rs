@@ -429,6 +429,13 @@ fn registry() -> StepRegistry {
     r.register("report", harness_analytics::report::ReportStep::factory());
     r.register("functional", harness_llm::checks::FunctionalStep::factory());
     r.register("accuracy", harness_llm::checks::AccuracyStep::factory());
+    r.register("aiperf", harness_llm::tools::AiperfStep::factory());
+    r.register(
+        "command",
+        harness_core::steps::CommandStep::factory_with_results(
+            harness_llm::tools::ImportHook::factory(),
+        ),
+    );
     r
 }
 

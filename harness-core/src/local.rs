@@ -276,17 +276,7 @@ impl Backend for LocalBackend {
             None => s.to_owned(),
         };
         let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        let safe: String = spec
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let safe = path_safe(&spec.name);
         let log_path = self.inner.log_dir.join(format!("{safe}-{n}.log"));
         let log = tokio::fs::File::create(&log_path)
             .await
@@ -449,4 +439,18 @@ impl Backend for LocalBackend {
     fn name(&self) -> &str {
         "local"
     }
+}
+
+/// `s` with every character but ASCII letters, digits and `-` replaced by `_`, for file
+/// names.
+pub(crate) fn path_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

@@ -81,6 +81,15 @@ impl StepOutput {
         self.notes.push(note.into());
         self
     }
+
+    /// Adds everything `other` reports (its metrics win on equal names).
+    #[must_use]
+    pub fn merge(mut self, other: StepOutput) -> Self {
+        self.metrics.extend(other.metrics);
+        self.artifacts.extend(other.artifacts);
+        self.notes.extend(other.notes);
+        self
+    }
 }
 
 /// Typed values shared by the steps of one run, e.g. the [`Endpoint`](crate::Endpoint) that

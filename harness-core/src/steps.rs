@@ -2,6 +2,8 @@
 //! command.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -220,6 +222,27 @@ impl DeploymentSteps {
     }
 }
 
+/// Turns the files a command left in its output folder (`{out}`) into the cell's results:
+/// records and statistics stored through the context, metrics and notes returned.
+///
+/// harness-llm implements it for other tools' exports (aiperf, genai-perf, vLLM, guidellm,
+/// inference-perf); register a [`ResultHookFactory`] with
+/// [`CommandStep::factory_with_results`] so experiment files can ask for it.
+#[async_trait]
+pub trait ResultHook: fmt::Debug + Send + Sync {
+    /// Reads `out_dir` after the command exited 0.
+    ///
+    /// # Errors
+    /// The cell fails with the error: a missing or malformed export, a store failure.
+    async fn collect(&self, cx: &StepContext, out_dir: &Path) -> Result<StepOutput>;
+}
+
+/// Makes a [`ResultHook`] from a command step's `results` parameter; an `Err` is the
+/// message for a located configuration error.
+pub type ResultHookFactory = Arc<
+    dyn Fn(&serde_json::Value) -> std::result::Result<Arc<dyn ResultHook>, String> + Send + Sync,
+>;
+
 /// Runs a process through the backend, once per invocation, and fails unless it exits 0.
 ///
 /// In an experiment:
@@ -233,13 +256,20 @@ impl DeploymentSteps {
 /// ```
 ///
 /// `{cell}`, `{run}` and every cell parameter (`{concurrency}`, `{isl}`, `{osl}`, ...) are
-/// filled into the arguments and environment, and `{endpoint}` is the base URL of the
-/// deployment when there is one. The output is stored as the artifact `output.log`.
+/// filled into the arguments and environment, `{endpoint}` is the base URL of the
+/// deployment when there is one, `{model}` the experiment's model name, and `{out}` a fresh,
+/// empty folder for the command's
+/// files. The output is stored as the artifact `output.log`, and every file left in `{out}`
+/// as `out/<path>`. With a [`ResultHook`] (`results:` in an experiment, e.g.
+/// `results: {import: aiperf}`) those files also become the cell's records and statistics.
+///
+/// `{out}` is a local folder: it serves commands run by a local backend.
 #[derive(Debug, Clone)]
 pub struct CommandStep {
     name: String,
     run: Vec<String>,
     env: BTreeMap<String, String>,
+    results: Option<Arc<dyn ResultHook>>,
 }
 
 #[derive(Deserialize)]
@@ -248,7 +278,12 @@ struct CommandParams {
     run: Vec<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    results: Option<serde_json::Value>,
 }
+
+/// Files bigger than this in `{out}` are not kept as artifacts (a note says so).
+const MAX_KEPT_FILE: u64 = 256 << 20;
 
 impl CommandStep {
     /// A step named `name` that runs `run`.
@@ -267,6 +302,7 @@ impl CommandStep {
             name,
             run,
             env: BTreeMap::new(),
+            results: None,
         })
     }
 
@@ -277,9 +313,26 @@ impl CommandStep {
         self
     }
 
-    /// The factory for [`StepRegistry`](crate::StepRegistry): kind `command`.
+    /// Turns the files the command leaves in `{out}` into results with `hook`.
+    #[must_use]
+    pub fn results(mut self, hook: Arc<dyn ResultHook>) -> Self {
+        self.results = Some(hook);
+        self
+    }
+
+    /// The factory for [`StepRegistry`](crate::StepRegistry): kind `command`, without
+    /// result hooks (a `results` parameter is refused).
     pub fn factory() -> StepFactory {
-        Arc::new(|spec, source: &StepSource<'_>| {
+        Self::make_factory(None)
+    }
+
+    /// The factory for kind `command` whose `results` parameter is read by `hooks`.
+    pub fn factory_with_results(hooks: ResultHookFactory) -> StepFactory {
+        Self::make_factory(Some(hooks))
+    }
+
+    fn make_factory(hooks: Option<ResultHookFactory>) -> StepFactory {
+        Arc::new(move |spec, source: &StepSource<'_>| {
             let p: CommandParams = source.params(spec)?;
             if p.run.first().is_none_or(|s| s.trim().is_empty()) {
                 return Err(source.error(
@@ -289,9 +342,84 @@ impl CommandStep {
             }
             let mut step = CommandStep::new(spec.step_name(), p.run)?;
             step.env = p.env;
+            if let Some(results) = &p.results {
+                let hooks = hooks.as_ref().ok_or_else(|| {
+                    source.error("results", "no result importers are registered here")
+                })?;
+                step.results = Some(hooks(results).map_err(|m| source.error("results", m))?);
+            }
             Ok(Arc::new(step) as Arc<dyn Step>)
         })
     }
+}
+
+/// A fresh folder for one invocation's files.
+async fn out_dir(cx: &StepContext, step: &str) -> Result<PathBuf> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cell = cx.cell().map(|c| c.id.as_str()).unwrap_or("run");
+    let safe = crate::local::path_safe(&format!("{}-{cell}-{step}", cx.run().run_id()));
+    let dir = std::env::temp_dir().join(format!("harness-out-{}-{n}-{safe}", std::process::id()));
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| Error::failed(format!("creating {}", dir.display()), e.to_string()))?;
+    Ok(dir)
+}
+
+/// Every regular file under `dir`, with its path relative to `dir` ('/'-separated).
+fn files_under(dir: &Path) -> Vec<(String, PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(t) if t.is_file() => {
+                    let rel = path
+                        .strip_prefix(dir)
+                        .map(|r| {
+                            r.components()
+                                .map(|c| c.as_os_str().to_string_lossy())
+                                .collect::<Vec<_>>()
+                                .join("/")
+                        })
+                        .unwrap_or_default();
+                    let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    out.push((rel, path, len));
+                }
+                _ => {}
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Stores the files in `dir` as artifacts `out/<path>`.
+async fn keep_files(cx: &StepContext, dir: &Path, mut out: StepOutput) -> Result<StepOutput> {
+    let d = dir.to_path_buf();
+    let files = tokio::task::spawn_blocking(move || files_under(&d))
+        .await
+        .map_err(|e| Error::failed("listing the command's files", e.to_string()))?;
+    for (rel, path, len) in files {
+        if len > MAX_KEPT_FILE {
+            out = out.note(format!("{rel} ({len} bytes) is too big to keep"));
+            continue;
+        }
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|e| Error::failed(format!("reading {}", path.display()), e.to_string()))?;
+        out = out.artifact(
+            cx.artifacts()
+                .put(&format!("out/{rel}"), bytes.into())
+                .await?,
+        );
+    }
+    Ok(out)
 }
 
 #[async_trait]
@@ -306,7 +434,25 @@ impl Step for CommandStep {
             .get::<Endpoint>()
             .map(|e| e.base_url.clone())
             .unwrap_or_default();
-        let fill = |s: &str| cx.fill(s).replace("{endpoint}", &endpoint);
+        let dir = out_dir(cx, &self.name).await?;
+        let result = self.run_in(cx, &endpoint, &dir).await;
+        // The folder is ours: remove it whatever happened.
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            tracing::debug!(dir = %dir.display(), error = %e, "could not remove the output folder");
+        }
+        result
+    }
+}
+
+impl CommandStep {
+    async fn run_in(&self, cx: &StepContext, endpoint: &str, dir: &Path) -> Result<StepOutput> {
+        let out_path = dir.display().to_string();
+        let fill = |s: &str| {
+            cx.fill(s)
+                .replace("{endpoint}", endpoint)
+                .replace("{model}", &cx.experiment().model.name)
+                .replace("{out}", &out_path)
+        };
         let mut spec = WorkloadSpec::process(
             format!("step-{}", self.name),
             self.run.iter().map(|a| fill(a)),
@@ -327,8 +473,12 @@ impl Step for CommandStep {
         if let Ok(log) = log {
             out = out.artifact(cx.artifacts().put("output.log", log).await?);
         }
+        out = keep_files(cx, dir, out).await?;
         result?;
         teardown?;
+        if let Some(hook) = &self.results {
+            out = out.merge(hook.collect(cx, dir).await?);
+        }
         Ok(out)
     }
 }

@@ -350,6 +350,15 @@ impl RunLayout {
     pub fn report(&self, rel: &str) -> Result<ArtifactKey> {
         self.root.join(&format!("report/{rel}"))
     }
+    /// The artifact `rel` that step `step` stored for `cell`
+    /// (`cells/<cell>/artifacts/<step>/<rel>`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when `step` or `rel` is not a valid relative key.
+    pub fn cell_artifact(&self, cell: &CellId, step: &str, rel: &str) -> Result<ArtifactKey> {
+        self.step_artifacts(&format!("cells/{cell}"), step)?
+            .join(rel)
+    }
     /// Where a step's artifacts go: under the cell, or under `setup`/`teardown`.
     pub fn step_artifacts(&self, scope: &str, step: &str) -> Result<ArtifactKey> {
         ArtifactKey::new(format!("{}/{scope}/artifacts/{step}", self.root))

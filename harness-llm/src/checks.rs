@@ -293,7 +293,28 @@ fn default_parallel() -> usize {
     16
 }
 
+impl Default for FunctionalStep {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FunctionalStep {
+    /// The step, named `functional`, with 16 concurrent requests in its last check.
+    pub fn new() -> Self {
+        FunctionalStep {
+            name: "functional".into(),
+            parallel: default_parallel(),
+        }
+    }
+
+    /// Concurrent requests of the last check (clamped to 1..=1024).
+    #[must_use]
+    pub fn parallel(mut self, n: usize) -> Self {
+        self.parallel = n.clamp(1, 1024);
+        self
+    }
+
     /// The factory for the step registry: kind `functional`; parameter `parallel`
     /// (concurrent requests of the last check, default 16, 1 to 1024).
     pub fn factory() -> StepFactory {
@@ -515,6 +536,31 @@ fn default_concurrency() -> usize {
 }
 
 impl AccuracyStep {
+    /// The step, named `accuracy`, scoring the JSON-lines `dataset` (read when it runs)
+    /// with 64 output tokens per answer and 4 requests at a time.
+    pub fn new(dataset: impl Into<PathBuf>) -> Self {
+        AccuracyStep {
+            name: "accuracy".into(),
+            dataset: dataset.into(),
+            max_tokens: default_max_tokens(),
+            concurrency: default_concurrency(),
+        }
+    }
+
+    /// Output tokens per answer (at least 1).
+    #[must_use]
+    pub fn max_tokens(mut self, n: u32) -> Self {
+        self.max_tokens = n.max(1);
+        self
+    }
+
+    /// Requests at a time (clamped to 1..=256).
+    #[must_use]
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.clamp(1, 256);
+        self
+    }
+
     /// The factory for the step registry: kind `accuracy`; parameters `dataset` (a JSON-lines
     /// file of `{prompt, expected, scorer, tolerance}`), `max_tokens` (64), `concurrency` (4).
     /// The dataset is read, and checked, when the experiment is loaded.

@@ -8,6 +8,7 @@
 //! * [`step::BenchmarkStep`]: all of the above as a pipeline step; records and statistics
 //!   are harness-analytics' ([`harness_analytics::record::Record`], `CellStats`).
 //! * [`checks`]: functional and accuracy checks of an endpoint, as steps.
+//! * [`tools`]: other tools as steps: aiperf, and any command whose export is imported.
 //! * [`mock`]: a mock OpenAI server with fault injection.
 //! * [`sse`], [`openai`]: the stream parser and the wire format.
 
@@ -19,5 +20,6 @@ pub mod openai;
 pub mod prompts;
 pub mod sse;
 pub mod step;
+pub mod tools;
 
 pub use step::{BenchmarkStep, deployment_steps, mock_workload};

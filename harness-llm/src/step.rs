@@ -14,7 +14,7 @@ use harness_core::{
 };
 use serde::Deserialize;
 
-use crate::client::{Client, ClientConfig};
+use crate::client::{Client, ClientConfig, RequestRecord};
 use crate::load::{self, LoadSpec};
 use crate::prompts::PromptSynth;
 use harness_analytics::io::to_parquet;
@@ -187,56 +187,81 @@ impl Step for BenchmarkStep {
                 what: format!("benchmark of `{}`", cell.id),
             });
         }
-        let slo = Slo::new(
-            exp.slo.ttft.map(|d| d.get().as_secs_f64() * 1e3),
-            exp.slo.itl.map(|d| d.get().as_secs_f64() * 1e3),
-            exp.slo.request_latency.map(|d| d.get().as_secs_f64() * 1e3),
-        );
-        // Statistics and parquet encoding are CPU work: off the async workers.
-        let (records, summary, parquet) = tokio::task::spawn_blocking(move || {
-            let batch = records_batch(&records)?;
-            let summary = CellStats::of_batch(&batch, &slo)?;
-            let parquet = to_parquet(&batch)?;
-            Ok::<_, harness_analytics::Error>((records, summary, parquet))
-        })
-        .await
-        .map_err(|e| Error::failed("summarising the records", e.to_string()))??;
-        let layout = cx.run().layout();
-        let records_key = layout.cell_records(&cell.id);
-        cx.store().put(&records_key, parquet).await?;
-        let summary_key = layout.cell_stats(&cell.id);
-        cx.store().put_json(&summary_key, &summary).await?;
-
-        if summary.succeeded == 0 {
-            let first = records
-                .iter()
-                .find(|r| !r.warmup)
-                .and_then(|r| r.error_message.clone())
-                .unwrap_or_default();
-            return Err(Error::failed(
-                format!("benchmark of `{}`", cell.id),
-                format!(
-                    "all {} requests failed ({:?}); first: {first}",
-                    summary.requests, summary.errors
-                ),
-            ));
-        }
-        let mut out = StepOutput::new()
-            .artifact(records_key)
-            .artifact(summary_key);
-        for (k, v) in summary.headline_metrics() {
-            out = out.metric(k, v);
-        }
+        let mut out =
+            store_records(cx, &format!("benchmark of `{}`", cell.id), records, None).await?;
         for w in warnings {
             out = out.note(w);
         }
-        if let Some(src) = summary.output_token_sources.get("chunks") {
-            out = out.note(format!(
-                "{src} requests had no usage from the server; their output tokens are chunk counts"
-            ));
-        }
         Ok(out)
     }
+}
+
+/// The SLO of the experiment, in the analytics' units.
+fn slo_of(exp: &harness_core::Experiment) -> Slo {
+    Slo::new(
+        exp.slo.ttft.map(|d| d.get().as_secs_f64() * 1e3),
+        exp.slo.itl.map(|d| d.get().as_secs_f64() * 1e3),
+        exp.slo.request_latency.map(|d| d.get().as_secs_f64() * 1e3),
+    )
+}
+
+/// Stores a cell's records (`cells/<cell>/records.parquet`) and statistics
+/// (`cells/<cell>/stats.json`, with `tool` when another tool measured them), and returns
+/// the artifacts and headline metrics. Fails when every measured request failed, naming
+/// the first error; `what` names the work in that error.
+pub(crate) async fn store_records(
+    cx: &StepContext,
+    what: &str,
+    records: Vec<RequestRecord>,
+    tool: Option<String>,
+) -> Result<StepOutput> {
+    let cell = cx
+        .cell()
+        .ok_or_else(|| Error::failed(what, "runs per cell only"))?
+        .id
+        .clone();
+    let slo = slo_of(cx.experiment());
+    // Statistics and parquet encoding are CPU work: off the async workers.
+    let (records, summary, parquet) = tokio::task::spawn_blocking(move || {
+        let batch = records_batch(&records)?;
+        let mut summary = CellStats::of_batch(&batch, &slo)?;
+        summary.tool = tool;
+        let parquet = to_parquet(&batch)?;
+        Ok::<_, harness_analytics::Error>((records, summary, parquet))
+    })
+    .await
+    .map_err(|e| Error::failed("summarising the records", e.to_string()))??;
+    let layout = cx.run().layout();
+    let records_key = layout.cell_records(&cell);
+    cx.store().put(&records_key, parquet).await?;
+    let summary_key = layout.cell_stats(&cell);
+    cx.store().put_json(&summary_key, &summary).await?;
+    if summary.succeeded == 0 {
+        let first = records
+            .iter()
+            .find(|r| !r.warmup)
+            .and_then(|r| r.error_message.clone())
+            .unwrap_or_default();
+        return Err(Error::failed(
+            what,
+            format!(
+                "all {} requests failed ({:?}); first: {first}",
+                summary.requests, summary.errors
+            ),
+        ));
+    }
+    let mut out = StepOutput::new()
+        .artifact(records_key)
+        .artifact(summary_key);
+    for (k, v) in summary.headline_metrics() {
+        out = out.metric(k, v);
+    }
+    if let Some(src) = summary.output_token_sources.get("chunks") {
+        out = out.note(format!(
+            "{src} requests had no usage from the server; their output tokens are chunk counts"
+        ));
+    }
+    Ok(out)
 }
 
 /// The process that serves the mock: `<program> mock --port {port} --config <json>`.
