@@ -162,7 +162,8 @@ pub async fn http_get_status(url: &str) -> Result<u16> {
     })
 }
 
-/// What to launch: a process now, a Kubernetes manifest once that backend exists.
+/// What to launch: a process (local backend), a container image, or Kubernetes manifests
+/// (Kubernetes backend). Backends refuse what they cannot run with [`Error::NotSupported`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct WorkloadSpec {
@@ -180,6 +181,14 @@ pub struct WorkloadSpec {
     pub readiness: Readiness,
     /// Labels that identify the run and cell (Kubernetes labels, process bookkeeping).
     pub labels: BTreeMap<String, String>,
+    /// The container image, for backends that run containers; `command` is then the
+    /// container's command (empty: the image's entrypoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Kubernetes manifests (one or more YAML documents) to apply instead of a process or
+    /// image: a Dynamo `DynamoGraphDeployment`, a Deployment and its Service, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifests: Option<String>,
 }
 
 impl WorkloadSpec {
@@ -197,7 +206,23 @@ impl WorkloadSpec {
             port: None,
             readiness: Readiness::Running,
             labels: BTreeMap::new(),
+            image: None,
+            manifests: None,
         }
+    }
+
+    /// Kubernetes manifests (YAML, one or more documents) to apply, named `name`.
+    pub fn manifests(name: impl Into<String>, yaml: impl Into<String>) -> Self {
+        let mut spec = Self::process(name, Vec::<String>::new());
+        spec.manifests = Some(yaml.into());
+        spec
+    }
+
+    /// Runs in a container of `image` (Kubernetes backend).
+    #[must_use]
+    pub fn image(mut self, image: impl Into<String>) -> Self {
+        self.image = Some(image.into());
+        self
     }
 
     /// Serves on `port` (0: a free port) and is ready when `readiness` says so.

@@ -261,6 +261,14 @@ async fn free_port() -> Result<u16> {
 #[async_trait]
 impl Backend for LocalBackend {
     async fn launch(&self, spec: &WorkloadSpec) -> Result<Workload> {
+        if spec.manifests.is_some() || spec.image.is_some() {
+            return Err(Error::NotSupported {
+                what: format!(
+                    "`{}`: Kubernetes manifests and container images on the local backend",
+                    spec.name
+                ),
+            });
+        }
         let Some(program) = spec.command.first() else {
             return Err(Error::invalid(
                 format!("workload `{}`", spec.name),

@@ -1,5 +1,24 @@
 //! The Kubernetes backend of harness.
 //!
-//! Not implemented yet: this crate will hold `K8sBackend`, in-cluster benchmark Jobs, the
-//! `DynamoBenchmark` custom resource and its controller. It exports nothing until then, and
-//! experiments that ask for a Kubernetes backend are rejected at validation.
+//! * [`K8sBackend`]: workloads as Kubernetes objects (manifests such as a Dynamo
+//!   `DynamoGraphDeployment`, or an image as a Deployment and Service or a Job), readiness
+//!   that fails fast on pods that cannot recover, in-cluster endpoints, pod logs, and
+//!   teardown by label.
+//! * [`testkit`] (feature `testkit`): a fake API server behind a real `kube::Client`, with
+//!   simulated controllers, for tests.
+//!
+//! The client is injected, so the same code runs against a cluster (`kube::Client::try_default`)
+//! and against the fake:
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = kube::Client::try_default().await?;
+//! let backend = harness_k8s::K8sBackend::new(client, "benchmarks").label("harness.dev/run", "r1");
+//! # let _ = backend; Ok(()) }
+//! ```
+
+mod backend;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use backend::{Deployed, K8sBackend, MANAGED_BY, WORKLOAD_LABEL, parse_manifests};
