@@ -160,8 +160,51 @@ enum Command {
     },
     /// Print a commented experiment with every section and its default.
     Init,
+    /// Run one cell's steps against an endpoint and write the results into an existing
+    /// run: what the in-cluster Job of a cell runs (the experiment comes from
+    /// `$HARNESS_EXPERIMENT`, JSON, or `--experiment`).
+    Agent {
+        /// The run id.
+        #[arg(long)]
+        run: String,
+        /// The cell id, e.g. `concurrency=4,isl=128,osl=32`.
+        #[arg(long)]
+        cell: String,
+        /// The model's endpoint (in-cluster URL).
+        #[arg(long)]
+        endpoint: String,
+        /// The experiment file or JSON (default: `$HARNESS_EXPERIMENT`).
+        #[arg(long)]
+        experiment: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Kubernetes: print the manifests of a run without our controller.
+    #[command(subcommand)]
+    K8s(K8sCommand),
     /// Serve the mock OpenAI-compatible server (for demos, tests and client measurements).
     Mock(MockArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum K8sCommand {
+    /// Print the manifests of an experiment's in-cluster run: RBAC, and a ConfigMap and a
+    /// Job per cell.
+    Render {
+        /// The experiment file.
+        experiment: PathBuf,
+        /// Override a value: `--set backend.namespace=bench`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// The model's in-cluster URL (default: `deployment.url`).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// The run id to render for (default: a new one).
+        #[arg(long)]
+        run_id: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// Which store to use.
@@ -269,6 +312,40 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
             print!("{}", harness_core::config::DEFAULT_EXPERIMENT);
         }
         Command::Mock(_) => {} // handled before the runtime starts
+        Command::Agent {
+            run,
+            cell,
+            endpoint,
+            experiment,
+            store,
+        } => {
+            plain_logs();
+            return agent(&run, &cell, &endpoint, experiment.as_deref(), &store).await;
+        }
+        Command::K8s(K8sCommand::Render {
+            experiment,
+            sets,
+            endpoint,
+            run_id,
+            store,
+        }) => {
+            plain_logs();
+            let (exp, _) = load(&experiment, &sets)?;
+            let url = store_url(&store, Some(&exp.storage));
+            let run_id = run_id.unwrap_or_else(new_run_id);
+            let endpoint = match (endpoint, &exp.deployment) {
+                (Some(e), _) => e,
+                (None, harness_core::config::Deployment::Url { url, .. }) => url.clone(),
+                (None, _) => {
+                    return Err(Error::invalid(
+                        "--endpoint",
+                        "needed: the experiment's deployment has no URL",
+                    ));
+                }
+            };
+            let text = harness_k8s::render::manifests(&exp, &run_id, &endpoint, &url)?;
+            say!("{}", text.trim_end());
+        }
         Command::Validate {
             experiment,
             sets,
@@ -511,7 +588,25 @@ fn mock(args: &MockArgs) -> Result<(), Error> {
 
 /// The pipeline for an experiment: deployment setup and teardown, the experiment's steps,
 /// and the default per-cell step when the experiment names none.
-fn build_pipeline(exp: &Experiment, file: &str) -> Result<Pipeline, Error> {
+/// The per-cell steps of an experiment: its own, or the load generator by default.
+fn cell_steps(exp: &Experiment, file: &str) -> Result<Vec<Arc<dyn harness_core::Step>>, Error> {
+    let built = registry()
+        .build_into(exp, file, Pipeline::builder())?
+        .build()?;
+    let mut steps: Vec<Arc<dyn harness_core::Step>> = built
+        .steps(Stage::Cell)
+        .iter()
+        .map(|s| s.step.clone())
+        .collect();
+    if steps.is_empty() {
+        steps.push(Arc::new(harness_llm::BenchmarkStep::new()));
+    }
+    Ok(steps)
+}
+
+/// The run's pipeline. On Kubernetes with `in_cluster`, each cell's steps run in a Job
+/// (`harness agent`) that writes to `store_url`.
+fn build_pipeline(exp: &Experiment, file: &str, store_url: &str) -> Result<Pipeline, Error> {
     let program =
         std::env::current_exe().map_err(|e| Error::io("finding the harness binary", e))?;
     let mut builder = Pipeline::builder().deployment(harness_llm::deployment_steps(exp, &program)?);
@@ -524,8 +619,26 @@ fn build_pipeline(exp: &Experiment, file: &str) -> Result<Pipeline, Error> {
             None,
         );
     }
+    let own_cell_steps = exp.steps.iter().any(|s| s.stage == Stage::Cell);
+    if exp.backend.in_cluster() {
+        // The cell's steps run in the agent; here only the Job that runs them.
+        let built = builder.build()?;
+        let mut b = Pipeline::builder();
+        for stage in [Stage::Setup, Stage::Teardown] {
+            for s in built.steps(stage) {
+                b = b.add(stage, s.step.clone(), s.timeout);
+            }
+        }
+        return b
+            .add(
+                Stage::Cell,
+                Arc::new(harness_k8s::InClusterStep::new(store_url)),
+                None,
+            )
+            .build();
+    }
     // Without per-cell steps of its own, an experiment benchmarks each cell.
-    if !exp.steps.iter().any(|s| s.stage == Stage::Cell) {
+    if !own_cell_steps {
         builder = builder.add(
             Stage::Cell,
             Arc::new(harness_llm::BenchmarkStep::new()),
@@ -535,10 +648,64 @@ fn build_pipeline(exp: &Experiment, file: &str) -> Result<Pipeline, Error> {
     builder.build()
 }
 
+/// `harness agent`: one cell's steps, results into an existing run.
+async fn agent(
+    run_id: &str,
+    cell_id: &str,
+    endpoint: &str,
+    experiment: Option<&Path>,
+    store_args: &StoreArgs,
+) -> Result<ExitCode, Error> {
+    let exp = match experiment {
+        Some(p) => load(p, &[])?.0,
+        None => {
+            let json = std::env::var("HARNESS_EXPERIMENT").map_err(|_| {
+                Error::invalid("agent", "no --experiment and no $HARNESS_EXPERIMENT")
+            })?;
+            let v: serde_json::Value = serde_json::from_str(&json)
+                .map_err(|e| Error::invalid("$HARNESS_EXPERIMENT", e.to_string()))?;
+            Experiment::from_json(&v, "$HARNESS_EXPERIMENT")?
+        }
+    };
+    let plan = exp.plan()?;
+    let cell = plan
+        .cells()
+        .iter()
+        .find(|c| c.id.as_str() == cell_id)
+        .cloned()
+        .ok_or_else(|| {
+            Error::invalid("--cell", format!("`{cell_id}` is not a cell of the plan"))
+        })?;
+    let steps = cell_steps(&exp, "experiment")?;
+    let store = open_plain_store(store_args, Some(&exp.storage))?;
+    let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new()?);
+    let run = RunContext::new(
+        run_id,
+        Arc::new(exp),
+        backend,
+        store,
+        CancellationToken::new(),
+    )?;
+    let endpoint = harness_core::Endpoint::new(endpoint)?;
+    let report = harness_k8s::run_agent(&run, Arc::new(cell), endpoint, &steps, 0).await?;
+    for s in &report.steps {
+        match &s.error {
+            None => say!("{}: ok", s.step),
+            Some(e) => say!("{}: FAILED: {e}", s.step),
+        }
+    }
+    Ok(if report.steps.iter().any(|s| s.error.is_some()) {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn validate(path: &Path, sets: &[String], json: bool) -> Result<(), Error> {
     let (exp, _) = load(path, sets)?;
     let plan = exp.plan()?;
-    build_pipeline(&exp, &path.display().to_string())?;
+    let url = store_url(&StoreArgs::default(), Some(&exp.storage));
+    build_pipeline(&exp, &path.display().to_string(), &url)?;
     if json {
         let out = serde_json::json!({
             "experiment": exp.to_json(),
@@ -825,10 +992,32 @@ async fn execute(
         .experiment_file
         .clone()
         .unwrap_or_else(|| "experiment".into());
-    let pipeline = build_pipeline(&exp, &file)?;
+    let url = store_url(store_args, Some(&exp.storage));
+    let pipeline = build_pipeline(&exp, &file, &url)?;
 
     let local = LocalBackend::new()?;
-    let backend: Arc<dyn Backend> = Arc::new(local.clone());
+    let backend: Arc<dyn Backend> = match exp.backend.kind {
+        harness_core::config::BackendKind::Kubernetes => {
+            let client = kube::Client::try_default().await.map_err(|e| {
+                Error::failed(
+                    "connecting to Kubernetes (kubeconfig or in-cluster)",
+                    e.to_string(),
+                )
+            })?;
+            if exp.backend.in_cluster() && !harness_storage::is_remote(&url) {
+                tracing::warn!(
+                    "cells run in the cluster but the store {url} is local: the agents cannot reach it; use s3://, gs:// or az://"
+                );
+            }
+            Arc::new(
+                harness_k8s::K8sBackend::new(client, exp.backend.namespace()).label(
+                    "harness.dev/run",
+                    harness_k8s::incluster::dns_label_of(&run_id),
+                ),
+            )
+        }
+        _ => Arc::new(local.clone()),
+    };
     let cancel = CancellationToken::new();
     let exp = Arc::new(exp);
     let run_cx = RunContext::new(

@@ -527,10 +527,10 @@ fn object_state(kind: &str, o: &Value, endpoint: Option<Endpoint>) -> WorkloadSt
     };
     let n = |p: &str| o.pointer(p).and_then(Value::as_u64).unwrap_or(0);
     match kind {
-        "Job" if n("/status/succeeded") > 0 => WorkloadStatus::Succeeded,
         "Job" if n("/status/failed") > 0 || cond("Failed") => WorkloadStatus::Failed {
             reason: format!("job {} failed", name_of(o)),
         },
+        "Job" if cond("Complete") => WorkloadStatus::Succeeded,
         "Job" => WorkloadStatus::Pending,
         "Deployment" | "StatefulSet" => {
             let want = o

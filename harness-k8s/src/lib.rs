@@ -4,6 +4,8 @@
 //!   `DynamoGraphDeployment`, or an image as a Deployment and Service or a Job), readiness
 //!   that fails fast on pods that cannot recover, in-cluster endpoints, pod logs, and
 //!   teardown by label.
+//! * [`incluster`]: cells run as Jobs next to the model (`harness agent`), results written
+//!   to the run's object store and folded into the run.
 //! * [`testkit`] (feature `testkit`): a fake API server behind a real `kube::Client`, with
 //!   simulated controllers, for tests.
 //!
@@ -18,7 +20,10 @@
 //! ```
 
 mod backend;
+pub mod incluster;
+pub mod render;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use backend::{Deployed, K8sBackend, MANAGED_BY, WORKLOAD_LABEL, parse_manifests};
+pub use incluster::{InClusterStep, run_agent};

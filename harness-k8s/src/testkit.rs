@@ -57,6 +57,15 @@ pub enum PodScript {
     Unschedulable,
     /// Killed for using too much memory, then restarted: `OOMKilled`.
     OomKilled,
+    /// Runs the container's command as a local process, as a kubelet would, with the
+    /// container's environment (`value` and `valueFrom.configMapKeyRef` resolved from the
+    /// stored ConfigMaps); `program` replaces the command's first word (the image's binary,
+    /// e.g. `harness`, by a local build). The pod is ready while it runs and ends with its
+    /// exit status; its output is the pod's log.
+    Exec {
+        /// The local program for the command's first word.
+        program: Option<std::path::PathBuf>,
+    },
 }
 
 type PodRule = Arc<dyn Fn(&Value) -> PodScript + Send + Sync>;
@@ -71,6 +80,17 @@ struct State {
     next: u64,
     pod_rule: PodRule,
     requests: Vec<String>,
+    procs: BTreeMap<Key, (std::process::Child, std::path::PathBuf)>,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        for (_, (mut child, log)) in std::mem::take(&mut self.procs) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(log);
+        }
+    }
 }
 
 /// The fake API server; clones share it.
@@ -116,6 +136,7 @@ impl FakeApiServer {
                 next: 1,
                 pod_rule: Arc::new(default_rule),
                 requests: Vec::new(),
+                procs: BTreeMap::new(),
             })),
         }
     }
@@ -481,6 +502,11 @@ fn delete(st: &mut State, key: &Key) -> Option<Value> {
     st.ages.remove(key);
     if key.1 == "pods" {
         st.logs.remove(&(key.2.clone(), key.3.clone()));
+        if let Some((mut child, log)) = st.procs.remove(key) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(log);
+        }
     }
     if let Some(uid) = str_at(&obj, "/metadata/uid") {
         let owned: Vec<Key> = st
@@ -567,12 +593,26 @@ fn reconcile(st: &mut State) {
         let uid = str_at(&obj, "/metadata/uid").unwrap_or_default().to_owned();
         match (key.0.as_str(), key.1.as_str()) {
             ("apis/batch/v1", "jobs") => {
+                let indexed = str_at(&obj, "/spec/completionMode") == Some("Indexed");
+                let want = if indexed {
+                    obj.pointer("/spec/completions")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(1)
+                } else {
+                    1
+                };
                 let pods = owned_pods(st, &uid);
                 if pods.is_empty() && obj.pointer("/status/succeeded").is_none() {
                     let name = str_at(&obj, "/metadata/name")
                         .unwrap_or_default()
                         .to_owned();
-                    pod_for(st, &key, &obj, &[("job-name", name)]);
+                    for i in 0..want {
+                        let pod = pod_for(st, &key, &obj, &[("job-name", name.clone())]);
+                        if indexed && let Some(p) = st.objects.get_mut(&pod) {
+                            p["metadata"]["annotations"] =
+                                json!({"batch.kubernetes.io/job-completion-index": i.to_string()});
+                        }
+                    }
                     continue;
                 }
                 let phases: Vec<String> = pods
@@ -580,12 +620,13 @@ fn reconcile(st: &mut State) {
                     .filter_map(|k| st.objects.get(k))
                     .filter_map(|p| str_at(p, "/status/phase").map(str::to_owned))
                     .collect();
-                let status = if phases.iter().any(|p| p == "Succeeded") {
-                    json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]})
-                } else if phases.iter().any(|p| p == "Failed") {
-                    json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]})
+                let done = phases.iter().filter(|p| *p == "Succeeded").count() as u64;
+                let status = if phases.iter().any(|p| p == "Failed") {
+                    json!({"failed": 1, "succeeded": done, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]})
+                } else if done >= want {
+                    json!({"succeeded": done, "conditions": [{"type": "Complete", "status": "True"}]})
                 } else {
-                    json!({"active": phases.len()})
+                    json!({"active": phases.len() as u64 - done, "succeeded": done})
                 };
                 if let Some(o) = st.objects.get_mut(&key) {
                     o["status"] = status;
@@ -628,10 +669,155 @@ fn reconcile(st: &mut State) {
     }
 }
 
+/// The container's environment, with ConfigMap references resolved.
+fn container_env(st: &State, ns: &str, container: &Value) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for e in container
+        .get("env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(name) = str_at(e, "/name") else {
+            continue;
+        };
+        let value = match (str_at(e, "/value"), e.pointer("/valueFrom/configMapKeyRef")) {
+            (Some(v), _) => Some(v.to_owned()),
+            (None, Some(r)) => {
+                let cm = str_at(r, "/name").unwrap_or_default();
+                let key = (
+                    "api/v1".to_owned(),
+                    "configmaps".to_owned(),
+                    ns.to_owned(),
+                    cm.to_owned(),
+                );
+                let k = str_at(r, "/key").unwrap_or_default();
+                st.objects
+                    .get(&key)
+                    .and_then(|c| {
+                        c.pointer(&format!(
+                            "/data/{}",
+                            k.replace('~', "~0").replace('/', "~1")
+                        ))
+                    })
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            }
+            _ => None,
+        };
+        if let Some(v) = value {
+            env.push((name.to_owned(), v));
+        }
+    }
+    env
+}
+
+/// Starts the pod's first container as a local process.
+fn exec_pod(
+    st: &mut State,
+    key: &Key,
+    pod: &Value,
+    program: Option<&std::path::Path>,
+) -> std::result::Result<(), String> {
+    let container = pod
+        .pointer("/spec/containers/0")
+        .cloned()
+        .unwrap_or_default();
+    let mut argv: Vec<String> = container
+        .get("command")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .chain(
+            container
+                .get("args")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten(),
+        )
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    if let (Some(p), Some(first)) = (program, argv.first_mut()) {
+        *first = p.display().to_string();
+    }
+    let Some((cmd, args)) = argv.split_first() else {
+        return Err("the container has no command".into());
+    };
+    let log = std::env::temp_dir().join(format!(
+        "harness-fake-pod-{}-{}-{}.log",
+        std::process::id(),
+        key.2,
+        key.3
+    ));
+    let file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+    let err = file.try_clone().map_err(|e| e.to_string())?;
+    let mut command = std::process::Command::new(cmd);
+    command
+        .args(args)
+        .stdout(file)
+        .stderr(err)
+        .stdin(std::process::Stdio::null());
+    for (k, v) in container_env(st, &key.2, &container) {
+        command.env(k, v);
+    }
+    if let Some(index) = pod
+        .pointer("/metadata/annotations/batch.kubernetes.io~1job-completion-index")
+        .and_then(Value::as_str)
+    {
+        command.env("JOB_COMPLETION_INDEX", index);
+    }
+    let child = command.spawn().map_err(|e| format!("{cmd}: {e}"))?;
+    st.procs.insert(key.clone(), (child, log));
+    Ok(())
+}
+
 fn advance_pod(st: &mut State, key: &Key, pod: &Value) {
     let phase = str_at(pod, "/status/phase").unwrap_or("Pending");
     let script = (st.pod_rule)(pod);
     let log_key = (key.2.clone(), key.3.clone());
+    if let PodScript::Exec { program } = &script {
+        let status = match phase {
+            "Pending" => match exec_pod(st, key, pod, program.as_deref()) {
+                Ok(()) => json!({
+                    "phase": "Running",
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                    "containerStatuses": [{"name": "main", "ready": true, "restartCount": 0,
+                                           "state": {"running": {}}}],
+                }),
+                Err(e) => {
+                    st.logs.insert(log_key, format!("exec failed: {e}\n"));
+                    json!({"phase": "Failed", "containerStatuses": [{"name": "main",
+                        "ready": false, "restartCount": 0,
+                        "state": {"terminated": {"exitCode": 127, "reason": "StartError"}}}]})
+                }
+            },
+            "Running" => {
+                let Some((child, log)) = st.procs.get_mut(key) else {
+                    return;
+                };
+                let text = std::fs::read_to_string(&*log).unwrap_or_default();
+                let exited = child.try_wait().ok().flatten();
+                st.logs.insert(log_key, text);
+                match exited {
+                    None => return,
+                    Some(status) => {
+                        let code = status.code().unwrap_or(137);
+                        json!({
+                            "phase": if code == 0 { "Succeeded" } else { "Failed" },
+                            "containerStatuses": [{"name": "main", "ready": false,
+                                "restartCount": 0, "state": {"terminated": {"exitCode": code,
+                                "reason": if code == 0 { "Completed" } else { "Error" }}}}],
+                        })
+                    }
+                }
+            }
+            _ => return,
+        };
+        if let Some(o) = st.objects.get_mut(key) {
+            o["status"] = status;
+        }
+        return;
+    }
     let status = match (&script, phase) {
         (PodScript::Run { logs, .. }, "Pending") => {
             st.logs.insert(log_key, logs.clone());

@@ -243,6 +243,9 @@ impl Experiment {
                 ));
             }
         }
+        if let Err((path, message)) = self.backend.check() {
+            return Err(locate("backend", ConfigError::new(file, path, message)));
+        }
         let mut names = BTreeSet::new();
         for (i, step) in self.steps.iter().enumerate() {
             if !names.insert(step.step_name().to_owned()) {

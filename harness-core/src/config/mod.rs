@@ -471,6 +471,110 @@ pub struct BackendConfig {
     /// The backend kind.
     #[serde(default)]
     pub kind: BackendKind,
+    /// Kubernetes: the namespace of everything the run creates (default `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Kubernetes: the harness image that runs cells in the cluster (`harness agent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Kubernetes: run each cell's steps in a Job next to the model (default true), so no
+    /// load goes through a port-forward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_cluster: Option<bool>,
+    /// Kubernetes: client pods per cell (an Indexed Job; default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<Positive>,
+    /// Kubernetes: the service account of the Jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// Kubernetes: a Secret whose keys become environment variables of the Jobs (object
+    /// store credentials, API keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_secret: Option<String>,
+}
+
+/// The image `harness agent` runs from when `backend.image` is not given.
+pub const DEFAULT_IMAGE: &str =
+    concat!("ghcr.io/harness-bench/harness:", env!("CARGO_PKG_VERSION"));
+
+impl BackendConfig {
+    /// The namespace (Kubernetes).
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+    /// The harness image (Kubernetes).
+    pub fn image(&self) -> &str {
+        self.image.as_deref().unwrap_or(DEFAULT_IMAGE)
+    }
+    /// Whether cells run in the cluster (Kubernetes).
+    pub fn in_cluster(&self) -> bool {
+        self.kind == BackendKind::Kubernetes && self.in_cluster.unwrap_or(true)
+    }
+    /// Client pods per cell.
+    pub fn clients(&self) -> u64 {
+        self.clients.map_or(1, |c| u64::from(c.get()))
+    }
+
+    /// Cross-field rules: Kubernetes settings need the Kubernetes backend; names are
+    /// DNS-1123 labels.
+    pub(crate) fn check(&self) -> std::result::Result<(), (String, String)> {
+        let k8s_fields = [
+            ("namespace", self.namespace.is_some()),
+            ("image", self.image.is_some()),
+            ("in_cluster", self.in_cluster.is_some()),
+            ("clients", self.clients.is_some()),
+            ("service_account", self.service_account.is_some()),
+            ("env_secret", self.env_secret.is_some()),
+        ];
+        if self.kind == BackendKind::Local
+            && let Some((f, _)) = k8s_fields.iter().find(|f| f.1)
+        {
+            return Err((
+                format!("backend.{f}"),
+                "applies to `kind: kubernetes` only".into(),
+            ));
+        }
+        for (field, value) in [
+            ("namespace", &self.namespace),
+            ("service_account", &self.service_account),
+            ("env_secret", &self.env_secret),
+        ] {
+            if let Some(v) = value
+                && !is_dns_label(v)
+            {
+                return Err((
+                    format!("backend.{field}"),
+                    format!(
+                        "`{v}` is not a Kubernetes name (lower-case letters, digits and `-`, at most 63)"
+                    ),
+                ));
+            }
+        }
+        if self
+            .image
+            .as_deref()
+            .is_some_and(|i| i.trim().is_empty() || i.contains(char::is_whitespace))
+        {
+            return Err(("backend.image".into(), "expected an image reference".into()));
+        }
+        if self.clients.is_some_and(|c| c.get() > 256) {
+            return Err((
+                "backend.clients".into(),
+                "at most 256 client pods per cell".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` is a DNS-1123 label.
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// The backend kinds.
@@ -481,6 +585,8 @@ pub enum BackendKind {
     /// Child processes of harness on this machine.
     #[default]
     Local,
+    /// A Kubernetes cluster (kubeconfig or in-cluster configuration).
+    Kubernetes,
 }
 
 /// How much load each cell gets.
