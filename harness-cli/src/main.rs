@@ -179,15 +179,27 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Kubernetes: print the manifests of a run without our controller.
+    /// Kubernetes: print the manifests of a run without our controller, or the CRD.
     #[command(subcommand)]
     K8s(K8sCommand),
+    /// Kubernetes: the controller of `DynamoBenchmark` resources: runs each new one and
+    /// writes its progress and run id into `.status`.
+    Operator {
+        /// The namespace to watch (default: the client's).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Seconds between looks for new resources.
+        #[arg(long, default_value_t = 5)]
+        interval: u64,
+    },
     /// Serve the mock OpenAI-compatible server (for demos, tests and client measurements).
     Mock(MockArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum K8sCommand {
+    /// Print the `DynamoBenchmark` CustomResourceDefinition (generated from the code).
+    Crd,
     /// Print the manifests of an experiment's in-cluster run: RBAC, and a ConfigMap and a
     /// Job per cell.
     Render {
@@ -321,6 +333,31 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         } => {
             plain_logs();
             return agent(&run, &cell, &endpoint, experiment.as_deref(), &store).await;
+        }
+        Command::K8s(K8sCommand::Crd) => {
+            use kube::CustomResourceExt;
+            let crd = harness_k8s::crd::DynamoBenchmark::crd();
+            let v = serde_json::to_value(&crd).map_err(|e| Error::failed("CRD", e.to_string()))?;
+            say!("{}", harness_k8s::incluster::to_yaml(&[v]).trim_end());
+        }
+        Command::Operator {
+            namespace,
+            interval,
+        } => {
+            plain_logs();
+            let client = kube_client().await?;
+            let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+            let operator = harness_k8s::operator::Operator::new(client, &ns, operator_run_fn());
+            let cancel = CancellationToken::new();
+            let stop = cancel.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                stop.cancel();
+            });
+            eprintln!("operator: watching DynamoBenchmarks in namespace {ns}");
+            operator
+                .run(std::time::Duration::from_secs(interval.max(1)), &cancel)
+                .await;
         }
         Command::K8s(K8sCommand::Render {
             experiment,
@@ -646,6 +683,83 @@ fn build_pipeline(exp: &Experiment, file: &str, store_url: &str) -> Result<Pipel
         );
     }
     builder.build()
+}
+
+/// A Kubernetes client from the kubeconfig or the pod's service account.
+async fn kube_client() -> Result<kube::Client, Error> {
+    kube::Client::try_default().await.map_err(|e| {
+        Error::failed(
+            "connecting to Kubernetes (kubeconfig or in-cluster)",
+            e.to_string(),
+        )
+    })
+}
+
+/// The backend the experiment asks for.
+async fn backend_for(
+    exp: &Experiment,
+    run_id: &str,
+    store_url: &str,
+    local: &LocalBackend,
+) -> Result<Arc<dyn Backend>, Error> {
+    Ok(match exp.backend.kind {
+        harness_core::config::BackendKind::Kubernetes => {
+            if exp.backend.in_cluster() && !harness_storage::is_remote(store_url) {
+                tracing::warn!(
+                    "cells run in the cluster but the store {store_url} is local: the agents cannot reach it; use s3://, gs:// or az://"
+                );
+            }
+            Arc::new(
+                harness_k8s::K8sBackend::new(kube_client().await?, exp.backend.namespace()).label(
+                    "harness.dev/run",
+                    harness_k8s::incluster::dns_label_of(run_id),
+                ),
+            )
+        }
+        _ => Arc::new(local.clone()),
+    })
+}
+
+/// How the operator runs a `DynamoBenchmark`: as `harness run` would, with the resource's
+/// store, reporting to the operator.
+fn operator_run_fn() -> harness_k8s::operator::RunFn {
+    Arc::new(|req: harness_k8s::operator::RunRequest| {
+        Box::pin(async move {
+            let args = StoreArgs {
+                store: req.store.clone(),
+                store_opts: Vec::new(),
+            };
+            let exp = Arc::new(req.experiment);
+            let (store, spool) = open_run_store(&args, &exp.storage).await?;
+            let url = store_url(&args, Some(&exp.storage));
+            let pipeline = build_pipeline(&exp, "DynamoBenchmark", &url)?;
+            let local = LocalBackend::new()?;
+            let backend = backend_for(&exp, &req.run_id, &url, &local).await?;
+            let run = RunContext::new(
+                req.run_id,
+                exp.clone(),
+                backend,
+                store,
+                CancellationToken::new(),
+            )?;
+            let report = Runner::new(pipeline)
+                .reporter(req.reporter)
+                .reporter(Arc::new(TracingReporter))
+                .run(&run, &exp.plan()?, RunMode::New { input: None })
+                .await?;
+            if let Some(spool) = spool {
+                let flushed = spool.flush().await;
+                if flushed.remaining > 0 {
+                    tracing::warn!(
+                        remaining = flushed.remaining,
+                        errors = ?flushed.errors,
+                        "results wait in the spool; `harness push` uploads them"
+                    );
+                }
+            }
+            Ok(report.status)
+        })
+    })
 }
 
 /// `harness agent`: one cell's steps, results into an existing run.

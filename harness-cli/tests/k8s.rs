@@ -12,8 +12,29 @@ use common::*;
 use harness_core::{
     Backend, CancellationToken, Experiment, Pipeline, RunContext, RunMode, RunStatus, Runner,
 };
+use harness_k8s::operator::{Operator, RunFn, RunRequest};
 use harness_k8s::testkit::{FakeApiServer, PodScript};
 use harness_k8s::{InClusterStep, K8sBackend};
+use serde_json::json;
+
+/// A cluster whose Job pods run `harness agent` from this build.
+fn cluster() -> FakeApiServer {
+    let fake = FakeApiServer::new();
+    fake.on_pod(|_| PodScript::Exec {
+        program: Some(env!("CARGO_BIN_EXE_harness").into()),
+    });
+    fake
+}
+
+/// The controlling side of an in-cluster run, as `harness run` builds it.
+fn in_cluster_pipeline(exp: &Experiment, store_url: &str) -> Pipeline {
+    let program = std::path::PathBuf::from(env!("CARGO_BIN_EXE_harness"));
+    Pipeline::builder()
+        .deployment(harness_llm::deployment_steps(exp, &program).expect("deployment"))
+        .per_cell(InClusterStep::new(store_url))
+        .build()
+        .expect("pipeline")
+}
 
 /// A free port on loopback.
 fn free_port() -> u16 {
@@ -64,22 +85,13 @@ async fn an_in_cluster_sweep_is_stored_and_read_like_a_local_run() {
     let exp = Arc::new(Experiment::from_yaml_str(&yaml, "incluster.yaml").expect("experiment"));
     assert!(exp.backend.in_cluster());
 
-    // The cluster: Job pods run `harness agent` from this build.
-    let fake = FakeApiServer::new();
-    fake.on_pod(|_| PodScript::Exec {
-        program: Some(env!("CARGO_BIN_EXE_harness").into()),
-    });
+    let fake = cluster();
     let run_id = "20261128-000000-abcd";
     let backend: Arc<dyn Backend> =
         Arc::new(K8sBackend::new(fake.client(), "bench").label("harness.dev/run", run_id));
     let store_url = format!("file://{}", d.join("runs").display());
     let store = harness_storage::open(&store_url).expect("store");
-    let program = std::path::PathBuf::from(env!("CARGO_BIN_EXE_harness"));
-    let pipeline = Pipeline::builder()
-        .deployment(harness_llm::deployment_steps(&exp, &program).expect("deployment"))
-        .per_cell(InClusterStep::new(&store_url))
-        .build()
-        .expect("pipeline");
+    let pipeline = in_cluster_pipeline(&exp, &store_url);
     let run = RunContext::new(
         run_id,
         exp.clone(),
@@ -230,5 +242,206 @@ fn render_prints_rbac_and_a_configmap_and_job_per_cell() {
         text(&out.stderr).contains("backend.namespace") && text(&out.stderr).contains("kubernetes"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_reconciles_a_dynamo_benchmark_to_a_completed_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let port = free_port();
+    let _mock = Mock(
+        std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+            .args([
+                "mock",
+                "--port",
+                &port.to_string(),
+                "--ttft-ms",
+                "2",
+                "--itl-ms",
+                "1",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mock"),
+    );
+    let fake = cluster();
+    let store_url = format!("file://{}", d.join("runs").display());
+    let experiment = json!({
+        "name": "operator",
+        "model": {"name": "harness-mock"},
+        "concurrency": [1, 2, 4],
+        "benchmark": {"isl_osl": [[32, 4]]},
+        "deployment": {"url": format!("http://127.0.0.1:{port}"), "health": "/health"},
+        "backend": {"kind": "kubernetes", "namespace": "bench", "image": "harness:test"},
+        "load": {"requests": 4},
+    });
+    let resource = |name: &str, experiment: serde_json::Value| {
+        json!({
+            "apiVersion": "harness.dev/v1alpha1", "kind": "DynamoBenchmark",
+            "metadata": {"name": name, "namespace": "bench", "uid": format!("uid-{name}")},
+            "spec": {"experiment": experiment, "store": store_url},
+        })
+    };
+    fake.insert(
+        "apis/harness.dev/v1alpha1",
+        "dynamobenchmarks",
+        resource("sweep", experiment),
+    );
+    // No concurrency or request rate: invalid, with the reason in the status.
+    fake.insert(
+        "apis/harness.dev/v1alpha1",
+        "dynamobenchmarks",
+        resource(
+            "broken",
+            json!({"name": "broken", "model": {"name": "m"}, "benchmark": {"isl_osl": [[8, 8]]}}),
+        ),
+    );
+
+    // The run function: what `harness operator` does, on this fake cluster.
+    let f = fake.clone();
+    let run: RunFn = std::sync::Arc::new(move |req: RunRequest| {
+        let f = f.clone();
+        Box::pin(async move {
+            let exp = Arc::new(req.experiment);
+            let url = req.store.clone().expect("the resource names a store");
+            let store = harness_storage::open(&url).expect("store");
+            let backend: Arc<dyn Backend> =
+                Arc::new(K8sBackend::new(f.client(), "bench").label("harness.dev/run", "op"));
+            let run = RunContext::new(
+                req.run_id,
+                exp.clone(),
+                backend,
+                store,
+                CancellationToken::new(),
+            )?;
+            let report = Runner::new(in_cluster_pipeline(&exp, &url))
+                .reporter(req.reporter)
+                .run(&run, &exp.plan()?, RunMode::New { input: None })
+                .await?;
+            Ok(report.status)
+        })
+    });
+    let operator = Operator::new(fake.client(), "bench", run);
+    assert_eq!(operator.reconcile_once().await.expect("reconcile"), 1);
+    operator.wait_idle().await;
+    assert_eq!(
+        operator.reconcile_once().await.expect("reconcile"),
+        0,
+        "a resource runs once"
+    );
+
+    let status = |name: &str| {
+        fake.objects("dynamobenchmarks")
+            .into_iter()
+            .find(|o| o["metadata"]["name"] == name)
+            .map(|o| o["status"].clone())
+            .expect("resource")
+    };
+    let s = status("sweep");
+    assert_eq!(s["phase"], "Succeeded", "{s}");
+    assert_eq!(
+        (s["cellsTotal"].as_u64(), s["cellsDone"].as_u64()),
+        (Some(3), Some(3)),
+        "{s}"
+    );
+    assert_eq!(s["cellsFailed"], 0);
+    let run_id = s["runId"].as_str().expect("run id").to_owned();
+    // Progress was written as the cells finished, not only at the end.
+    let patches = fake
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.starts_with(
+                "PATCH /apis/harness.dev/v1alpha1/namespaces/bench/dynamobenchmarks/sweep/status",
+            )
+        })
+        .count();
+    assert!(patches >= 5, "Running, 3 cells, the end: {patches}");
+    let b = status("broken");
+    assert_eq!(b["phase"], "Invalid", "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("concurrency")),
+        "{b}"
+    );
+
+    // The run is in the store like any other.
+    let shown = harness(d, &["show", &run_id, "--store", &store_url, "--json"]);
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    assert_eq!(v["cells"].as_array().map(Vec::len), Some(3));
+}
+
+#[test]
+fn the_helm_chart_carries_the_generated_crd_and_the_same_rbac() {
+    let out = harness(&repo(), &["k8s", "crd"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let chart = repo().join("deploy/helm/harness");
+    let crd = std::fs::read_to_string(chart.join("crds/dynamobenchmarks.harness.dev.yaml"))
+        .expect("chart CRD");
+    assert_eq!(
+        text(&out.stdout).trim_end(),
+        crd.trim_end(),
+        "the chart's CRD differs from the code's: harness k8s crd > deploy/helm/harness/crds/dynamobenchmarks.harness.dev.yaml"
+    );
+    let role = std::fs::read_to_string(chart.join("templates/role.yaml")).expect("role");
+    let role = &harness_k8s::parse_manifests(&role, "role.yaml").expect("role yaml")[0];
+    let rbac = harness_k8s::render::rbac("x");
+    assert_eq!(
+        role["rules"], rbac[1]["rules"],
+        "chart and `k8s render` grant the same"
+    );
+    let operator =
+        std::fs::read_to_string(chart.join("templates/operator.yaml")).expect("operator");
+    assert!(operator.contains(r#"command: ["harness", "operator", "--namespace""#));
+}
+
+#[test]
+fn the_crd_schema_accepts_the_example_and_rejects_broken_specs() {
+    let text = std::fs::read_to_string(repo().join("deploy/examples/dynamobenchmark.yaml"))
+        .expect("example");
+    let example = harness_k8s::parse_manifests(&text, "example").expect("yaml")[0].clone();
+    harness_k8s::crd::check(&example).expect("the example is valid");
+    let typed: harness_k8s::crd::DynamoBenchmark =
+        serde_json::from_value(example.clone()).expect("typed");
+    let exp = Experiment::from_json(&typed.spec.experiment, "example").expect("experiment");
+    assert_eq!(exp.plan().expect("plan").len(), 8);
+
+    for (pointer, value, expect) in [
+        (
+            "/spec/experiment/model",
+            json!(null),
+            ".spec.experiment.model: must not be null",
+        ),
+        (
+            "/spec/experiment/concurrency",
+            json!([0, 8]),
+            ".spec.experiment.concurrency[0]: 0 is below",
+        ),
+        (
+            "/spec/experiment",
+            json!("sweep.yaml"),
+            ".spec.experiment: expected object",
+        ),
+        (
+            "/spec/experiment/request_rate",
+            json!([0.0]),
+            ".spec.experiment.request_rate[0]: 0 is below",
+        ),
+    ] {
+        let mut broken = example.clone();
+        let (parent, key) = pointer.rsplit_once('/').expect("pointer");
+        broken.pointer_mut(parent).expect("parent")[key] = value;
+        let e = harness_k8s::crd::check(&broken).expect_err(expect);
+        assert!(e.starts_with(expect), "{expect}: {e}");
+    }
+    let mut no_spec = example.clone();
+    no_spec.as_object_mut().expect("object").remove("spec");
+    assert_eq!(
+        harness_k8s::crd::check(&no_spec),
+        Err(".spec: required".into())
     );
 }

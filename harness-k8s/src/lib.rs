@@ -6,6 +6,7 @@
 //!   teardown by label.
 //! * [`incluster`]: cells run as Jobs next to the model (`harness agent`), results written
 //!   to the run's object store and folded into the run.
+//! * [`crd`] and [`operator`]: the `DynamoBenchmark` custom resource and its controller.
 //! * [`testkit`] (feature `testkit`): a fake API server behind a real `kube::Client`, with
 //!   simulated controllers, for tests.
 //!
@@ -20,7 +21,9 @@
 //! ```
 
 mod backend;
+pub mod crd;
 pub mod incluster;
+pub mod operator;
 pub mod render;
 #[cfg(feature = "testkit")]
 pub mod testkit;
