@@ -202,6 +202,20 @@ pub fn deployment_steps(exp: &Experiment) -> Result<DeploymentSteps> {
             }
             Ok(DeploymentSteps::for_workload(spec, ready))
         }
+        DeploymentConfig::Manifests { manifests, .. } => {
+            let yaml = exp
+                .deployment
+                .manifests_yaml()
+                .unwrap_or_else(|| Ok(String::new()))
+                .map_err(|e| {
+                    Error::invalid(
+                        "deployment.manifests",
+                        format!("cannot read `{manifests}`: {e}"),
+                    )
+                })?;
+            let spec = WorkloadSpec::manifests("deployment", yaml).serving(0, Readiness::Running);
+            Ok(DeploymentSteps::for_workload(spec, ready))
+        }
         DeploymentConfig::Mock(_) => Err(Error::NotSupported {
             what: "starting the mock deployment from harness-core; \
                    `harness_llm::deployment_steps` starts it"

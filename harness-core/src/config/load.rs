@@ -246,6 +246,18 @@ impl Experiment {
         if let Err((path, message)) = self.backend.check() {
             return Err(locate("backend", ConfigError::new(file, path, message)));
         }
+        if matches!(self.deployment, super::Deployment::Manifests { .. })
+            && self.backend.kind != super::BackendKind::Kubernetes
+        {
+            return Err(locate(
+                "deployment",
+                ConfigError::new(
+                    file,
+                    "deployment.manifests",
+                    "Kubernetes manifests need `backend: {kind: kubernetes}`",
+                ),
+            ));
+        }
         let mut names = BTreeSet::new();
         for (i, step) in self.steps.iter().enumerate() {
             if !names.insert(step.step_name().to_owned()) {

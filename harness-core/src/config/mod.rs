@@ -169,6 +169,15 @@ pub enum Deployment {
     /// The built-in mock OpenAI server (harness-llm), started as a local process: for
     /// demos, tests and measuring the client itself.
     Mock(MockDeployment),
+    /// Kubernetes manifests that harness applies, waits for and deletes at the end (a Dynamo
+    /// `DynamoGraphDeployment`, or a Deployment and Service of vLLM or SGLang); needs
+    /// `backend.kind: kubernetes`.
+    Manifests {
+        /// A YAML file's path, or the YAML itself (text with a newline).
+        manifests: String,
+        /// GPUs serving the model (all replicas), for per-GPU throughput.
+        gpus: Option<u32>,
+    },
 }
 
 /// The mock OpenAI server's behaviour: timing, output length and injected faults.
@@ -332,6 +341,8 @@ struct RawDeployment {
     mock: Option<MockDeployment>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     gpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    manifests: Option<String>,
 }
 
 impl Deployment {
@@ -341,6 +352,21 @@ impl Deployment {
             Deployment::Url { gpus, .. } => *gpus,
             Deployment::Command(c) => c.gpus,
             Deployment::Mock(_) => None,
+            Deployment::Manifests { gpus, .. } => *gpus,
+        }
+    }
+
+    /// The manifests' YAML: the text itself, or the file's contents (read now).
+    ///
+    /// # Errors
+    /// When the file cannot be read; `None` for other deployments.
+    pub fn manifests_yaml(&self) -> Option<std::io::Result<String>> {
+        match self {
+            Deployment::Manifests { manifests, .. } if manifests.contains('\n') => {
+                Some(Ok(manifests.clone()))
+            }
+            Deployment::Manifests { manifests, .. } => Some(std::fs::read_to_string(manifests)),
+            _ => None,
         }
     }
 }
@@ -357,6 +383,27 @@ impl TryFrom<RawDeployment> for Deployment {
         }
         if r.gpus == Some(0) {
             return Err("deployment.gpus must be at least 1; leave it out when unknown".into());
+        }
+        if let Some(manifests) = r.manifests {
+            if r.url.is_some() || r.command.is_some() || r.mock.is_some() {
+                return Err(
+                    "deployment takes one of `url`, `command`, `mock` or `manifests`".into(),
+                );
+            }
+            if r.port.is_some() || !r.env.is_empty() || r.cwd.is_some() || r.health.is_some() {
+                return Err(
+                    "deployment.port, env, cwd and health apply to `command`, not to `manifests` \
+                     (readiness comes from the objects' status)"
+                        .into(),
+                );
+            }
+            if manifests.trim().is_empty() {
+                return Err("deployment.manifests needs a file or YAML text".into());
+            }
+            return Ok(Deployment::Manifests {
+                manifests,
+                gpus: r.gpus,
+            });
         }
         if let Some(mock) = r.mock {
             if r.gpus.is_some() {
@@ -438,6 +485,11 @@ impl From<Deployment> for RawDeployment {
             },
             Deployment::Mock(m) => RawDeployment {
                 mock: Some(m),
+                ..Default::default()
+            },
+            Deployment::Manifests { manifests, gpus } => RawDeployment {
+                manifests: Some(manifests),
+                gpus,
                 ..Default::default()
             },
         }
