@@ -176,6 +176,10 @@ enum Command {
         /// The experiment file or JSON (default: `$HARNESS_EXPERIMENT`).
         #[arg(long)]
         experiment: Option<PathBuf>,
+        /// Clients sharing the cell's load (an Indexed Job); this one is
+        /// `$JOB_COMPLETION_INDEX`.
+        #[arg(long)]
+        clients: Option<u32>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -329,10 +333,27 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
             cell,
             endpoint,
             experiment,
+            clients,
             store,
         } => {
             plain_logs();
-            return agent(&run, &cell, &endpoint, experiment.as_deref(), &store).await;
+            let shard = match clients.filter(|c| *c > 1) {
+                Some(count) => {
+                    let index = std::env::var("JOB_COMPLETION_INDEX")
+                        .ok()
+                        .and_then(|i| i.parse::<u32>().ok())
+                        .filter(|i| *i < count)
+                        .ok_or_else(|| {
+                            Error::invalid(
+                                "--clients",
+                                "needs $JOB_COMPLETION_INDEX (0 to clients-1), as an Indexed Job sets it",
+                            )
+                        })?;
+                    Some(harness_core::Shard { index, count })
+                }
+                None => None,
+            };
+            return agent(&run, &cell, &endpoint, experiment.as_deref(), shard, &store).await;
         }
         Command::K8s(K8sCommand::Crd) => {
             use kube::CustomResourceExt;
@@ -768,6 +789,7 @@ async fn agent(
     cell_id: &str,
     endpoint: &str,
     experiment: Option<&Path>,
+    shard: Option<harness_core::Shard>,
     store_args: &StoreArgs,
 ) -> Result<ExitCode, Error> {
     let exp = match experiment {
@@ -801,7 +823,7 @@ async fn agent(
         CancellationToken::new(),
     )?;
     let endpoint = harness_core::Endpoint::new(endpoint)?;
-    let report = harness_k8s::run_agent(&run, Arc::new(cell), endpoint, &steps, 0).await?;
+    let report = harness_k8s::run_agent(&run, Arc::new(cell), endpoint, &steps, shard).await?;
     for s in &report.steps {
         match &s.error {
             None => say!("{}: ok", s.step),

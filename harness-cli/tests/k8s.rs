@@ -54,6 +54,16 @@ impl Drop for Mock {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_cluster_sweep_is_stored_and_read_like_a_local_run() {
+    in_cluster_sweep(1).await;
+}
+
+/// Two client pods per cell (an Indexed Job): each sends half the load, the records merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_per_cell_share_the_load_and_their_records_merge() {
+    in_cluster_sweep(2).await;
+}
+
+async fn in_cluster_sweep(clients: u32) {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let port = free_port();
@@ -79,7 +89,7 @@ async fn an_in_cluster_sweep_is_stored_and_read_like_a_local_run() {
          concurrency: [1, 2]\n\
          benchmark: {{isl_osl: [[64, 8]]}}\n\
          deployment: {{url: http://127.0.0.1:{port}, health: /health}}\n\
-         backend: {{kind: kubernetes, namespace: bench, image: harness:test}}\n\
+         backend: {{kind: kubernetes, namespace: bench, image: harness:test, clients: {clients}}}\n\
          load: {{requests: 8}}\n"
     );
     let exp = Arc::new(Experiment::from_yaml_str(&yaml, "incluster.yaml").expect("experiment"));
@@ -138,6 +148,9 @@ async fn an_in_cluster_sweep_is_stored_and_read_like_a_local_run() {
     let log = std::fs::read_to_string(cell_dir.join("artifacts/in-cluster/agent.log"))
         .expect("agent.log");
     assert!(log.contains("benchmark: ok"), "{log}");
+    if clients > 1 {
+        assert!(log.contains("==> pod"), "both pods' logs: {log}");
+    }
 
     // `harness show` and `harness report` read it like any run.
     let shown = harness(d, &["show", run_id, "--store", &store_url, "--json"]);

@@ -41,6 +41,31 @@ impl Endpoint {
     }
 }
 
+/// This process is one of several clients sharing a cell's load (an Indexed Job's pod):
+/// load-generating steps send `1/count` of it and write their records as a shard, which the
+/// controlling side merges. Put it in the run's [`Resources`](crate::Resources).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    /// This client, from 0.
+    pub index: u32,
+    /// Clients in all (at least 1).
+    pub count: u32,
+}
+
+impl Shard {
+    /// This client's part of `n` (concurrency, requests): `n / count`, plus one for the first
+    /// `n % count` clients, so the parts add up to `n`.
+    ///
+    /// ```
+    /// let parts: Vec<u64> = (0..3).map(|i| harness_core::Shard { index: i, count: 3 }.part(8)).collect();
+    /// assert_eq!(parts, [3, 3, 2]);
+    /// ```
+    pub fn part(&self, n: u64) -> u64 {
+        let count = u64::from(self.count.max(1));
+        n / count + u64::from(u64::from(self.index) < n % count)
+    }
+}
+
 /// How a backend tells that a workload is ready.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]

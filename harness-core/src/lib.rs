@@ -58,7 +58,7 @@ pub mod store;
 pub mod testkit;
 
 pub use backend::{
-    Backend, BackendExt, Endpoint, Readiness, Workload, WorkloadSpec, WorkloadStatus,
+    Backend, BackendExt, Endpoint, Readiness, Shard, Workload, WorkloadSpec, WorkloadStatus,
 };
 pub use config::{ConfigError, Experiment, Stage, StepSpec};
 pub use error::{BoxError, Error, Result};

@@ -82,6 +82,13 @@ impl StepOutput {
         self
     }
 
+    /// The same output without its metrics.
+    #[must_use]
+    pub fn clear_metrics(mut self) -> Self {
+        self.metrics.clear();
+        self
+    }
+
     /// Adds everything `other` reports (its metrics win on equal names).
     #[must_use]
     pub fn merge(mut self, other: StepOutput) -> Self {

@@ -331,6 +331,11 @@ impl RunLayout {
     pub fn cell_records(&self, cell: &CellId) -> ArtifactKey {
         self.key(&format!("cells/{cell}/records.parquet"))
     }
+    /// The records of client `shard` of a cell run by several clients
+    /// (`cells/<cell>/shards/<shard>.parquet`), merged into [`RunLayout::cell_records`].
+    pub fn cell_shard_records(&self, cell: &CellId, shard: u32) -> ArtifactKey {
+        self.key(&format!("cells/{cell}/shards/{shard}.parquet"))
+    }
     /// A cell's full statistics (`stats.json`, harness-analytics' `CellStats`).
     pub fn cell_stats(&self, cell: &CellId) -> ArtifactKey {
         self.key(&format!("cells/{cell}/stats.json"))

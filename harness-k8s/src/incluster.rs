@@ -16,8 +16,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use harness_core::config::BackendConfig;
 use harness_core::{
-    ArtifactStoreExt, BackendExt, Cell, Endpoint, Error, Experiment, Result, RunContext, Stage,
-    Step, StepContext, StepOutput, WorkloadSpec,
+    ArtifactStoreExt, BackendExt, Cell, Endpoint, Error, Experiment, Result, RunContext, Shard,
+    Stage, Step, StepContext, StepOutput, WorkloadSpec,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -58,20 +58,28 @@ fn report_key(run: &RunContext, cell: &Cell, shard: u32) -> Result<harness_core:
 }
 
 /// Runs `steps` for `cell` against `endpoint`, as the Job's container does, and stores the
-/// [`AgentReport`]. Stops at the first failing step.
+/// [`AgentReport`]. Stops at the first failing step. As client `shard.index` of
+/// `shard.count`, it first waits until every client is up (each leaves a marker in the
+/// store), so their load starts together, and load steps send this client's part.
 ///
 /// # Errors
-/// When the report cannot be stored; a failing step is reported in it, not returned.
+/// When the report cannot be stored, or the other clients do not come up within
+/// `policy.ready_timeout`; a failing step is reported in the report, not returned.
 pub async fn run_agent(
     run: &RunContext,
     cell: Arc<Cell>,
     endpoint: Endpoint,
     steps: &[Arc<dyn Step>],
-    shard: u32,
+    shard: Option<Shard>,
 ) -> Result<AgentReport> {
     run.resources().insert(endpoint);
+    if let Some(s) = shard {
+        run.resources().insert(s);
+        barrier(run, &cell, s).await?;
+    }
+    let index = shard.map_or(0, |s| s.index);
     let mut report = AgentReport {
-        shard,
+        shard: index,
         steps: Vec::new(),
     };
     for step in steps {
@@ -89,9 +97,34 @@ pub async fn run_agent(
             break;
         }
     }
-    let key = report_key(run, &cell, shard)?;
+    let key = report_key(run, &cell, index)?;
     run.store().put_json(&key, &report).await?;
     Ok(report)
+}
+
+/// Waits until all `shard.count` clients of `cell` have left their marker.
+async fn barrier(run: &RunContext, cell: &Cell, shard: Shard) -> Result<()> {
+    let dir = run
+        .layout()
+        .cell_artifact(&cell.id, IN_CLUSTER, "clients")?;
+    let mine = dir.join(&format!("{}.ready", shard.index))?;
+    run.store()
+        .put(&mine, bytes::Bytes::from_static(b"ready"))
+        .await?;
+    let deadline = tokio::time::Instant::now() + run.experiment().policy.ready_timeout.get();
+    loop {
+        let up = run.store().list(&dir).await?.len() as u32;
+        if up >= shard.count {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline || run.cancel().is_cancelled() {
+            return Err(Error::failed(
+                format!("client {} of cell `{}`", shard.index, cell.id),
+                format!("only {up} of {} clients came up", shard.count),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Everything one cell's Job needs.
@@ -287,6 +320,11 @@ impl Step for InClusterStep {
         }
         finished?;
         teardown?;
+        if clients > 1 {
+            out = merge_shards(cx, &cell, clients)
+                .await?
+                .merge(out.clear_metrics());
+        }
         Ok(out)
     }
 }
@@ -294,4 +332,67 @@ impl Step for InClusterStep {
 /// `s` as a DNS-1123 label (at most 63 characters), as used for the `harness.dev/run` label.
 pub fn dns_label_of(s: &str) -> String {
     dns_label(s, 63)
+}
+
+/// Merges the records the clients of `cell` wrote as shards into the cell's records and
+/// statistics, as if one client had sent all the load; returns the headline metrics.
+async fn merge_shards(cx: &StepContext, cell: &Cell, clients: u32) -> Result<StepOutput> {
+    let layout = cx.run().layout();
+    let mut all = Vec::new();
+    let mut found = 0;
+    for i in 0..clients {
+        let key = layout.cell_shard_records(&cell.id, i);
+        let bytes = match cx.store().get(&key).await {
+            Ok(b) => b,
+            // A client without a share of the concurrency sent nothing.
+            Err(Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        found += 1;
+        let records = tokio::task::spawn_blocking(move || {
+            let batch = harness_analytics::io::from_parquet(bytes)?;
+            harness_analytics::table::records_from_batch(&batch)
+        })
+        .await
+        .map_err(|e| Error::failed("reading shard records", e.to_string()))??;
+        all.extend(records);
+    }
+    if found == 0 {
+        return Err(Error::failed(
+            format!("in-cluster cell `{}`", cell.id),
+            "no client wrote records",
+        ));
+    }
+    // Clients started together (the barrier); order by start and number them again.
+    all.sort_by_key(|r| r.start_ns);
+    for (i, r) in all.iter_mut().enumerate() {
+        r.index = i as u64;
+    }
+    let exp = cx.experiment();
+    let slo = harness_analytics::Slo::new(
+        exp.slo.ttft.map(|d| d.get().as_secs_f64() * 1e3),
+        exp.slo.itl.map(|d| d.get().as_secs_f64() * 1e3),
+        exp.slo.request_latency.map(|d| d.get().as_secs_f64() * 1e3),
+    );
+    let (stats, parquet) = tokio::task::spawn_blocking(move || {
+        let batch = harness_analytics::table::records_batch(&all)?;
+        let stats = harness_analytics::CellStats::of_batch(&batch, &slo)?;
+        Ok::<_, harness_analytics::Error>((stats, harness_analytics::io::to_parquet(&batch)?))
+    })
+    .await
+    .map_err(|e| Error::failed("merging shard records", e.to_string()))??;
+    let records_key = layout.cell_records(&cell.id);
+    cx.store().put(&records_key, parquet).await?;
+    let stats_key = layout.cell_stats(&cell.id);
+    cx.store().put_json(&stats_key, &stats).await?;
+    let mut out = StepOutput::new()
+        .artifact(records_key)
+        .artifact(stats_key)
+        .note(format!(
+            "{found} of {clients} clients sent load; their records are merged"
+        ));
+    for (k, v) in stats.headline_metrics() {
+        out = out.metric(k, v);
+    }
+    Ok(out.metric("clients", f64::from(clients)))
 }

@@ -107,8 +107,32 @@ impl Step for BenchmarkStep {
                 .ok_or_else(|| Error::failed("benchmark", format!("the cell has no `{name}`")))
         };
         let (isl, osl) = (need("isl")?, need("osl")?);
-        let concurrency = int_param(cx, "concurrency").and_then(|v| u32::try_from(v).ok());
-        let rate = cell.param("request_rate").and_then(|v| v.as_f64());
+        let mut concurrency = int_param(cx, "concurrency").and_then(|v| u32::try_from(v).ok());
+        let mut rate = cell.param("request_rate").and_then(|v| v.as_f64());
+        // One of several clients of the cell: send this client's part of the load.
+        let mut shard = cx.resources().get::<harness_core::Shard>().map(|s| *s);
+        if let Some(s) = &mut shard {
+            // With fewer slots than clients, only the first `concurrency` clients send, and
+            // the requests are split among them.
+            if let Some(c) = concurrency {
+                s.count = s.count.min(c.max(1));
+            }
+            concurrency = concurrency.map(|c| {
+                if s.index < s.count {
+                    s.part(u64::from(c)) as u32
+                } else {
+                    0
+                }
+            });
+            rate = rate.map(|r| r / f64::from(s.count.max(1)));
+            if concurrency == Some(0) {
+                return Ok(StepOutput::new().note(format!(
+                    "client {} has no share of concurrency {}",
+                    s.index,
+                    int_param(cx, "concurrency").unwrap_or_default()
+                )));
+            }
+        }
         // Building the synthesiser reads a tokenizer (tens of MB): off the async workers,
         // once per step.
         let key = synth_key(exp.tokenizer.as_ref());
@@ -166,12 +190,20 @@ impl Step for BenchmarkStep {
             concurrency,
             rate,
             arrival: load.arrival,
-            requests: load.requests.map(|r| u64::from(r.get())),
+            requests: load
+                .requests
+                .map(|r| shard.map_or(u64::from(r.get()), |s| s.part(u64::from(r.get())))),
             duration: load.duration.map(|d| d.get()),
-            warmup: u64::from(load.warmup_requests),
+            warmup: shard.map_or(u64::from(load.warmup_requests), |s| {
+                s.part(u64::from(load.warmup_requests))
+            }),
             isl,
             osl,
-            seed: load.seed ^ (cell.index as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+            seed: load.seed
+                ^ (cell.index as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)
+                ^ shard.map_or(0, |s| {
+                    u64::from(s.index).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                }),
             isl_stddev: load.isl_stddev.unwrap_or(0.0),
             osl_stddev: load.osl_stddev.unwrap_or(0.0),
             dataset,
@@ -232,10 +264,16 @@ pub(crate) async fn store_records(
     .await
     .map_err(|e| Error::failed("summarising the records", e.to_string()))??;
     let layout = cx.run().layout();
-    let records_key = layout.cell_records(&cell);
+    // A client of several writes its shard; the controlling side merges them.
+    let shard = cx.resources().get::<harness_core::Shard>().map(|s| *s);
+    let (records_key, summary_key) = match shard {
+        Some(s) => (layout.cell_shard_records(&cell, s.index), None),
+        None => (layout.cell_records(&cell), Some(layout.cell_stats(&cell))),
+    };
     cx.store().put(&records_key, parquet).await?;
-    let summary_key = layout.cell_stats(&cell);
-    cx.store().put_json(&summary_key, &summary).await?;
+    if let Some(key) = &summary_key {
+        cx.store().put_json(key, &summary).await?;
+    }
     if summary.succeeded == 0 {
         let first = records
             .iter()
@@ -250,9 +288,10 @@ pub(crate) async fn store_records(
             ),
         ));
     }
-    let mut out = StepOutput::new()
-        .artifact(records_key)
-        .artifact(summary_key);
+    let mut out = StepOutput::new().artifact(records_key);
+    if let Some(key) = summary_key {
+        out = out.artifact(key);
+    }
     for (k, v) in summary.headline_metrics() {
         out = out.metric(k, v);
     }
