@@ -44,7 +44,23 @@ fn free_port() -> u16 {
         .expect("port")
 }
 
+/// The mock server as a process on a free port, killed when dropped.
 struct Mock(std::process::Child);
+
+impl Mock {
+    fn start(ttft_ms: u32) -> (Mock, u16) {
+        let port = free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+            .args(["mock", "--port", &port.to_string(), "--itl-ms", "1"])
+            .args(["--ttft-ms", &ttft_ms.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mock");
+        (Mock(child), port)
+    }
+}
+
 impl Drop for Mock {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -66,23 +82,7 @@ async fn two_clients_per_cell_share_the_load_and_their_records_merge() {
 async fn in_cluster_sweep(clients: u32) {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let port = free_port();
-    let _mock = Mock(
-        std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
-            .args([
-                "mock",
-                "--port",
-                &port.to_string(),
-                "--ttft-ms",
-                "5",
-                "--itl-ms",
-                "1",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("mock"),
-    );
+    let (_mock, port) = Mock::start(5);
     let yaml = format!(
         "name: incluster\n\
          model: {{name: harness-mock}}\n\
@@ -262,23 +262,7 @@ fn render_prints_rbac_and_a_configmap_and_job_per_cell() {
 async fn the_operator_reconciles_a_dynamo_benchmark_to_a_completed_status() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let port = free_port();
-    let _mock = Mock(
-        std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
-            .args([
-                "mock",
-                "--port",
-                &port.to_string(),
-                "--ttft-ms",
-                "2",
-                "--itl-ms",
-                "1",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("mock"),
-    );
+    let (_mock, port) = Mock::start(2);
     let fake = cluster();
     let store_url = format!("file://{}", d.join("runs").display());
     let experiment = json!({

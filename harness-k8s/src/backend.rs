@@ -501,18 +501,6 @@ fn collect(v: &Value, images: &mut Vec<String>, gpus: &mut u64) {
     }
 }
 
-/// A DNS-1123 name: `base` lower-cased, other characters `-`, at most `max` long.
-fn dns_name(base: &str, max: usize) -> String {
-    let mut s: String = base
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    s.truncate(max);
-    let s = s.trim_matches('-').to_owned();
-    if s.is_empty() { "w".into() } else { s }
-}
-
 /// Readiness of the primary object, from its status.
 fn object_state(kind: &str, o: &Value, endpoint: Option<Endpoint>) -> WorkloadStatus {
     let cond = |t: &str| {
@@ -574,7 +562,11 @@ impl Backend for K8sBackend {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or_default();
-        let id = format!("{}-{n}{:05x}", dns_name(&spec.name, 40), nanos & 0xfffff);
+        let id = format!(
+            "{}-{n}{:05x}",
+            crate::incluster::dns_label(&spec.name, 40),
+            nanos & 0xfffff
+        );
         let objects = self.objects(spec, &id)?;
         let endpoint = self.endpoint(spec, &objects)?;
         let mut created: Vec<(ApiResource, String)> = Vec::new();

@@ -100,26 +100,7 @@ async fn a_served_image_is_a_deployment_and_service_with_an_in_cluster_endpoint(
 /// with the pod's reason, and teardown removes everything labelled with the run.
 #[tokio::test]
 async fn pods_that_cannot_recover_fail_the_workload_at_once_with_their_reason() {
-    let manifests = "\
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: vllm}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: vllm}}
-  template:
-    metadata: {labels: {app: vllm}}
-    spec:
-      containers:
-        - name: vllm
-          image: vllm/vllm-openai:v0.11.0
-          resources: {limits: {nvidia.com/gpu: 2}}
----
-apiVersion: v1
-kind: Service
-metadata: {name: vllm}
-spec: {selector: {app: vllm}, ports: [{port: 8000}]}
-";
+    let manifests = include_str!("fixtures/vllm.yaml");
     for (script, expect) in [
         (
             PodScript::CrashLoop {

@@ -13,34 +13,39 @@ use harness_core::{
 use harness_k8s::K8sBackend;
 use harness_k8s::testkit::{FakeApiServer, PodScript};
 
-const VLLM: &str = "
-name: k8s-deploy
-model: {name: llama}
-concurrency: [1, 4]
-benchmark: {isl_osl: [[128, 32]]}
-backend: {kind: kubernetes, namespace: bench}
-deployment:
-  gpus: 2
-  manifests: |
-    apiVersion: apps/v1
-    kind: Deployment
-    metadata: {name: vllm}
-    spec:
-      replicas: 1
-      selector: {matchLabels: {app: vllm}}
-      template:
-        metadata: {labels: {app: vllm}}
-        spec:
-          containers:
-            - name: vllm
-              image: vllm/vllm-openai:v0.11.0
-              resources: {limits: {nvidia.com/gpu: 2}}
-    ---
-    apiVersion: v1
-    kind: Service
-    metadata: {name: vllm}
-    spec: {selector: {app: vllm}, ports: [{port: 8000}]}
-";
+/// The experiment, with `tests/fixtures/vllm.yaml` as its inline manifests.
+fn vllm_experiment() -> String {
+    let manifests: String = include_str!("fixtures/vllm.yaml")
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    format!(
+        "name: k8s-deploy\n\
+         model: {{name: llama}}\n\
+         concurrency: [1, 4]\n\
+         benchmark: {{isl_osl: [[128, 32]]}}\n\
+         backend: {{kind: kubernetes, namespace: bench}}\n\
+         deployment:\n  gpus: 2\n  manifests: |\n{manifests}"
+    )
+}
+
+/// Runs the experiment on `fake` as run `run`; returns the report and the endpoints the
+/// cells saw.
+async fn run_on(fake: &FakeApiServer, run: &str) -> (harness_core::RunReport, Vec<String>) {
+    let exp =
+        Arc::new(Experiment::from_yaml_str(&vllm_experiment(), "k8s.yaml").expect("experiment"));
+    let backend = Arc::new(K8sBackend::new(fake.client(), "bench").label("harness.dev/run", run));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (report, _) = run_new(
+        exp.clone(),
+        pipeline(&exp, seen.clone()),
+        backend,
+        Arc::new(MemoryStore::new()),
+    )
+    .await;
+    let seen = seen.lock().expect("lock").clone();
+    (report, seen)
+}
 
 /// A pipeline whose cells record the endpoint they were given.
 fn pipeline(exp: &Experiment, seen: Arc<Mutex<Vec<String>>>) -> Pipeline {
@@ -60,21 +65,11 @@ fn pipeline(exp: &Experiment, seen: Arc<Mutex<Vec<String>>>) -> Pipeline {
 
 #[tokio::test]
 async fn a_model_deployed_from_manifests_serves_the_cells_in_cluster_and_is_removed() {
-    let exp = Arc::new(Experiment::from_yaml_str(VLLM, "k8s.yaml").expect("experiment"));
     let fake = FakeApiServer::new();
-    let backend = Arc::new(K8sBackend::new(fake.client(), "bench").label("harness.dev/run", "r1"));
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let (report, _) = run_new(
-        exp.clone(),
-        pipeline(&exp, seen.clone()),
-        backend,
-        Arc::new(MemoryStore::new()),
-    )
-    .await;
+    let (report, seen) = run_on(&fake, "r1").await;
     assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
     assert_eq!(
-        *seen.lock().expect("lock"),
-        ["http://vllm.bench.svc.cluster.local:8000"; 2],
+        seen, ["http://vllm.bench.svc.cluster.local:8000"; 2],
         "both cells got the Service's cluster DNS"
     );
     assert!(fake.all_objects().is_empty(), "{:#?}", fake.all_objects());
@@ -82,21 +77,12 @@ async fn a_model_deployed_from_manifests_serves_the_cells_in_cluster_and_is_remo
 
 #[tokio::test]
 async fn a_crash_looping_model_fails_the_run_fast_with_the_pods_reason() {
-    let exp = Arc::new(Experiment::from_yaml_str(VLLM, "k8s.yaml").expect("experiment"));
     let fake = FakeApiServer::new();
     fake.on_pod(|_| PodScript::CrashLoop {
         logs: "torch.OutOfMemoryError: CUDA out of memory\n".into(),
     });
-    let backend = Arc::new(K8sBackend::new(fake.client(), "bench").label("harness.dev/run", "r2"));
-    let seen = Arc::new(Mutex::new(Vec::new()));
     let start = Instant::now();
-    let (report, _) = run_new(
-        exp.clone(),
-        pipeline(&exp, seen.clone()),
-        backend,
-        Arc::new(MemoryStore::new()),
-    )
-    .await;
+    let (report, seen) = run_on(&fake, "r2").await;
     assert!(
         start.elapsed() < Duration::from_secs(20),
         "{:?}",
@@ -108,13 +94,13 @@ async fn a_crash_looping_model_fails_the_run_fast_with_the_pods_reason() {
         why.contains("CrashLoopBackOff") && why.contains("CUDA out of memory"),
         "{why}"
     );
-    assert!(seen.lock().expect("lock").is_empty(), "no cell ran");
+    assert!(seen.is_empty(), "no cell ran");
     assert!(fake.all_objects().is_empty(), "{:#?}", fake.all_objects());
 }
 
 #[test]
 fn manifests_need_the_kubernetes_backend() {
-    let local = VLLM.replace("backend: {kind: kubernetes, namespace: bench}\n", "");
+    let local = vllm_experiment().replace("backend: {kind: kubernetes, namespace: bench}\n", "");
     let e = Experiment::from_yaml_str(&local, "k8s.yaml").expect_err("local backend");
     assert!(
         e.to_string().contains("deployment.manifests") && e.to_string().contains("kubernetes"),
