@@ -80,6 +80,8 @@ enum Command {
         /// Do not draw progress bars.
         #[arg(long)]
         no_progress: bool,
+        #[command(flatten)]
+        workflow: WorkflowArgs,
     },
     /// List the runs in a store: date, status, cells ok/failed, duration.
     Ls {
@@ -205,7 +207,7 @@ enum K8sCommand {
     /// Print the `DynamoBenchmark` CustomResourceDefinition (generated from the code).
     Crd,
     /// Print the manifests of an experiment's in-cluster run: RBAC, and a ConfigMap and a
-    /// Job per cell.
+    /// Job per cell (`--argo`: an Argo Workflow, one task per step, the cells as a DAG).
     Render {
         /// The experiment file.
         experiment: PathBuf,
@@ -218,9 +220,33 @@ enum K8sCommand {
         /// The run id to render for (default: a new one).
         #[arg(long)]
         run_id: Option<String>,
+        /// Print an Argo Workflow (for a model already deployed at `deployment.url`).
+        #[arg(long)]
+        argo: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
+}
+
+/// For workflows that run a sweep one task at a time (the rendered Argo Workflow).
+#[derive(Debug, Clone, Default, clap::Args)]
+struct WorkflowArgs {
+    /// The id of the new run (default: date, time and a random suffix).
+    #[arg(long, value_name = "ID")]
+    run_id: Option<String>,
+    /// Only create the run (manifest and pending cells); tasks run the cells later.
+    #[arg(long, conflicts_with = "only")]
+    plan_only: bool,
+    /// Run only this cell (repeatable); the run stays `running` until every cell ran.
+    #[arg(long, value_name = "CELL")]
+    only: Vec<String>,
+    /// Run the cells' steps in this process, without deploying: the deployment is managed
+    /// by the workflow, and the model is at `--endpoint` (default `deployment.url`).
+    #[arg(long)]
+    here: bool,
+    /// The model's URL, with `--here`.
+    #[arg(long, requires = "here")]
+    endpoint: Option<String>,
 }
 
 /// Which store to use.
@@ -385,6 +411,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
             sets,
             endpoint,
             run_id,
+            argo,
             store,
         }) => {
             plain_logs();
@@ -401,7 +428,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
                     ));
                 }
             };
-            let text = harness_k8s::render::manifests(&exp, &run_id, &endpoint, &url)?;
+            let text = if argo {
+                harness_k8s::render::argo_workflow(&exp, &run_id, &url)?
+            } else {
+                harness_k8s::render::manifests(&exp, &run_id, &endpoint, &url)?
+            };
             say!("{}", text.trim_end());
         }
         Command::Validate {
@@ -418,9 +449,18 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
             resume,
             store,
             no_progress,
+            workflow,
         } => {
             let progress = progress_reporter(no_progress, verbose, format);
-            return run(experiment.as_deref(), &sets, resume, &store, progress).await;
+            return run(
+                experiment.as_deref(),
+                &sets,
+                resume,
+                &store,
+                &workflow,
+                progress,
+            )
+            .await;
         }
         Command::Reproduce {
             run,
@@ -783,6 +823,31 @@ fn operator_run_fn() -> harness_k8s::operator::RunFn {
     })
 }
 
+/// A task's pipeline in a workflow (`--here`): the cells' own steps in this process against
+/// the model at `endpoint` (default `deployment.url`), which the workflow deployed; no
+/// deployment steps, no report (the workflow's last task writes it).
+fn here_pipeline(exp: &Experiment, file: &str, endpoint: Option<&str>) -> Result<Pipeline, Error> {
+    let url = match (endpoint, &exp.deployment) {
+        (Some(e), _) => e.to_owned(),
+        (None, harness_core::config::Deployment::Url { url, .. }) => url.clone(),
+        (None, _) => {
+            return Err(Error::invalid(
+                "--here",
+                "needs --endpoint: the experiment's deployment has no URL",
+            ));
+        }
+    };
+    let mut b = Pipeline::builder().setup(harness_core::steps::WaitReadyStep::new(
+        harness_core::Endpoint::new(url)?,
+        None,
+        exp.policy.ready_timeout.get(),
+    ));
+    for step in cell_steps(exp, file)? {
+        b = b.add(Stage::Cell, step, None);
+    }
+    b.build()
+}
+
 /// `harness agent`: one cell's steps, results into an existing run.
 async fn agent(
     run_id: &str,
@@ -977,8 +1042,15 @@ async fn run(
     sets: &[String],
     resume: Option<String>,
     store_args: &StoreArgs,
+    workflow: &WorkflowArgs,
     progress: Arc<progress::ProgressReporter>,
 ) -> Result<ExitCode, Error> {
+    if resume.is_some() && workflow.run_id.is_some() {
+        return Err(Error::invalid(
+            "--run-id",
+            "names a new run; not with --resume",
+        ));
+    }
     let loaded = match path {
         Some(p) => Some(load(p, sets)?),
         None => None,
@@ -1032,6 +1104,7 @@ async fn run(
                     spool,
                     args: store_args,
                     progress,
+                    workflow,
                 },
             )
             .await
@@ -1049,13 +1122,14 @@ async fn run(
             execute(
                 exp,
                 RunMode::New { input: Some(input) },
-                new_run_id(),
+                workflow.run_id.clone().unwrap_or_else(new_run_id),
                 provenance,
                 Target {
                     store,
                     spool,
                     args: store_args,
                     progress,
+                    workflow,
                 },
             )
             .await
@@ -1096,6 +1170,7 @@ async fn reproduce(
             spool,
             args: store_args,
             progress,
+            workflow: &WorkflowArgs::default(),
         },
     )
     .await
@@ -1107,6 +1182,7 @@ struct Target<'a> {
     spool: Option<Arc<harness_storage::SpoolingStore>>,
     args: &'a StoreArgs,
     progress: Arc<progress::ProgressReporter>,
+    workflow: &'a WorkflowArgs,
 }
 
 /// Runs a prepared run and prints its table.
@@ -1122,6 +1198,7 @@ async fn execute(
         spool,
         args: store_args,
         progress,
+        workflow,
     } = target;
     let plan = exp.plan()?;
     let file = provenance
@@ -1129,30 +1206,28 @@ async fn execute(
         .clone()
         .unwrap_or_else(|| "experiment".into());
     let url = store_url(store_args, Some(&exp.storage));
-    let pipeline = build_pipeline(&exp, &file, &url)?;
+    let pipeline = if workflow.plan_only {
+        Pipeline::builder().build()?
+    } else if workflow.here {
+        here_pipeline(&exp, &file, workflow.endpoint.as_deref())?
+    } else {
+        build_pipeline(&exp, &file, &url)?
+    };
+    let mut only = Vec::new();
+    for id in &workflow.only {
+        let cell = plan
+            .cells()
+            .iter()
+            .find(|c| c.id.as_str() == id)
+            .ok_or_else(|| Error::invalid(format!("--only {id}"), "not a cell of the plan"))?;
+        only.push(cell.id.clone());
+    }
 
     let local = LocalBackend::new()?;
-    let backend: Arc<dyn Backend> = match exp.backend.kind {
-        harness_core::config::BackendKind::Kubernetes => {
-            let client = kube::Client::try_default().await.map_err(|e| {
-                Error::failed(
-                    "connecting to Kubernetes (kubeconfig or in-cluster)",
-                    e.to_string(),
-                )
-            })?;
-            if exp.backend.in_cluster() && !harness_storage::is_remote(&url) {
-                tracing::warn!(
-                    "cells run in the cluster but the store {url} is local: the agents cannot reach it; use s3://, gs:// or az://"
-                );
-            }
-            Arc::new(
-                harness_k8s::K8sBackend::new(client, exp.backend.namespace()).label(
-                    "harness.dev/run",
-                    harness_k8s::incluster::dns_label_of(&run_id),
-                ),
-            )
-        }
-        _ => Arc::new(local.clone()),
+    let backend: Arc<dyn Backend> = if workflow.here || workflow.plan_only {
+        Arc::new(local.clone())
+    } else {
+        backend_for(&exp, &run_id, &url, &local).await?
     };
     let cancel = CancellationToken::new();
     let exp = Arc::new(exp);
@@ -1164,9 +1239,12 @@ async fn execute(
         cancel.clone(),
     )?
     .with_provenance(provenance);
-    let runner = Runner::new(pipeline)
+    let mut runner = Runner::new(pipeline)
         .reporter(progress.clone())
         .reporter(Arc::new(TracingReporter));
+    if workflow.plan_only || !only.is_empty() {
+        runner = runner.only(only);
+    }
 
     eprintln!(
         "run {run_id} of `{}`: {} cells, stored in {}",
@@ -1240,7 +1318,15 @@ async fn execute(
             );
         }
     }
-    if report.status != RunStatus::Succeeded {
+    // A workflow task that runs some cells succeeds when they did; the run goes on.
+    let partial_task = workflow.plan_only || !workflow.only.is_empty();
+    let ran_ok = report
+        .cells
+        .iter()
+        .filter(|c| c.ran)
+        .all(|c| c.status == harness_core::CellStatus::Succeeded)
+        && report.setup_error.is_none();
+    if report.status != RunStatus::Succeeded && !partial_task {
         say!(
             "resume with: harness run --resume {}{store_arg}",
             report.run_id
@@ -1249,6 +1335,7 @@ async fn execute(
     Ok(match report.status {
         RunStatus::Succeeded => ExitCode::SUCCESS,
         RunStatus::Cancelled => ExitCode::from(130),
+        RunStatus::Running if partial_task && ran_ok => ExitCode::SUCCESS,
         _ => ExitCode::from(EXIT_FAILED),
     })
 }

@@ -442,3 +442,142 @@ fn the_crd_schema_accepts_the_example_and_rejects_broken_specs() {
         Err(".spec: required".into())
     );
 }
+
+/// The rendered Argo Workflow, executed task by task on this machine in the order Argo
+/// would (the commands exactly as rendered; the experiment file where the ConfigMap is
+/// mounted): it produces a complete run that `harness show` and `report` read.
+#[test]
+fn the_argo_workflows_tasks_run_in_order_make_a_complete_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (_mock, port) = Mock::start(2);
+    let store_url = format!("file://{}", d.join("runs").display());
+    let exp = d.join("argo.yaml");
+    std::fs::write(
+        &exp,
+        format!(
+            "name: argo\nmodel: {{name: harness-mock}}\nconcurrency: [1, 2]\n\
+             benchmark: {{isl_osl: [[32, 4]]}}\n\
+             deployment: {{url: http://127.0.0.1:{port}, health: /health}}\n\
+             backend: {{kind: kubernetes, namespace: bench, image: harness:test}}\n\
+             load: {{requests: 4}}\nstorage: {{url: {store_url}}}\n"
+        ),
+    )
+    .expect("write");
+    let out = harness(
+        d,
+        &[
+            "k8s",
+            "render",
+            exp.to_str().expect("path"),
+            "--argo",
+            "--run-id",
+            "argo-1",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let docs = harness_k8s::parse_manifests(&text(&out.stdout), "argo").expect("yaml");
+    let (config, wf) = (&docs[0], &docs[1]);
+    assert_eq!(wf["kind"], "Workflow");
+    assert_eq!(wf["spec"]["onExit"], "finish");
+    let templates = wf["spec"]["templates"].as_array().expect("templates");
+    let template = |name: &str| {
+        templates
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("template {name}"))
+            .clone()
+    };
+    let tasks = template("sweep")["dag"]["tasks"]
+        .as_array()
+        .expect("tasks")
+        .clone();
+    assert_eq!(tasks.len(), 3, "begin and one task per cell");
+    assert_eq!(tasks[2]["depends"], "cell-0.Succeeded || cell-0.Failed");
+
+    // The ConfigMap's experiment where the workflow mounts it.
+    let mounted = d.join("experiment.json");
+    std::fs::write(
+        &mounted,
+        config["data"]["experiment.json"].as_str().expect("data"),
+    )
+    .expect("write");
+    let command = |t: &serde_json::Value, cell: Option<&str>| -> Vec<String> {
+        t["container"]["command"]
+            .as_array()
+            .expect("command")
+            .iter()
+            .skip(1) // `harness`: this build runs them
+            .filter_map(|a| a.as_str())
+            .map(|a| {
+                a.replace(
+                    harness_k8s::render::EXPERIMENT_PATH,
+                    mounted.to_str().expect("path"),
+                )
+                .replace("{{inputs.parameters.cell}}", cell.unwrap_or(""))
+            })
+            .collect()
+    };
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = harness(d, &refs);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    };
+    run(command(&template("begin"), None));
+    let shown = harness(d, &["show", "argo-1", "--store", &store_url, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    assert_eq!(
+        v["manifest"]["status"], "running",
+        "after begin: {}",
+        v["manifest"]
+    );
+    for task in &tasks[1..] {
+        let cell = task["arguments"]["parameters"][0]["value"]
+            .as_str()
+            .expect("cell");
+        run(command(&template("cell"), Some(cell)));
+    }
+    run(command(&template("report"), None));
+
+    let shown = harness(d, &["show", "argo-1", "--store", &store_url, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    assert_eq!(v["manifest"]["status"], "succeeded", "{}", v["manifest"]);
+    let cells = v["cells"].as_array().expect("cells");
+    assert_eq!(cells.len(), 2);
+    assert!(
+        cells.iter().all(|c| c["metrics"]["requests"] == 4.0),
+        "{cells:?}"
+    );
+    assert!(d.join("runs/runs/argo/argo-1/report/index.html").is_file());
+
+    // Only a model that is already deployed can be benchmarked by the workflow.
+    let manifests = exp.with_extension("m.yaml");
+    std::fs::write(
+        &manifests,
+        "name: argo\nmodel: {name: m}\nconcurrency: [1]\nbenchmark: {isl_osl: [[1, 1]]}\n\
+         backend: {kind: kubernetes}\ndeployment: {manifests: model.yaml}\n",
+    )
+    .expect("write");
+    let out = harness(
+        d,
+        &[
+            "k8s",
+            "render",
+            manifests.to_str().expect("path"),
+            "--argo",
+            "--endpoint",
+            "http://m:1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("deployment.url"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -122,6 +122,7 @@ impl RunReport {
 pub struct Runner {
     pipeline: Pipeline,
     reporters: Vec<Arc<dyn Reporter>>,
+    only: Option<BTreeSet<CellId>>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -139,7 +140,17 @@ impl Runner {
         Runner {
             pipeline,
             reporters: Vec::new(),
+            only: None,
         }
+    }
+
+    /// Runs only these cells of the plan; the others keep their journal status, and the run
+    /// stays `Running` while any cell is pending. For workflows that run one cell per task
+    /// (an empty set only creates the run).
+    #[must_use]
+    pub fn only(mut self, cells: impl IntoIterator<Item = CellId>) -> Self {
+        self.only = Some(cells.into_iter().collect());
+        self
     }
 
     /// Adds a reporter.
@@ -343,6 +354,10 @@ impl Runner {
             let Some(entry) = journal.get(&cell.id).cloned() else {
                 continue;
             };
+            if self.only.as_ref().is_some_and(|o| !o.contains(&cell.id)) {
+                reports.insert(cell.id.clone(), report_of(&entry, false, BTreeMap::new()));
+                continue;
+            }
             if !entry.status.needs_run() {
                 self.emit(Event::CellSkipped {
                     cell: cell.id.clone(),
@@ -397,7 +412,12 @@ impl Runner {
             .iter()
             .filter(|c| c.status == CellStatus::Succeeded)
             .count();
-        let status = if succeeded == cells.len() {
+        let pending = cells
+            .iter()
+            .any(|c| matches!(c.status, CellStatus::Pending | CellStatus::Running));
+        let status = if self.only.is_some() && pending {
+            RunStatus::Running
+        } else if succeeded == cells.len() {
             RunStatus::Succeeded
         } else if run.cancel().is_cancelled() {
             RunStatus::Cancelled

@@ -392,10 +392,14 @@ pub fn parse_manifests(yaml: &str, what: &str) -> Result<Vec<Value>> {
         ));
     }
     for (i, d) in docs.iter().enumerate() {
-        if !d.is_object() || name_of(d).is_empty() {
+        let generated = d
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str)
+            .is_some_and(|g| !g.is_empty());
+        if !d.is_object() || (name_of(d).is_empty() && !generated) {
             return Err(Error::invalid(
                 format!("manifests of `{what}`, document {}", i + 1),
-                "needs apiVersion, kind and metadata.name",
+                "needs apiVersion, kind and metadata.name (or generateName)",
             ));
         }
         resource_of(d)?;
@@ -575,17 +579,24 @@ impl Backend for K8sBackend {
             let obj: DynamicObject = serde_json::from_value(o.clone())
                 .map_err(|e| Error::invalid(format!("manifest `{}`", name_of(o)), e.to_string()))?;
             let res = self.api(&ar).create(&PostParams::default(), &obj).await;
-            if let Err(e) = res {
-                for (ar, name) in created.iter().rev() {
-                    let _ = delete_quietly(&self.api(ar), name).await;
+            let res = match res {
+                Ok(created) => Ok(created.metadata.name.unwrap_or_else(|| name_of(o))),
+                Err(e) => Err(e),
+            };
+            let name = match res {
+                Ok(n) => n,
+                Err(e) => {
+                    for (ar, name) in created.iter().rev() {
+                        let _ = delete_quietly(&self.api(ar), name).await;
+                    }
+                    return Err(kube_error(
+                        &format!("creating {} {}", ar.kind, name_of(o)),
+                        e,
+                    ));
                 }
-                return Err(kube_error(
-                    &format!("creating {} {}", ar.kind, name_of(o)),
-                    e,
-                ));
-            }
-            tracing::info!(kind = %ar.kind, name = %name_of(o), namespace = %self.namespace, "created");
-            created.push((ar, name_of(o)));
+            };
+            tracing::info!(kind = %ar.kind, name = %name, namespace = %self.namespace, "created");
+            created.push((ar, name));
         }
         let primary = objects
             .iter()

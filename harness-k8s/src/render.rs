@@ -68,3 +68,108 @@ pub fn manifests(
     }
     Ok(to_yaml(&objects))
 }
+
+/// Where the rendered workflow mounts the experiment.
+pub const EXPERIMENT_PATH: &str = "/etc/harness/experiment.json";
+
+/// An Argo Workflow that runs the sweep one task per step, against a model that is already
+/// deployed (`deployment.url`, e.g. by the Dynamo operator):
+///
+/// * `begin` creates the run in the store (`harness run --plan-only`), with the experiment
+///   from a ConfigMap;
+/// * `cell` runs one cell's steps in its pod, next to the model
+///   (`harness run --resume RUN --only CELL --here`); the cells form a DAG in which each
+///   waits for the one before (they share the model, so they must not overlap) and runs even
+///   when it failed;
+/// * the exit handler always runs `report` (`harness report`) and `cleanup` (deletes the
+///   run's ConfigMap).
+///
+/// # Errors
+/// When the deployment is not a URL, or the plan cannot be made.
+pub fn argo_workflow(exp: &Experiment, run_id: &str, store_url: &str) -> Result<String> {
+    let harness_core::config::Deployment::Url { .. } = &exp.deployment else {
+        return Err(harness_core::Error::invalid(
+            "--argo",
+            "the workflow benchmarks a model that is already deployed: give `deployment.url` \
+             (the in-cluster URL of its service)",
+        ));
+    };
+    let namespace = exp.backend.namespace();
+    let run_label = crate::incluster::dns_label_of(run_id);
+    let plan = exp.plan()?;
+    let image = exp.backend.image();
+    let config = format!("harness-{}", crate::incluster::dns_label(run_id, 50));
+    let env_from = exp
+        .backend
+        .env_secret
+        .as_ref()
+        .map_or_else(|| json!([]), |s| json!([{"secretRef": {"name": s}}]));
+    let harness = |args: &[&str]| -> Value {
+        let mut c = vec!["harness"];
+        c.extend_from_slice(args);
+        json!({"image": image, "command": c, "envFrom": env_from})
+    };
+    let mut tasks = vec![json!({"name": "begin", "template": "begin"})];
+    let mut previous = "begin".to_owned();
+    for cell in plan.cells() {
+        let name = format!("cell-{}", cell.index);
+        let depends = if previous == "begin" {
+            "begin".to_owned()
+        } else {
+            format!("{previous}.Succeeded || {previous}.Failed")
+        };
+        tasks.push(json!({
+            "name": name,
+            "template": "cell",
+            "depends": depends,
+            "arguments": {"parameters": [{"name": "cell", "value": cell.id.to_string()}]},
+        }));
+        previous = name;
+    }
+    let mut begin = harness(&[
+        "run",
+        EXPERIMENT_PATH,
+        "--run-id",
+        run_id,
+        "--plan-only",
+        "--store",
+        store_url,
+        "--no-progress",
+    ]);
+    begin["volumeMounts"] = json!([{"name": "experiment", "mountPath": "/etc/harness"}]);
+    let labels = json!({"harness.dev/run": run_label, "app.kubernetes.io/name": "harness"});
+    let workflow = json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {
+            "generateName": format!("harness-{}-", crate::incluster::dns_label(exp.name.as_str(), 40)),
+            "namespace": namespace,
+            "labels": labels,
+        },
+        "spec": {
+            "entrypoint": "sweep",
+            "onExit": "finish",
+            "serviceAccountName": exp.backend.service_account.clone().unwrap_or_else(|| "harness".into()),
+            "volumes": [{"name": "experiment", "configMap": {"name": config}}],
+            "templates": [
+                {"name": "sweep", "dag": {"tasks": tasks}},
+                {"name": "begin", "container": begin},
+                {"name": "cell", "inputs": {"parameters": [{"name": "cell"}]},
+                 "container": harness(&["run", "--resume", run_id, "--only",
+                     "{{inputs.parameters.cell}}", "--here", "--store", store_url, "--no-progress"])},
+                {"name": "finish", "steps": [[{"name": "report", "template": "report"}],
+                                             [{"name": "cleanup", "template": "cleanup"}]]},
+                {"name": "report", "container": harness(&["report", run_id, "--store", store_url])},
+                {"name": "cleanup", "container": {"image": "bitnami/kubectl:1.33",
+                    "command": ["kubectl", "delete", "configmap", "-n", namespace,
+                                "-l", format!("harness.dev/run={run_label}"), "--ignore-not-found"]}},
+            ],
+        },
+    });
+    let configmap = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": config, "namespace": namespace, "labels": labels},
+        "data": {"experiment.json": exp.to_json().to_string()},
+    });
+    Ok(crate::incluster::to_yaml(&[configmap, workflow]))
+}
