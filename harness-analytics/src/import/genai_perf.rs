@@ -19,7 +19,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{Imported, Timeline, err, locate, read_json};
+use super::{Imported, Timeline, err, locate, read_json, records_of};
 use crate::Error;
 use crate::record::{ErrorKind, TokenSource};
 
@@ -75,13 +75,7 @@ pub(super) fn import(path: &Path) -> Result<Imported, Error> {
         files: vec![file.clone()],
         ..Imported::default()
     };
-    for (i, r) in requests.iter().enumerate() {
-        let t = timeline(r).map_err(|reason| err(&file, None, format!("request {i}: {reason}")))?;
-        out.records.push(t.into_record());
-    }
-    if out.records.is_empty() {
-        return Err(err(&file, None, "has no requests"));
-    }
+    out.records = records_of(&file, requests, timeline)?;
     Ok(out)
 }
 

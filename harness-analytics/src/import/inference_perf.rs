@@ -19,7 +19,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{Imported, Timeline, classify, err, locate, read_json, s_to_ns};
+use super::{Imported, Timeline, classify, err, locate, read_json, records_of, s_to_ns};
 use crate::Error;
 use crate::record::TokenSource;
 
@@ -38,13 +38,7 @@ pub(super) fn import(path: &Path) -> Result<Imported, Error> {
         files: vec![file.clone()],
         ..Imported::default()
     };
-    for (i, r) in requests.iter().enumerate() {
-        let t = timeline(r).map_err(|reason| err(&file, None, format!("request {i}: {reason}")))?;
-        out.records.push(t.into_record());
-    }
-    if out.records.is_empty() {
-        return Err(err(&file, None, "has no requests"));
-    }
+    out.records = records_of(&file, requests, timeline)?;
     let summary = file.with_file_name("summary_lifecycle_metrics.json");
     if summary.is_file() {
         let s = read_json(&summary)?;

@@ -162,6 +162,28 @@ pub(crate) fn locate(path: &Path, names: &[&str]) -> Result<PathBuf, Error> {
         .ok_or_else(|| err(path, None, format!("holds none of {}", names.join(", "))))
 }
 
+/// One record per request of a JSON array, through `timeline`; an error names the request.
+/// An empty list is refused.
+pub(crate) fn records_of(
+    file: &Path,
+    requests: &[Value],
+    timeline: impl Fn(&Value) -> Result<Timeline, String>,
+) -> Result<Vec<Record>, Error> {
+    let records = requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            timeline(r)
+                .map(Timeline::into_record)
+                .map_err(|reason| err(file, None, format!("request {i}: {reason}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if records.is_empty() {
+        return Err(err(file, None, "has no requests"));
+    }
+    Ok(records)
+}
+
 /// Reads and parses a whole JSON file; a syntax error names its line.
 pub(crate) fn read_json(path: &Path) -> Result<Value, Error> {
     let text = std::fs::read(path).map_err(|e| err(path, None, e.to_string()))?;
