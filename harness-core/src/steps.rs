@@ -277,11 +277,14 @@ pub type ResultHookFactory = Arc<
 /// as `out/<path>`. With a [`ResultHook`] (`results:` in an experiment, e.g.
 /// `results: {import: aiperf}`) those files also become the cell's records and statistics.
 ///
-/// `{out}` is a local folder: it serves commands run by a local backend.
+/// With `image:`, the command runs in a container of that image on a backend that runs
+/// containers (Kubernetes: a Job in the run's namespace, next to the model). `{out}` is a
+/// local folder: it serves commands run by a local backend.
 #[derive(Debug, Clone)]
 pub struct CommandStep {
     name: String,
     run: Vec<String>,
+    image: Option<String>,
     env: BTreeMap<String, String>,
     results: Option<Arc<dyn ResultHook>>,
 }
@@ -290,6 +293,8 @@ pub struct CommandStep {
 #[serde(deny_unknown_fields)]
 struct CommandParams {
     run: Vec<String>,
+    #[serde(default)]
+    image: Option<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -315,6 +320,7 @@ impl CommandStep {
         Ok(CommandStep {
             name,
             run,
+            image: None,
             env: BTreeMap::new(),
             results: None,
         })
@@ -324,6 +330,15 @@ impl CommandStep {
     #[must_use]
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Runs the command in a container of `image` (a backend that runs containers: on
+    /// Kubernetes, a Job next to the model). `{out}` stays a local folder: a tool in a
+    /// container writes its results to the object store instead.
+    #[must_use]
+    pub fn image(mut self, image: impl Into<String>) -> Self {
+        self.image = Some(image.into());
         self
     }
 
@@ -356,6 +371,12 @@ impl CommandStep {
             }
             let mut step = CommandStep::new(spec.step_name(), p.run)?;
             step.env = p.env;
+            if let Some(image) = p.image {
+                if image.trim().is_empty() || image.contains(char::is_whitespace) {
+                    return Err(source.error("image", "expected an image reference"));
+                }
+                step.image = Some(image);
+            }
             if let Some(results) = &p.results {
                 let hooks = hooks.as_ref().ok_or_else(|| {
                     source.error("results", "no result importers are registered here")
@@ -473,6 +494,9 @@ impl CommandStep {
         );
         for (k, v) in &self.env {
             spec = spec.env(k, fill(v));
+        }
+        if let Some(image) = &self.image {
+            spec = spec.image(fill(image));
         }
         let backend = cx.backend();
         let workload = backend.launch(&spec).await?;

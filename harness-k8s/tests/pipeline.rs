@@ -107,3 +107,66 @@ fn manifests_need_the_kubernetes_backend() {
         "{e}"
     );
 }
+
+/// A third-party tool's container as a per-cell step: `kind: command` with an `image` runs
+/// as a Job next to the model, with the cell's parameters in its arguments, and its log is
+/// kept.
+#[tokio::test]
+async fn a_command_step_with_an_image_runs_as_a_job_in_the_cluster() {
+    let yaml = "name: tool\nmodel: {name: llama}\nconcurrency: [8]\nbenchmark: {isl_osl: [[128, 32]]}\n\
+                backend: {kind: kubernetes, namespace: bench}\n\
+                deployment: {url: http://llama-frontend.bench.svc.cluster.local:8000}\n\
+                steps:\n  - kind: command\n    name: genai-perf\n    image: nvcr.io/nvidia/tritonserver:25.01-py3-sdk\n    \
+                run: [genai-perf, profile, -m, llama, --concurrency, \"{concurrency}\", --url, \"{endpoint}\"]\n";
+    let exp = Arc::new(Experiment::from_yaml_str(yaml, "tool.yaml").expect("experiment"));
+    let fake = FakeApiServer::new();
+    fake.on_pod(|pod| PodScript::Run {
+        logs: format!(
+            "ran {}\n",
+            pod.pointer("/spec/containers/0/command")
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        ),
+        exit: Some(0),
+    });
+    let backend = Arc::new(K8sBackend::new(fake.client(), "bench").label("harness.dev/run", "r3"));
+    let mut builder = Pipeline::builder();
+    // The URL deployment's readiness probe cannot reach a cluster DNS name from here:
+    // share the endpoint directly.
+    builder = builder.setup(step_fn("endpoint", |cx| async move {
+        cx.resources().insert(Endpoint::new(
+            "http://llama-frontend.bench.svc.cluster.local:8000",
+        )?);
+        Ok(StepOutput::new())
+    }));
+    let built = harness_core::StepRegistry::with_builtins()
+        .build_into(&exp, "tool.yaml", builder)
+        .expect("steps")
+        .build()
+        .expect("pipeline");
+    let store = Arc::new(MemoryStore::new());
+    let (report, run) = run_new(exp.clone(), built, backend, store.clone()).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let posted: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("POST /apis/batch/v1/namespaces/bench/jobs"))
+        .collect();
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    let key = run
+        .layout()
+        .cell_artifact(&report.cells[0].cell, "genai-perf", "output.log")
+        .expect("key");
+    let log = String::from_utf8_lossy(
+        &harness_core::ArtifactStore::get(store.as_ref(), &key)
+            .await
+            .expect("log"),
+    )
+    .into_owned();
+    assert!(
+        log.contains("\"--concurrency\",\"8\"")
+            && log.contains("http://llama-frontend.bench.svc.cluster.local:8000"),
+        "{log}"
+    );
+    assert!(fake.all_objects().is_empty());
+}
