@@ -359,6 +359,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
     async fn teardown(&self, workload: &Workload) -> Result<()>;
     /// A short name for logs, e.g. `local`.
     fn name(&self) -> &str;
+    /// What `workload` deployed, for the run's records (images, GPU requests, replicas, as
+    /// the backend knows them); `Null` when it has nothing to add.
+    async fn describe(&self, _workload: &Workload) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
 }
 
 /// Conveniences over any [`Backend`]; implemented for every backend, never by hand.

@@ -79,6 +79,13 @@ impl Step for DeployStep {
             .wait_ready(&workload, d.ready_timeout, cx.cancel())
             .await?;
         let mut out = StepOutput::new().metric("deploy.ready_s", start.elapsed().as_secs_f64());
+        // What was deployed (images, GPUs, replicas), kept with the run.
+        let deployed = cx.backend().describe(&workload).await?;
+        if !deployed.is_null() {
+            let json = serde_json::to_vec_pretty(&deployed)
+                .map_err(|e| Error::failed("encoding the deployment", e.to_string()))?;
+            out = out.artifact(cx.artifacts().put("deployed.json", json.into()).await?);
+        }
         if let Some(ep) = endpoint {
             out = out.note(format!("`{}` ready at {}", spec.name, ep.base_url));
             cx.resources().insert(ep);

@@ -716,6 +716,15 @@ impl Backend for K8sBackend {
     fn name(&self) -> &str {
         "kubernetes"
     }
+
+    async fn describe(&self, workload: &Workload) -> Result<serde_json::Value> {
+        let objects = self.deployed(workload);
+        let gpus: u64 = objects
+            .iter()
+            .map(|d| d.gpus * d.replicas.unwrap_or(1))
+            .sum();
+        Ok(json!({"namespace": self.namespace, "objects": objects, "gpus": gpus}))
+    }
 }
 
 #[cfg(test)]

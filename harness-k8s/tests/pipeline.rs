@@ -29,22 +29,38 @@ fn vllm_experiment() -> String {
     )
 }
 
-/// Runs the experiment on `fake` as run `run`; returns the report and the endpoints the
-/// cells saw.
-async fn run_on(fake: &FakeApiServer, run: &str) -> (harness_core::RunReport, Vec<String>) {
+/// Runs the experiment on `fake` as run `run`; returns the report, the endpoints the cells
+/// saw, and the stored `deployed.json`.
+async fn run_on(
+    fake: &FakeApiServer,
+    run: &str,
+) -> (
+    harness_core::RunReport,
+    Vec<String>,
+    Option<serde_json::Value>,
+) {
     let exp =
         Arc::new(Experiment::from_yaml_str(&vllm_experiment(), "k8s.yaml").expect("experiment"));
     let backend = Arc::new(K8sBackend::new(fake.client(), "bench").label("harness.dev/run", run));
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let (report, _) = run_new(
+    let store = Arc::new(MemoryStore::new());
+    let (report, ctx) = run_new(
         exp.clone(),
         pipeline(&exp, seen.clone()),
         backend,
-        Arc::new(MemoryStore::new()),
+        store.clone(),
     )
     .await;
     let seen = seen.lock().expect("lock").clone();
-    (report, seen)
+    let key = ctx
+        .layout()
+        .step_artifacts("setup", "deploy")
+        .and_then(|k| k.join("deployed.json"))
+        .expect("key");
+    let deployed = harness_core::ArtifactStoreExt::get_json(store.as_ref(), &key)
+        .await
+        .ok();
+    (report, seen, deployed)
 }
 
 /// A pipeline whose cells record the endpoint they were given.
@@ -66,8 +82,15 @@ fn pipeline(exp: &Experiment, seen: Arc<Mutex<Vec<String>>>) -> Pipeline {
 #[tokio::test]
 async fn a_model_deployed_from_manifests_serves_the_cells_in_cluster_and_is_removed() {
     let fake = FakeApiServer::new();
-    let (report, seen) = run_on(&fake, "r1").await;
+    let (report, seen, deployed) = run_on(&fake, "r1").await;
     assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    // What was deployed is kept with the run: one replica of 2 GPUs.
+    let deployed = deployed.expect("deployed.json");
+    assert_eq!(deployed["gpus"], 2, "{deployed}");
+    assert_eq!(
+        deployed["objects"][0]["images"][0],
+        "vllm/vllm-openai:v0.11.0"
+    );
     assert_eq!(
         seen, ["http://vllm.bench.svc.cluster.local:8000"; 2],
         "both cells got the Service's cluster DNS"
@@ -82,7 +105,7 @@ async fn a_crash_looping_model_fails_the_run_fast_with_the_pods_reason() {
         logs: "torch.OutOfMemoryError: CUDA out of memory\n".into(),
     });
     let start = Instant::now();
-    let (report, seen) = run_on(&fake, "r2").await;
+    let (report, seen, _) = run_on(&fake, "r2").await;
     assert!(
         start.elapsed() < Duration::from_secs(20),
         "{:?}",
