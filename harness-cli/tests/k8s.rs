@@ -243,6 +243,30 @@ fn render_prints_rbac_and_a_configmap_and_job_per_cell() {
         "render output changed; HARNESS_UPDATE_SNAPSHOTS=1 to accept"
     );
 
+    // The same experiment as an Argo Workflow, against its snapshot too.
+    let out = harness(
+        d,
+        &[
+            "k8s",
+            "render",
+            exp.to_str().expect("path"),
+            "--run-id",
+            "r-1",
+            "--argo",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let argo = text(&out.stdout);
+    let snapshot = repo().join("harness-cli/tests/snapshots/k8s-argo.yaml");
+    if std::env::var_os("HARNESS_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&snapshot, &argo).expect("write snapshot");
+    }
+    let want = std::fs::read_to_string(&snapshot).expect("snapshot (HARNESS_UPDATE_SNAPSHOTS=1)");
+    assert_eq!(
+        argo, want,
+        "Argo output changed; HARNESS_UPDATE_SNAPSHOTS=1 to accept"
+    );
+
     // A local backend has nothing to render in a cluster: the Kubernetes fields are refused.
     std::fs::write(
         &exp,
