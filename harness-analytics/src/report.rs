@@ -41,9 +41,24 @@ fn status_word(s: CellStatus) -> String {
         .unwrap_or_default()
 }
 
+/// The GPUs the deploy step recorded (`setup/artifacts/deploy/deployed.json`, written by
+/// backends that know them, such as Kubernetes), when it did and they are more than 0.
+async fn deployed_gpus(store: &dyn ArtifactStore, layout: &RunLayout) -> Option<u32> {
+    let key = layout
+        .step_artifacts("setup", "deploy")
+        .and_then(|k| k.join("deployed.json"))
+        .ok()?;
+    let v: serde_json::Value = store.get_json(&key).await.ok()?;
+    v.get("gpus")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|g| u32::try_from(g).ok())
+        .filter(|g| *g > 0)
+}
+
 impl RunData {
     /// Reads run `layout` from `store`: the manifest, each cell's journal entry and
-    /// statistics (`cells/<cell>/stats.json`), when present.
+    /// statistics (`cells/<cell>/stats.json`), when present. GPUs come from
+    /// `deployment.gpus`, else from what the deploy step recorded.
     ///
     /// # Errors
     /// When the manifest cannot be read, or a stored file cannot be decoded.
@@ -51,7 +66,11 @@ impl RunData {
         let manifest: Manifest = store.get_json(&layout.manifest()).await?;
         let exp = Experiment::from_json(&manifest.experiment, "the stored experiment")?;
         let plan = exp.plan()?;
-        let gpus = exp.deployment.gpus();
+        // GPUs: as the experiment says, else as the deploy step recorded what it deployed.
+        let gpus = match exp.deployment.gpus() {
+            Some(g) => Some(g),
+            None => deployed_gpus(store, &layout).await,
+        };
         let mut rows = Vec::with_capacity(plan.len());
         for cell in plan.cells() {
             let status = match store

@@ -25,7 +25,7 @@ fn vllm_experiment() -> String {
          concurrency: [1, 4]\n\
          benchmark: {{isl_osl: [[128, 32]]}}\n\
          backend: {{kind: kubernetes, namespace: bench}}\n\
-         deployment:\n  gpus: 2\n  manifests: |\n{manifests}"
+         deployment:\n  manifests: |\n{manifests}"
     )
 }
 
