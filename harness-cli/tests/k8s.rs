@@ -17,6 +17,28 @@ use harness_k8s::testkit::{FakeApiServer, PodScript};
 use harness_k8s::{InClusterStep, K8sBackend};
 use serde_json::json;
 
+/// `harness k8s render <exp> <args>` in `d`, which must succeed; its output.
+fn render(d: &std::path::Path, exp: &std::path::Path, args: &[&str]) -> String {
+    let mut all = vec!["k8s", "render", exp.to_str().expect("path")];
+    all.extend_from_slice(args);
+    let out = harness(d, &all);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// `actual` equals `tests/snapshots/<name>`; `HARNESS_UPDATE_SNAPSHOTS=1` rewrites it.
+fn assert_snapshot(name: &str, actual: &str) {
+    let snapshot = repo().join("harness-cli/tests/snapshots").join(name);
+    if std::env::var_os("HARNESS_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&snapshot, actual).expect("write snapshot");
+    }
+    let want = std::fs::read_to_string(&snapshot).expect("snapshot (HARNESS_UPDATE_SNAPSHOTS=1)");
+    assert_eq!(
+        actual, want,
+        "{name} changed; HARNESS_UPDATE_SNAPSHOTS=1 to accept"
+    );
+}
+
 /// A cluster whose Job pods run `harness agent` from this build.
 fn cluster() -> FakeApiServer {
     let fake = FakeApiServer::new();
@@ -180,18 +202,7 @@ fn render_prints_rbac_and_a_configmap_and_job_per_cell() {
          storage: {url: s3://results/harness}\n",
     )
     .expect("write");
-    let out = harness(
-        d,
-        &[
-            "k8s",
-            "render",
-            exp.to_str().expect("path"),
-            "--run-id",
-            "r-1",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let yaml = text(&out.stdout);
+    let yaml = render(d, &exp, &["--run-id", "r-1"]);
     let docs = harness_k8s::parse_manifests(&yaml, "render output").expect("valid manifests");
     let kinds: Vec<&str> = docs.iter().filter_map(|o| o["kind"].as_str()).collect();
     assert_eq!(
@@ -232,39 +243,11 @@ fn render_prints_rbac_and_a_configmap_and_job_per_cell() {
             "s3://results/harness"
         ]
     );
-    // A snapshot of the whole output catches any other change.
-    let snapshot = repo().join("harness-cli/tests/snapshots/k8s-render.yaml");
-    if std::env::var_os("HARNESS_UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(&snapshot, &yaml).expect("write snapshot");
-    }
-    let want = std::fs::read_to_string(&snapshot).expect("snapshot (HARNESS_UPDATE_SNAPSHOTS=1)");
-    assert_eq!(
-        yaml, want,
-        "render output changed; HARNESS_UPDATE_SNAPSHOTS=1 to accept"
-    );
-
-    // The same experiment as an Argo Workflow, against its snapshot too.
-    let out = harness(
-        d,
-        &[
-            "k8s",
-            "render",
-            exp.to_str().expect("path"),
-            "--run-id",
-            "r-1",
-            "--argo",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let argo = text(&out.stdout);
-    let snapshot = repo().join("harness-cli/tests/snapshots/k8s-argo.yaml");
-    if std::env::var_os("HARNESS_UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(&snapshot, &argo).expect("write snapshot");
-    }
-    let want = std::fs::read_to_string(&snapshot).expect("snapshot (HARNESS_UPDATE_SNAPSHOTS=1)");
-    assert_eq!(
-        argo, want,
-        "Argo output changed; HARNESS_UPDATE_SNAPSHOTS=1 to accept"
+    // Snapshots of the whole output, plain and as an Argo Workflow, catch any other change.
+    assert_snapshot("k8s-render.yaml", &yaml);
+    assert_snapshot(
+        "k8s-argo.yaml",
+        &render(d, &exp, &["--run-id", "r-1", "--argo"]),
     );
 
     // A local backend has nothing to render in a cluster: the Kubernetes fields are refused.
@@ -488,19 +471,8 @@ fn the_argo_workflows_tasks_run_in_order_make_a_complete_run() {
         ),
     )
     .expect("write");
-    let out = harness(
-        d,
-        &[
-            "k8s",
-            "render",
-            exp.to_str().expect("path"),
-            "--argo",
-            "--run-id",
-            "argo-1",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let docs = harness_k8s::parse_manifests(&text(&out.stdout), "argo").expect("yaml");
+    let argo = render(d, &exp, &["--argo", "--run-id", "argo-1"]);
+    let docs = harness_k8s::parse_manifests(&argo, "argo").expect("yaml");
     let (config, wf) = (&docs[0], &docs[1]);
     assert_eq!(wf["kind"], "Workflow");
     assert_eq!(wf["spec"]["onExit"], "finish");
