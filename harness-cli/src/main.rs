@@ -385,7 +385,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
             use kube::CustomResourceExt;
             let crd = harness_k8s::crd::DynamoBenchmark::crd();
             let v = serde_json::to_value(&crd).map_err(|e| Error::failed("CRD", e.to_string()))?;
-            say!("{}", harness_k8s::incluster::to_yaml(&[v]).trim_end());
+            say!("{}", harness_k8s::incluster::to_yaml(&[v])?.trim_end());
         }
         Command::Operator {
             namespace,

@@ -227,12 +227,18 @@ pub fn cell_job_manifests(job: &CellJob<'_>) -> Vec<Value> {
 }
 
 /// Objects as one multi-document YAML text.
-pub fn to_yaml(objects: &[Value]) -> String {
-    objects
+///
+/// # Errors
+/// When an object cannot be written as YAML.
+pub fn to_yaml(objects: &[Value]) -> Result<String> {
+    let docs = objects
         .iter()
-        .map(|o| serde_saphyr::to_string(o).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("---\n")
+        .map(|o| {
+            serde_saphyr::to_string(o)
+                .map_err(|e| Error::failed("writing manifests as YAML", e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(docs.join("---\n"))
 }
 
 /// Runs the cell's steps in the cluster: a Job of `harness agent` per cell, through the
@@ -277,7 +283,7 @@ impl Step for InClusterStep {
             endpoint: &endpoint.base_url,
             store_url: &self.store_url,
         });
-        let spec = WorkloadSpec::manifests(format!("agent-{}", cell.index), to_yaml(&objects))
+        let spec = WorkloadSpec::manifests(format!("agent-{}", cell.index), to_yaml(&objects)?)
             .label("harness.dev/cell-index", cell.index.to_string());
         let backend = cx.backend();
         let workload = backend.launch(&spec).await?;

@@ -66,7 +66,7 @@ pub fn manifests(
             objects.push(o);
         }
     }
-    Ok(to_yaml(&objects))
+    to_yaml(&objects)
 }
 
 /// Where the rendered workflow mounts the experiment.
@@ -171,5 +171,5 @@ pub fn argo_workflow(exp: &Experiment, run_id: &str, store_url: &str) -> Result<
         "metadata": {"name": config, "namespace": namespace, "labels": labels},
         "data": {"experiment.json": exp.to_json().to_string()},
     });
-    Ok(crate::incluster::to_yaml(&[configmap, workflow]))
+    crate::incluster::to_yaml(&[configmap, workflow])
 }
