@@ -4,7 +4,9 @@
 //!
 //! `cargo bench -p benches --bench loadgen` (about two minutes). The mock runs in its own
 //! process on core 0 and this client on core 1 (`taskset`), each on one thread. Set
-//! `LOADGEN_QUICK=1` for a short smoke run (what `cargo test --all-targets` does).
+//! `LOADGEN_QUICK=1` for a short smoke run (what `cargo test --all-targets` does),
+//! `LOADGEN_ONLY=throughput,accuracy,memory,wrk` for some sections, and `LOADGEN_DUMP=DIR`
+//! to write each accuracy run's per-request timestamps to `DIR/acc<concurrency>.csv`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -92,7 +94,9 @@ struct Mock {
 impl Mock {
     fn start(cfg: &MockDeployment) -> Self {
         let exe = std::env::current_exe().expect("own path");
-        let mut cmd = if has("taskset") && cores() >= 2 {
+        // The client pinned itself to core 1 (so `cores()` now says 1 here): the mock gets
+        // core 0. Until this was checked, the mock inherited core 1 and shared it.
+        let mut cmd = if std::env::var("HARNESS_BENCH_PINNED").is_ok() {
             let mut c = Command::new("taskset");
             c.arg("-c").arg("0").arg(exe);
             c
@@ -167,10 +171,30 @@ fn client(port: u16, conc: u32) -> Client {
     .expect("client")
 }
 
+/// Whether `section` should run: all of them unless `LOADGEN_ONLY` lists some
+/// (comma-separated: `throughput`, `accuracy`, `memory`, `wrk`).
+fn wanted(section: &str) -> bool {
+    std::env::var("LOADGEN_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == section))
+}
+
 async fn bench(quick: bool) {
     let synth = PromptSynth::new("cl100k_base").expect("encoding");
     let _ = synth.prompt(8, 0); // load the encoding before measuring
+    if wanted("throughput") {
+        throughput(&synth, quick).await;
+    }
+    if wanted("accuracy") {
+        accuracy(&synth, quick).await;
+    }
+    if wanted("memory") {
+        memory(&synth, quick).await;
+    }
+    if wanted("wrk") && has("wrk") && !quick {
+        wrk(&synth);
+    }
+}
 
+async fn throughput(synth: &PromptSynth, quick: bool) {
     println!("## Throughput: mock with zero delays, 64 output tokens, ISL 128, streamed\n");
     println!(
         "| concurrency | requests | req/s | client CPU ms/request | peak client RSS MB | errors |"
@@ -189,7 +213,7 @@ async fn bench(quick: bool) {
         // Warm the connection pool, then measure.
         let _ = load::run(
             &c,
-            &synth,
+            synth,
             &LoadSpec::closed(conc, u64::from(conc), 128, 64),
             &CancellationToken::new(),
         )
@@ -197,7 +221,7 @@ async fn bench(quick: bool) {
         let (cpu0, t0) = (cpu_s(), Instant::now());
         let recs = load::run(
             &c,
-            &synth,
+            synth,
             &LoadSpec::closed(conc, requests, 128, 64),
             &CancellationToken::new(),
         )
@@ -212,7 +236,9 @@ async fn bench(quick: bool) {
         );
     }
     drop(mock);
+}
 
+async fn accuracy(synth: &PromptSynth, quick: bool) {
     println!("\n## Accuracy: mock with TTFT 50 ms and ITL 10 ms, 32 output tokens\n");
     println!(
         "| concurrency | metric | p50 ms | p99 ms | p50 error ms | p99 error ms | mock late p50 / p99 ms | client error vs mock p50 / p99 ms | mock CPU % | client CPU % |"
@@ -222,7 +248,7 @@ async fn bench(quick: bool) {
     cfg.ttft_ms = 50.0;
     cfg.itl_ms = 10.0;
     cfg.output_tokens = std::num::NonZeroU32::new(32);
-    for conc in [1u32, 64, 512] {
+    for conc in [1u32, 64, 256, 512] {
         let mock = Mock::start(&cfg);
         let requests = if quick {
             u64::from(conc).max(8)
@@ -233,11 +259,27 @@ async fn bench(quick: bool) {
         // One warmup round opens the connections; it is recorded but left out of the stats.
         let mut spec = LoadSpec::closed(conc, requests, 128, 32);
         spec.warmup = u64::from(conc);
+        // Clients start spread over one request's length (50 + 31 x 10 ms), so that arrivals
+        // are steady rather than waves of `conc` requests at once.
+        spec.ramp = Some(Duration::from_millis(360));
         let (m0, c0, t0) = (proc_cpu_s(mock.child.id()), cpu_s(), Instant::now());
-        let recs = load::run(&c, &synth, &spec, &CancellationToken::new()).await;
+        let recs = load::run(&c, synth, &spec, &CancellationToken::new()).await;
         let wall = t0.elapsed().as_secs_f64();
         let mock_pct = (proc_cpu_s(mock.child.id()) - m0) / wall * 100.0;
         let client_pct = (cpu_s() - c0) / wall * 100.0;
+        if let Ok(dir) = std::env::var("LOADGEN_DUMP") {
+            let mut out = String::from("index,start_ns,first_ns,end_ns\n");
+            for r in &recs {
+                out.push_str(&format!(
+                    "{},{},{},{}\n",
+                    r.index,
+                    r.start_ns,
+                    r.first_token_ns.unwrap_or(0),
+                    r.end_ns
+                ));
+            }
+            std::fs::write(format!("{dir}/acc{conc}.csv"), out).expect("dump");
+        }
         let s = BenchSummary::of(&recs, &Slo::default()).expect("stats");
         // The mock's own lateness (time past each token's due time when it left), so the
         // client's error can be told apart from the server's.
@@ -272,7 +314,9 @@ async fn bench(quick: bool) {
             s.errors
         );
     }
+}
 
+async fn memory(synth: &PromptSynth, quick: bool) {
     println!("\n## Memory: concurrency 1024, ISL 8192, 16 output tokens\n");
     let mut cfg = MockDeployment::default();
     cfg.output_tokens = std::num::NonZeroU32::new(16);
@@ -281,7 +325,7 @@ async fn bench(quick: bool) {
     let requests = if quick { 1024 } else { 4096 };
     let recs = load::run(
         &c,
-        &synth,
+        synth,
         &LoadSpec::closed(1024, requests, 8192, 16),
         &CancellationToken::new(),
     )
@@ -292,12 +336,13 @@ async fn bench(quick: bool) {
         recs.iter().filter(|r| !r.ok()).count(),
         peak_rss_mb()
     );
+}
 
-    if has("wrk") && !quick {
+fn wrk(synth: &PromptSynth) {
+    {
         println!(
             "\n## wrk on the same mock (zero delays, 64 output tokens, one wrk thread on core 1)\n"
         );
-        drop(mock);
         let mut cfg = MockDeployment::default();
         cfg.output_tokens = std::num::NonZeroU32::new(64);
         let mock = Mock::start(&cfg);

@@ -20,7 +20,7 @@ fn experiment(dir: &Path, name: &str, steps: &str) -> PathBuf {
          benchmark: {{isl_osl: [[128, 16]]}}\n\
          deployment: {{mock: {{ttft_ms: 50, itl_ms: 10}}}}\n\
          tokenizer: {{path: {}}}\n\
-         load: {{requests: 40, warmup_requests: 4, extra_body: {{ignore_eos: true}}}}\n\
+         load: {{requests: 40, warmup_requests: 4, ramp: 200ms, extra_body: {{ignore_eos: true}}}}\n\
          {steps}",
         tokenizer.display()
     );

@@ -1,10 +1,18 @@
 //! The streaming OpenAI client: one request in, one [`RequestRecord`] out, with monotonic
 //! nanosecond timestamps taken as bytes arrive.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Context;
 use std::time::Duration;
 
-use futures::StreamExt;
 use harness_core::config::EndpointType;
+use hyper::body::{Body as _, Incoming};
+use hyper::client::conn::http1;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::openai::{self, Usage};
@@ -36,52 +44,240 @@ pub struct ClientConfig {
 }
 
 /// A pooled HTTP client for one endpoint.
-#[derive(Debug, Clone)]
+///
+/// Each request owns its connection while it runs and drives it itself: no connection task,
+/// no pool dispatcher in between. The start timestamp is taken in the same poll that writes
+/// the request, and each read is timestamped by the task that parses it, so the client's
+/// own scheduling stays out of the measurements even with thousands of requests in flight.
+#[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
-    /// Keeps no idle connections: each request on it opens a new one (for retries).
-    fresh: reqwest::Client,
-    cfg: std::sync::Arc<ClientConfig>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: ClientConfig,
+    connector: HttpsConnector<HttpConnector>,
+    /// The URL as parsed once: where to connect.
+    uri: http::Uri,
+    /// What goes on the request line (origin form).
+    path: http::Uri,
+    /// Host, content type, authorization and the experiment's headers.
+    headers: http::HeaderMap,
+    /// Idle keep-alive connections, most recently used last.
+    idle: std::sync::Mutex<Vec<Conn>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.inner.cfg.url)
+            .field("max_connections", &self.inner.cfg.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+type ReqBody = http_body_util::Full<bytes::Bytes>;
+
+/// One HTTP/1.1 connection and its protocol state machine, polled by whoever uses it.
+struct Conn {
+    sender: http1::SendRequest<ReqBody>,
+    /// `None` once the connection has closed. Dropping the finished state machine is what
+    /// tells the sender and any request in flight that it is gone; kept, it would leave them
+    /// waiting forever.
+    driver: Option<http1::Connection<Io, ReqBody>>,
+}
+
+impl Conn {
+    /// Moves the connection's reads and writes along; call before polling what waits on it.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(d) = &mut self.driver
+            && Pin::new(d).poll(cx).is_ready()
+        {
+            self.driver = None;
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.driver.is_some() && !self.sender.is_closed()
+    }
+
+    /// Waits until the connection can take a request.
+    async fn ready(&mut self) -> Result<(), hyper::Error> {
+        std::future::poll_fn(|cx| {
+            self.drive(cx);
+            self.sender.poll_ready(cx)
+        })
+        .await
+    }
+
+    /// Sends a request and waits for the response head.
+    async fn send(
+        &mut self,
+        req: http::Request<ReqBody>,
+    ) -> Result<http::Response<Incoming>, hyper::Error> {
+        let mut response = std::pin::pin!(self.sender.send_request(req));
+        std::future::poll_fn(|cx| {
+            self.drive(cx);
+            response.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// The next data of `body`: `None` at its end.
+    async fn next(&mut self, body: &mut Incoming) -> Option<Result<bytes::Bytes, hyper::Error>> {
+        loop {
+            let frame = std::future::poll_fn(|cx| {
+                self.drive(cx);
+                Pin::new(&mut *body).poll_frame(cx)
+            })
+            .await;
+            match frame {
+                None => return None,
+                Some(Err(e)) => return Some(Err(e)),
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        return Some(Ok(data));
+                    } // trailers: skip
+                }
+            }
+        }
+    }
+
+    /// The whole remaining body.
+    async fn collect(&mut self, body: &mut Incoming) -> Result<Vec<u8>, hyper::Error> {
+        let mut out = Vec::new();
+        while let Some(data) = self.next(body).await {
+            out.extend_from_slice(&data?);
+        }
+        Ok(out)
+    }
 }
 
 impl Client {
     /// A client with a connection pool sized for `cfg.max_connections`.
     ///
     /// # Errors
-    /// When the HTTP client cannot be built (bad header names or values, TLS setup).
+    /// When the URL, a header name or value, or the API key is not valid, or an `https` URL
+    /// finds no trusted root certificates.
     pub fn new(cfg: ClientConfig) -> Result<Self, String> {
-        let mut headers = reqwest::header::HeaderMap::new();
+        let uri: http::Uri = cfg
+            .url
+            .parse()
+            .map_err(|e| format!("the URL `{}`: {e}", cfg.url))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("the URL `{}` is not http or https", cfg.url)),
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("the URL `{}` has no host", cfg.url))?
+            .clone();
+        let path: http::Uri = uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|e| format!("the URL `{}`: {e}", cfg.url))?;
+        let mut headers = http::HeaderMap::new();
         for (k, v) in &cfg.headers {
-            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+            let name = http::HeaderName::from_bytes(k.as_bytes())
                 .map_err(|e| format!("header name `{k}`: {e}"))?;
-            let value = reqwest::header::HeaderValue::from_str(v)
-                .map_err(|e| format!("header `{k}`: {e}"))?;
+            let value = http::HeaderValue::from_str(v).map_err(|e| format!("header `{k}`: {e}"))?;
             headers.insert(name, value);
         }
         if let Some(key) = &cfg.api_key {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            let mut value = http::HeaderValue::from_str(&format!("Bearer {key}"))
                 .map_err(|_| "the API key is not a valid header value".to_owned())?;
             value.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, value);
+            headers.insert(http::header::AUTHORIZATION, value);
         }
         headers.insert(
-            reqwest::header::CONTENT_TYPE,
-            reqwest::header::HeaderValue::from_static("application/json"),
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
         );
-        let build = |idle: usize| {
-            reqwest::Client::builder()
-                .default_headers(headers.clone())
-                .pool_max_idle_per_host(idle)
-                .tcp_nodelay(true)
-                .no_proxy()
-                .build()
-                .map_err(|e| format!("building the HTTP client: {e}"))
+        if !headers.contains_key(http::header::HOST) {
+            let host = http::HeaderValue::from_str(authority.as_str())
+                .map_err(|e| format!("the URL's host: {e}"))?;
+            headers.insert(http::header::HOST, host);
+        }
+        headers
+            .entry(http::header::USER_AGENT)
+            .or_insert(http::HeaderValue::from_static(concat!(
+                "harness/",
+                env!("CARGO_PKG_VERSION")
+            )));
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        // The system's roots are read only for https; plain http needs none.
+        let provider = rustls::crypto::ring::default_provider();
+        let tls = if https {
+            HttpsConnectorBuilder::new()
+                .with_provider_and_native_roots(provider)
+                .map_err(|e| format!("no trusted root certificates for `{}`: {e}", cfg.url))?
+        } else {
+            let config = rustls::ClientConfig::builder_with_provider(provider.into())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS setup: {e}"))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            HttpsConnectorBuilder::new().with_tls_config(config)
         };
+        let connector = tls.https_or_http().enable_http1().wrap_connector(http);
         Ok(Client {
-            http: build(cfg.max_connections.max(1))?,
-            fresh: build(0)?,
-            cfg: std::sync::Arc::new(cfg),
+            inner: Arc::new(Inner {
+                cfg,
+                connector,
+                uri,
+                path,
+                headers,
+                idle: std::sync::Mutex::new(Vec::new()),
+            }),
         })
+    }
+
+    /// An idle pooled connection, or a new one.
+    async fn connection(&self, pooled: bool) -> Result<Conn, String> {
+        if pooled {
+            let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+            while let Some(c) = idle.pop() {
+                if c.is_open() {
+                    return Ok(c);
+                }
+            }
+        }
+        let io =
+            tower_service::Service::call(&mut self.inner.connector.clone(), self.inner.uri.clone())
+                .await
+                .map_err(|e| error_chain(e.as_ref()))?;
+        let (sender, driver) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        Ok(Conn {
+            sender,
+            driver: Some(driver),
+        })
+    }
+
+    /// Returns a connection whose last response was read to its end.
+    fn release(&self, conn: Conn) {
+        if !conn.is_open() {
+            return;
+        }
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.inner.cfg.max_connections.max(1) {
+            idle.push(conn);
+        }
+    }
+
+    fn request(&self, body: &bytes::Bytes) -> http::Request<ReqBody> {
+        let mut req = http::Request::new(http_body_util::Full::new(body.clone()));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = self.inner.path.clone();
+        *req.headers_mut() = self.inner.headers.clone();
+        req
     }
 
     /// Sends one request with `prompt` (of `prompt_tokens` tokens) asking for `max_tokens`.
@@ -96,7 +292,7 @@ impl Client {
         max_tokens: u32,
         epoch: Instant,
     ) -> RequestRecord {
-        let cfg = &self.cfg;
+        let cfg = &self.inner.cfg;
         let body = bytes::Bytes::from(openai::request_body(
             cfg.kind,
             &cfg.model,
@@ -128,33 +324,60 @@ impl Client {
             rec.error = Some(kind);
             rec.error_message = Some(msg);
         };
+        let timed_out = |rec: &mut RequestRecord| {
+            fail(
+                rec,
+                ErrorKind::Timeout,
+                format!("no response within {:?}", cfg.timeout),
+            );
+            rec.end_ns = ns();
+        };
         // A pooled keep-alive connection that the server closed just as it was reused fails
         // before any response byte: a client artifact, not a server failure. Retry once on a
-        // fresh connection, with the clock restarted.
+        // new connection, with the clock restarted.
         let mut retried = false;
-        let response = loop {
-            // The retry goes through the pool-less client: another pooled connection may be
-            // closing too (several reach a server's keep-alive limit at once).
-            let http = if retried { &self.fresh } else { &self.http };
-            let request = http.post(&cfg.url).body(body.clone());
-            match tokio::time::timeout_at(deadline, request.send()).await {
+        let (mut conn, response) = loop {
+            let got = tokio::time::timeout_at(deadline, async {
+                let mut conn = self.connection(!retried).await?;
+                match conn.ready().await {
+                    Ok(()) => Ok((conn, None)),
+                    Err(e) => Ok((conn, Some(e))),
+                }
+            })
+            .await;
+            let mut conn = match got {
                 Err(_) => {
-                    fail(
-                        &mut rec,
-                        ErrorKind::Timeout,
-                        format!("no response within {:?}", cfg.timeout),
-                    );
+                    timed_out(&mut rec);
+                    return rec;
+                }
+                Ok(Err(msg)) => {
+                    fail(&mut rec, ErrorKind::Connect, msg);
                     rec.end_ns = ns();
+                    return rec;
+                }
+                Ok(Ok((_, Some(_)))) if !retried => {
+                    retried = true;
+                    continue;
+                }
+                Ok(Ok((_, Some(e)))) => {
+                    fail(&mut rec, ErrorKind::Connect, error_chain(&e));
+                    rec.end_ns = ns();
+                    return rec;
+                }
+                Ok(Ok((conn, None))) => conn,
+            };
+            // The clock starts where the request is written: in this poll, on this task.
+            rec.start_ns = ns();
+            match tokio::time::timeout_at(deadline, conn.send(self.request(&body))).await {
+                Err(_) => {
+                    timed_out(&mut rec);
                     return rec;
                 }
                 Ok(Err(e)) if !retried && stale_connection(&e) => {
                     retried = true;
-                    rec.start_ns = ns();
                 }
                 Ok(Err(e)) => {
-                    let kind = if e.is_connect() {
-                        ErrorKind::Connect
-                    } else if e.is_timeout() {
+                    let kind = if e.is_timeout() {
                         ErrorKind::Timeout
                     } else {
                         ErrorKind::Disconnect
@@ -163,17 +386,20 @@ impl Client {
                     rec.end_ns = ns();
                     return rec;
                 }
-                Ok(Ok(r)) => break r,
+                Ok(Ok(r)) => break (conn, r),
             }
         };
-        let status = response.status();
+        let (head, mut body) = response.into_parts();
+        let status = head.status;
         rec.http_status = Some(status.as_u16());
         if !status.is_success() {
-            let text = tokio::time::timeout_at(deadline, response.text())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
+            let text = match tokio::time::timeout_at(deadline, conn.collect(&mut body)).await {
+                Ok(Ok(bytes)) => {
+                    self.release(conn);
+                    String::from_utf8_lossy(&bytes).into_owned()
+                }
+                _ => String::new(),
+            };
             let message = openai::parse_chunk(&text)
                 .ok()
                 .and_then(|c| c.error)
@@ -189,15 +415,15 @@ impl Client {
         let mut usage: Option<Usage> = None;
         if cfg.stream {
             let mut parser = SseParser::new();
-            let mut stream = response.bytes_stream();
             // One timer for the whole body, not one per chunk.
             let expiry = tokio::time::sleep_until(deadline);
             tokio::pin!(expiry);
             let mut done = false;
+            let mut complete = false;
             loop {
                 let next = tokio::select! {
                     biased;
-                    n = stream.next() => n,
+                    n = conn.next(&mut body) => n,
                     () = &mut expiry => {
                         fail(
                             &mut rec,
@@ -208,7 +434,10 @@ impl Client {
                     }
                 };
                 let bytes = match next {
-                    None => break,
+                    None => {
+                        complete = true;
+                        break;
+                    }
                     Some(Ok(b)) => b,
                     Some(Err(e)) => {
                         fail(&mut rec, ErrorKind::Disconnect, error_chain(&e));
@@ -272,8 +501,11 @@ impl Client {
                     "the stream ended before the response was complete".into(),
                 );
             }
+            if complete && rec.error.is_none() {
+                self.release(conn);
+            }
         } else {
-            match tokio::time::timeout_at(deadline, response.bytes()).await {
+            match tokio::time::timeout_at(deadline, conn.collect(&mut body)).await {
                 Err(_) => fail(
                     &mut rec,
                     ErrorKind::Timeout,
@@ -295,6 +527,7 @@ impl Client {
                         rec.last_token_ns = Some(now);
                         rec.content_chunks = u32::from(info.text_bytes > 0);
                         usage = info.usage;
+                        self.release(conn);
                     }
                 },
             }
@@ -316,15 +549,8 @@ impl Client {
 
 /// Whether a send failed because the pooled connection was closed by the server before any
 /// response byte arrived (hyper's "connection closed before message completed").
-fn stale_connection(e: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            return h.is_incomplete_message() || h.is_canceled();
-        }
-        source = s.source();
-    }
-    false
+fn stale_connection(e: &hyper::Error) -> bool {
+    e.is_incomplete_message() || e.is_canceled() || e.is_closed()
 }
 
 /// An error with its causes, without the URL's query (which could hold secrets).

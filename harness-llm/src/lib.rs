@@ -14,6 +14,7 @@
 
 pub mod checks;
 pub mod client;
+mod clock;
 pub mod load;
 pub mod mock;
 pub mod openai;

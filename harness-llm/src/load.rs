@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, RequestRecord};
+use crate::clock::Clock;
 use crate::prompts::PromptSynth;
 
 /// What one cell sends.
@@ -31,6 +32,9 @@ pub struct LoadSpec {
     pub requests: Option<u64>,
     /// Measured duration.
     pub duration: Option<Duration>,
+    /// Gradual start: closed-loop clients start evenly spread over it; an open loop's rate
+    /// rises linearly from 0 to `rate` over it.
+    pub ramp: Option<Duration>,
     /// Warmup requests, sent first.
     pub warmup: u64,
     /// Input tokens per request.
@@ -117,6 +121,7 @@ impl LoadSpec {
             arrival: Arrival::Poisson,
             requests: Some(requests),
             duration: None,
+            ramp: None,
             warmup: 0,
             isl,
             osl,
@@ -176,6 +181,23 @@ fn prompt_seed(seed: u64, index: u64) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index
 }
 
+/// When request `k` of an open loop is due, in seconds from the start, given the cumulative
+/// arrival count `lambda` it was drawn at (a unit-rate process: `k` for constant arrivals, a
+/// sum of exponential gaps for Poisson). Without a ramp that is `lambda / rate`; with one the
+/// rate rises linearly over `ramp` seconds, so the arrivals up to `t` are `rate t^2 / 2 ramp`
+/// and the inverse is taken (time rescaling keeps the Poisson process Poisson).
+fn arrival_time(lambda: f64, rate: f64, ramp: f64) -> f64 {
+    if ramp <= 0.0 {
+        return lambda / rate;
+    }
+    let during = rate * ramp / 2.0;
+    if lambda <= during {
+        (2.0 * ramp * lambda / rate).sqrt()
+    } else {
+        ramp + (lambda - during) / rate
+    }
+}
+
 /// Sends the cell's load and returns every record (warmup included), in index order.
 /// When `cancel` fires it stops sending, abandons the requests in flight (they are not
 /// recorded) and returns the records of those that finished; the caller reports the cell
@@ -189,6 +211,9 @@ pub async fn run(
     let epoch = Instant::now();
     let total = spec.total();
     let deadline = spec.duration.map(|d| epoch + d);
+    let ramp = spec.ramp.unwrap_or_default();
+    // Arrivals and ramp steps need better than tokio's millisecond timer.
+    let clock = Arc::new(Clock::default());
     let synth = Arc::new(synth.clone());
     let mut tasks: JoinSet<Vec<RequestRecord>> = JoinSet::new();
     let one = move |index: u64, client: Client, synth: Arc<PromptSynth>, spec: LoadSpec| async move {
@@ -200,10 +225,19 @@ pub async fn run(
     match spec.rate {
         None => {
             let next = Arc::new(AtomicU64::new(0));
-            for _ in 0..spec.concurrency.unwrap_or(1).max(1) {
-                let (client, synth, spec, next) =
-                    (client.clone(), synth.clone(), spec.clone(), next.clone());
+            let workers = spec.concurrency.unwrap_or(1).max(1);
+            for w in 0..workers {
+                let (client, synth, spec, next, clock) = (
+                    client.clone(),
+                    synth.clone(),
+                    spec.clone(),
+                    next.clone(),
+                    clock.clone(),
+                );
+                // With a ramp, worker `w` starts at `w / workers` of it.
+                let begin = epoch + ramp.mul_f64(f64::from(w) / f64::from(workers));
                 tasks.spawn(async move {
+                    clock.sleep_until(begin).await;
                     let mut out = Vec::new();
                     loop {
                         let index = next.fetch_add(1, Ordering::Relaxed);
@@ -224,23 +258,31 @@ pub async fn run(
                 .map(|c| Arc::new(Semaphore::new(c as usize)));
             let mut rng = SmallRng::seed_from_u64(spec.seed ^ 0xA11E);
             let mut at = epoch;
+            let mut lambda = 0.0f64;
             let mut index = 0u64;
             loop {
+                if index > 0 {
+                    lambda += match spec.arrival {
+                        Arrival::Constant => 1.0,
+                        _ => -(1.0 - rng.random::<f64>()).ln(),
+                    };
+                    let after = arrival_time(lambda, rate, ramp.as_secs_f64());
+                    match Duration::try_from_secs_f64(after)
+                        .ok()
+                        .and_then(|d| epoch.checked_add(d))
+                    {
+                        Some(t) => at = t,
+                        None => break, // never due
+                    }
+                }
                 if total.is_some_and(|t| index >= t)
                     || deadline.is_some_and(|d| at >= d)
                     || cancel.is_cancelled()
                 {
                     break;
                 }
-                let gap = match spec.arrival {
-                    Arrival::Constant => 1.0 / rate,
-                    _ => -(1.0 - rng.random::<f64>()).ln() / rate,
-                };
-                if index > 0 {
-                    at += Duration::from_secs_f64(gap);
-                }
                 tokio::select! {
-                    () = tokio::time::sleep_until(at) => {}
+                    () = clock.sleep_until(at) => {}
                     () = cancel.cancelled() => break,
                 }
                 let permit = match &cap {
@@ -281,4 +323,28 @@ pub async fn run(
     }
     records.sort_by_key(|r| r.index);
     records
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arrival_time;
+
+    #[test]
+    fn a_ramped_rate_reaches_the_target_where_the_ramp_ends() {
+        // 10/s over a 2 s ramp: 10 arrivals by then (the area of the triangle), then 10/s.
+        assert_eq!(arrival_time(0.0, 10.0, 2.0), 0.0);
+        assert!((arrival_time(10.0, 10.0, 2.0) - 2.0).abs() < 1e-12);
+        assert!((arrival_time(20.0, 10.0, 2.0) - 3.0).abs() < 1e-12);
+        // Half the ramp's arrivals come in its last 29%: t = 2 sqrt(1/2).
+        assert!((arrival_time(5.0, 10.0, 2.0) - 2.0 * 0.5f64.sqrt()).abs() < 1e-12);
+        // No ramp: lambda / rate.
+        assert_eq!(arrival_time(7.0, 10.0, 0.0), 0.7);
+        // Increasing everywhere.
+        let mut last = -1.0;
+        for k in 0..400 {
+            let t = arrival_time(f64::from(k) * 0.1, 10.0, 2.0);
+            assert!(t > last, "{k}");
+            last = t;
+        }
+    }
 }

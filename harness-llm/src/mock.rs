@@ -67,6 +67,8 @@ struct Shared {
     lateness: std::sync::Mutex<Lateness>,
     /// Prompt -> answer, from `cfg.answers`.
     answers: std::collections::HashMap<String, String>,
+    /// Sub-millisecond sleeps for the token schedule.
+    clock: crate::clock::Clock,
 }
 
 /// Reads the answers file of the mock's configuration (JSON lines of `prompt` and `answer`).
@@ -170,6 +172,7 @@ pub fn router(cfg: MockDeployment) -> Router {
         counters: Counters::default(),
         lateness: std::sync::Mutex::new(Lateness::default()),
         answers,
+        clock: crate::clock::Clock::default(),
     });
     Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -394,7 +397,7 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         let start = Instant::now();
         let total =
             delay(cfg, cfg.ttft_ms, n, 0) + delay(cfg, cfg.itl_ms, n, 1) * tokens.saturating_sub(1);
-        tokio::time::sleep_until(start + total).await;
+        s.clock.sleep_until(start + total).await;
         s.counters
             .output_tokens
             .fetch_add(u64::from(tokens), Ordering::Relaxed);
@@ -434,6 +437,20 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         _ => 0,
     };
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    // The streamed chunks are written from templates: the model name goes in escaped.
+    let model = serde_json::to_string(&model)
+        .ok()
+        .and_then(|q| q.get(1..q.len() - 1).map(str::to_owned))
+        .unwrap_or_default();
+    let head = if chat {
+        format!(
+            r#"data: {{"id":"{id}","object":"chat.completion.chunk","model":"{model}","choices":[{{"index":0,"delta":{{"content":""#
+        )
+    } else {
+        format!(
+            r#"data: {{"id":"{id}","object":"text_completion","model":"{model}","choices":[{{"index":0,"text":""#
+        )
+    };
     let stream = TokenStream {
         shared: s.clone(),
         n,
@@ -446,6 +463,7 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         start: Instant::now(),
         phase: Phase::Role,
         words: answer.map(Arc::new),
+        head,
     };
     let instant = fate == Fate::Ok && cfg.ttft_ms == 0.0 && cfg.itl_ms == 0.0;
     Response::builder()
@@ -476,6 +494,8 @@ struct TokenStream {
     phase: Phase,
     /// The answer's pieces, one per token, instead of `tok`.
     words: Option<Arc<Vec<String>>>,
+    /// Every content chunk up to its text, built once per response.
+    head: String,
 }
 
 impl TokenStream {
@@ -535,18 +555,16 @@ impl TokenStream {
         } else {
             content
         };
-        let body = if self.chat {
-            format!(
-                r#"{{"id":"{}","object":"chat.completion.chunk","model":"{}","choices":[{{"index":0,"delta":{{"content":"{}"}},"finish_reason":null}}]}}"#,
-                self.id, self.model, content
-            )
+        let tail = if self.chat {
+            "\"},\"finish_reason\":null}]}\n\n"
         } else {
-            format!(
-                r#"{{"id":"{}","object":"text_completion","model":"{}","choices":[{{"index":0,"text":"{}","finish_reason":null}}]}}"#,
-                self.id, self.model, content
-            )
+            "\",\"finish_reason\":null}]}\n\n"
         };
-        Bytes::from(format!("data: {body}\n\n"))
+        let mut out = Vec::with_capacity(self.head.len() + content.len() + tail.len());
+        out.extend_from_slice(self.head.as_bytes());
+        out.extend_from_slice(content.as_bytes());
+        out.extend_from_slice(tail.as_bytes());
+        Bytes::from(out)
     }
 
     /// When content token `i` (1-based) is due: TTFT, then one ITL per further token,
@@ -601,9 +619,7 @@ impl TokenStream {
                     _ => {}
                 }
                 let due = self.due(i);
-                if due > Instant::now() {
-                    tokio::time::sleep_until(due).await;
-                }
+                self.shared.clock.sleep_until(due).await;
                 let late = Instant::now().saturating_duration_since(due).as_micros();
                 {
                     let mut l = self

@@ -19,8 +19,8 @@ pub struct Usage {
 
 #[derive(Deserialize)]
 struct Chunk<'a> {
-    #[serde(default, borrow)]
-    choices: Vec<Choice<'a>>,
+    #[serde(default)]
+    choices: TextBytes,
     #[serde(default)]
     usage: Option<Usage>,
     #[serde(default, borrow)]
@@ -51,6 +51,41 @@ struct Message<'a> {
     reasoning_content: Option<Cow<'a, str>>,
 }
 
+/// The generated text's length summed over `choices`, without collecting them: one chunk
+/// per token is parsed, so no allocation per chunk.
+#[derive(Default)]
+struct TextBytes(usize);
+
+impl<'de> Deserialize<'de> for TextBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Sum;
+        impl<'de> serde::de::Visitor<'de> for Sum {
+            type Value = TextBytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of choices")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<TextBytes, A::Error> {
+                let mut n = 0;
+                while let Some(c) = seq.next_element::<Choice<'de>>()? {
+                    for m in [&c.delta, &c.message].into_iter().flatten() {
+                        n += m.content.as_deref().map_or(0, str::len);
+                        n += m.reasoning_content.as_deref().map_or(0, str::len);
+                    }
+                    n += c.text.as_deref().map_or(0, str::len);
+                }
+                Ok(TextBytes(n))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<TextBytes, E> {
+                Ok(TextBytes(0)) // `"choices": null`
+            }
+        }
+        d.deserialize_any(Sum)
+    }
+}
+
 /// What one response chunk (or a whole non-streamed response) carries.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ChunkInfo {
@@ -68,16 +103,8 @@ pub struct ChunkInfo {
 /// The JSON error when the payload is not a chunk object.
 pub fn parse_chunk(data: &str) -> Result<ChunkInfo, serde_json::Error> {
     let chunk: Chunk<'_> = serde_json::from_str(data)?;
-    let mut text_bytes = 0;
-    for c in &chunk.choices {
-        for m in [&c.delta, &c.message].into_iter().flatten() {
-            text_bytes += m.content.as_deref().map_or(0, str::len);
-            text_bytes += m.reasoning_content.as_deref().map_or(0, str::len);
-        }
-        text_bytes += c.text.as_deref().map_or(0, str::len);
-    }
     Ok(ChunkInfo {
-        text_bytes,
+        text_bytes: chunk.choices.0,
         usage: chunk.usage,
         error: chunk.error.map(|e| {
             e.message
@@ -194,6 +221,17 @@ mod tests {
         let err = parse_chunk(r#"{"error":{"message":"overloaded","code":503}}"#).expect("ok");
         assert_eq!(err.error.as_deref(), Some("overloaded"));
         assert!(parse_chunk("{not json").is_err());
+        let two = r#"{"choices":[{"text":"ab"},{"delta":{"content":"c\"d"}}]}"#;
+        assert_eq!(
+            parse_chunk(two).expect("ok").text_bytes,
+            5,
+            "summed, escapes decoded"
+        );
+        assert_eq!(
+            parse_chunk(r#"{"choices":null}"#).expect("ok").text_bytes,
+            0
+        );
+        assert!(parse_chunk(r#"{"choices":{"text":"a"}}"#).is_err());
     }
 
     #[test]

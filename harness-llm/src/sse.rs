@@ -70,9 +70,25 @@ impl SseParser {
             bytes = &bytes[1..];
         }
         self.after_cr = false;
-        while let Some(i) = bytes.iter().position(|b| *b == b'\n' || *b == b'\r') {
-            self.line.extend_from_slice(&bytes[..i]);
+        while let Some(i) = memchr::memchr2(b'\n', b'\r', bytes) {
             let ended_by_cr = bytes[i] == b'\r';
+            if self.line.is_empty() {
+                // The whole line is in this read: parse it in place.
+                Self::take_line(
+                    &mut self.data,
+                    &mut self.has_data,
+                    &bytes[..i],
+                    &mut on_event,
+                )?;
+            } else {
+                self.line.extend_from_slice(&bytes[..i]);
+                let line = std::mem::take(&mut self.line);
+                let taken =
+                    Self::take_line(&mut self.data, &mut self.has_data, &line, &mut on_event);
+                self.line = line;
+                self.line.clear();
+                taken?;
+            }
             bytes = &bytes[i + 1..];
             if ended_by_cr {
                 match bytes.first() {
@@ -81,7 +97,6 @@ impl SseParser {
                     _ => {}
                 }
             }
-            self.end_line(&mut on_event)?;
         }
         self.line.extend_from_slice(bytes);
         if self.line.len() + self.data.len() > MAX_EVENT_BYTES {
@@ -90,21 +105,24 @@ impl SseParser {
         Ok(())
     }
 
-    fn end_line(&mut self, on_event: &mut impl FnMut(&str)) -> Result<(), SseError> {
-        if self.line.is_empty() {
-            if self.has_data {
-                on_event(&self.data);
-                self.data.clear();
-                self.has_data = false;
+    /// Handles one complete line (without its line end).
+    fn take_line(
+        data: &mut String,
+        has_data: &mut bool,
+        line: &[u8],
+        on_event: &mut impl FnMut(&str),
+    ) -> Result<(), SseError> {
+        if line.is_empty() {
+            if *has_data {
+                on_event(data);
+                data.clear();
+                *has_data = false;
             }
             return Ok(());
         }
-        let line = std::str::from_utf8(&self.line).map_err(|_| SseError::NotUtf8)?;
+        let line = std::str::from_utf8(line).map_err(|_| SseError::NotUtf8)?;
         let (field, value) = match line.find(':') {
-            Some(0) => {
-                self.line.clear();
-                return Ok(()); // a comment
-            }
+            Some(0) => return Ok(()), // a comment
             Some(i) => {
                 let v = &line[i + 1..];
                 (&line[..i], v.strip_prefix(' ').unwrap_or(v))
@@ -112,16 +130,15 @@ impl SseParser {
             None => (line, ""),
         };
         if field == "data" {
-            if self.has_data {
-                self.data.push('\n');
+            if *has_data {
+                data.push('\n');
             }
-            self.data.push_str(value);
-            self.has_data = true;
-            if self.data.len() > MAX_EVENT_BYTES {
+            data.push_str(value);
+            *has_data = true;
+            if data.len() > MAX_EVENT_BYTES {
                 return Err(SseError::TooLarge);
             }
         }
-        self.line.clear();
         Ok(())
     }
 

@@ -194,6 +194,7 @@ impl Step for BenchmarkStep {
                 .requests
                 .map(|r| shard.map_or(u64::from(r.get()), |s| s.part(u64::from(r.get())))),
             duration: load.duration.map(|d| d.get()),
+            ramp: load.ramp.map(|d| d.get()),
             warmup: shard.map_or(u64::from(load.warmup_requests), |s| {
                 s.part(u64::from(load.warmup_requests))
             }),

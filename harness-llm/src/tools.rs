@@ -116,7 +116,8 @@ impl ResultHook for ImportHook {
 /// `--endpoint-type`, `--streaming` (`load.stream`), `--concurrency` and/or
 /// `--request-rate` with `--arrival-pattern` (`load.arrival`), `--isl`/`--isl-stddev`,
 /// `--osl`/`--osl-stddev`, `--request-count` or `--benchmark-duration`,
-/// `--warmup-request-count`, `--extra-inputs k:v` for each of `load.extra_body` (so
+/// `--warmup-request-count`, `--concurrency-ramp-duration`/`--request-rate-ramp-duration`
+/// (`load.ramp`), `--extra-inputs k:v` for each of `load.extra_body` (so
 /// `ignore_eos` and `min_tokens` reach the server), `--header` for `load.headers`,
 /// `--request-timeout-seconds`, `--random-seed`, and `--tokenizer` (the step's
 /// `tokenizer`, else the folder of the experiment's `tokenizer.path`, else the model name).
@@ -237,6 +238,15 @@ impl AiperfStep {
             (_, Some(d)) => arg("--benchmark-duration", d.get().as_secs_f64().to_string()),
             (Some(n), None) => arg("--request-count", n.get().to_string()),
             (None, None) => {}
+        }
+        if let Some(r) = load.ramp {
+            let secs = r.get().as_secs_f64().to_string();
+            if concurrency.is_some() {
+                arg("--concurrency-ramp-duration", secs.clone());
+            }
+            if rate.is_some() {
+                arg("--request-rate-ramp-duration", secs);
+            }
         }
         if load.warmup_requests > 0 {
             arg("--warmup-request-count", load.warmup_requests.to_string());

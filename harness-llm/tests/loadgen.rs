@@ -63,6 +63,11 @@ fn client_at(
     .expect("client")
 }
 
+/// A streaming chat client for the mock.
+fn chat(server: &MockServer, timeout: Duration, conc: usize) -> Client {
+    client(server, EndpointType::Chat, true, timeout, conc)
+}
+
 /// Sends `spec` with a fresh synthesiser and cancellation token.
 async fn run_load(c: &Client, spec: &LoadSpec) -> Vec<harness_llm::client::RequestRecord> {
     load::run(c, &synth(), spec, &CancellationToken::new()).await
@@ -79,13 +84,7 @@ async fn closed(
     isl: u32,
     osl: u32,
 ) -> (Vec<harness_llm::client::RequestRecord>, BenchSummary) {
-    let c = client(
-        server,
-        EndpointType::Chat,
-        true,
-        Duration::from_secs(30),
-        conc as usize,
-    );
+    let c = chat(server, Duration::from_secs(30), conc as usize);
     let recs = run_load(&c, &LoadSpec::closed(conc, requests, isl, osl)).await;
     let summary = BenchSummary::of(&recs, &Slo::default()).expect("stats");
     (recs, summary)
@@ -208,13 +207,7 @@ async fn faults_are_recorded_by_kind_and_throughput_counts_only_successes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_server_does_not_hang_the_cell_past_the_request_timeout() {
     let server = start(mock(|m| m.stall_rate = 1.0)).await;
-    let c = client(
-        &server,
-        EndpointType::Chat,
-        true,
-        Duration::from_millis(300),
-        4,
-    );
+    let c = chat(&server, Duration::from_millis(300), 4);
     let recs = run_load(&c, &LoadSpec::closed(4, 8, 16, 8)).await;
     assert_eq!(recs.len(), 8);
     assert!(
@@ -268,13 +261,7 @@ async fn whole_responses_and_the_completions_endpoint_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_spaces_arrivals_at_the_rate_and_warmup_is_excluded() {
     let server = start(MockDeployment::default()).await;
-    let c = client(
-        &server,
-        EndpointType::Chat,
-        true,
-        Duration::from_secs(10),
-        8,
-    );
+    let c = chat(&server, Duration::from_secs(10), 8);
     let mut spec = LoadSpec::closed(8, 40, 16, 4);
     spec.rate = Some(100.0);
     spec.arrival = Arrival::Constant;
@@ -292,6 +279,49 @@ async fn open_loop_spaces_arrivals_at_the_rate_and_warmup_is_excluded() {
     assert!((0.3..3.0).contains(&span), "span {span}s");
     let s = BenchSummary::of(&recs, &Slo::default()).expect("stats");
     assert_eq!((s.requests, s.warmup_requests), (40, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ramp_spreads_the_start_of_the_load() {
+    // Closed loop: 4 clients over 400 ms. A first token takes 500 ms, so the first four
+    // requests are one per client, in the order the clients started.
+    let server = start(mock(|m| m.ttft_ms = 500.0)).await;
+    let c = chat(&server, Duration::from_secs(10), 4);
+    let mut spec = LoadSpec::closed(4, 4, 16, 1);
+    spec.ramp = Some(Duration::from_millis(400));
+    let recs = run_load(&c, &spec).await;
+    assert!(recs.iter().all(|r| r.ok()), "{recs:?}");
+    for (k, r) in recs.iter().enumerate() {
+        assert!(
+            r.start_ns >= k as u64 * 100_000_000,
+            "client {k} started at {} ns, before its place in the ramp",
+            r.start_ns
+        );
+    }
+
+    // Open loop: constant arrivals at 200/s with the rate rising over 0.5 s. Request k is
+    // due at sqrt(k / 200) s while the rate rises (k <= 50), then 5 ms apart; without the
+    // ramp request 25 would go at 0.125 s instead of 0.354 s.
+    let server = start(MockDeployment::default()).await;
+    let c = chat(&server, Duration::from_secs(10), 64);
+    let mut spec = LoadSpec::closed(64, 60, 16, 1);
+    spec.rate = Some(200.0);
+    spec.arrival = Arrival::Constant;
+    spec.ramp = Some(Duration::from_millis(500));
+    let recs = run_load(&c, &spec).await;
+    assert_eq!(recs.len(), 60);
+    for (k, r) in recs.iter().enumerate() {
+        let due = if k <= 50 {
+            (k as f64 / 200.0).sqrt()
+        } else {
+            0.5 + (k - 50) as f64 / 200.0
+        };
+        assert!(
+            r.start_ns as f64 >= due * 1e9 - 1e3,
+            "request {k} started at {} ns, due at {due} s",
+            r.start_ns
+        );
+    }
 }
 
 #[tokio::test]
@@ -507,6 +537,29 @@ async fn send_one(port: u16) -> harness_llm::client::RequestRecord {
 }
 
 #[tokio::test]
+async fn a_server_closing_each_connection_after_its_response_costs_no_request() {
+    // The server answers once per connection and closes it without saying so (as
+    // llama.cpp's server does after a few requests): the pooled connection is found closed
+    // when it is next taken, and the request goes out on a new one instead of waiting.
+    let (port, conns) = flaky_server(0).await;
+    let client = client_for(port);
+    for i in 0..3 {
+        let rec = client
+            .send(
+                i,
+                false,
+                "a b c d".into(),
+                4,
+                1,
+                tokio::time::Instant::now(),
+            )
+            .await;
+        assert!(rec.ok(), "request {i}: {rec:?}");
+    }
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
 async fn a_connection_closed_before_any_response_is_retried_once_on_a_new_one() {
     let (port, conns) = flaky_server(1).await;
     let rec = send_one(port).await;
@@ -569,13 +622,7 @@ async fn the_benchmark_step_builds_prompts_with_a_tokenizer_json_by_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isl_and_osl_spread_normally_around_the_cell_and_repeat_with_the_seed() {
     let server = start(mock(|m| m.output_tokens = None)).await;
-    let c = client(
-        &server,
-        EndpointType::Chat,
-        true,
-        Duration::from_secs(30),
-        8,
-    );
+    let c = chat(&server, Duration::from_secs(30), 8);
     let mut spec = LoadSpec::closed(8, 400, 64, 16);
     spec.isl_stddev = 16.0;
     spec.osl_stddev = 4.0;
@@ -638,13 +685,7 @@ async fn a_jsonl_dataset_replaces_synthetic_prompts() {
         assert!(e.contains(says), "{e}");
     }
     let server = start(mock(|m| m.output_tokens = None)).await;
-    let c = client(
-        &server,
-        EndpointType::Chat,
-        true,
-        Duration::from_secs(30),
-        2,
-    );
+    let c = chat(&server, Duration::from_secs(30), 2);
     let mut spec = LoadSpec::closed(1, 4, 999, 5);
     spec.dataset = Some(std::sync::Arc::new(d));
     let recs = run_load(&c, &spec).await;

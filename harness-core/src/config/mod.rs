@@ -655,6 +655,13 @@ pub struct Load {
     /// Requests sent first and kept in the records, but left out of the statistics.
     #[serde(default)]
     pub warmup_requests: u32,
+    /// Start the load gradually over this time instead of all at once: at a concurrency the
+    /// clients start evenly spread over it; at a request rate the rate rises linearly from 0.
+    /// Without it a closed loop starts every request together, and with a server that
+    /// answers them alike the whole sweep keeps arriving in waves. Pair it with
+    /// `warmup_requests` to leave the ramp out of the statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<HumanDuration>,
     /// Seed for prompts and arrivals, so a run can be repeated exactly.
     #[serde(default)]
     pub seed: u64,
@@ -719,6 +726,7 @@ impl Default for Load {
             requests: None,
             duration: None,
             warmup_requests: 0,
+            ramp: None,
             seed: 0,
             arrival: Arrival::default(),
             stream: true,
