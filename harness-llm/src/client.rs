@@ -247,10 +247,15 @@ impl Client {
                 }
             }
         }
-        let io =
-            tower_service::Service::call(&mut self.inner.connector.clone(), self.inner.uri.clone())
-                .await
-                .map_err(|e| error_chain(e.as_ref()))?;
+        let mut connector = self.inner.connector.clone();
+        std::future::poll_fn(|cx| {
+            tower_service::Service::<http::Uri>::poll_ready(&mut connector, cx)
+        })
+        .await
+        .map_err(|e| error_chain(e.as_ref()))?;
+        let io = tower_service::Service::call(&mut connector, self.inner.uri.clone())
+            .await
+            .map_err(|e| error_chain(e.as_ref()))?;
         let (sender, driver) = http1::Builder::new()
             .handshake(io)
             .await

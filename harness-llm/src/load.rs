@@ -210,7 +210,8 @@ pub async fn run(
 ) -> Vec<RequestRecord> {
     let epoch = Instant::now();
     let total = spec.total();
-    let deadline = spec.duration.map(|d| epoch + d);
+    // A duration too long to add to the clock has no deadline in practice.
+    let deadline = spec.duration.and_then(|d| epoch.checked_add(d));
     let ramp = spec.ramp.unwrap_or_default();
     // Arrivals and ramp steps need better than tokio's millisecond timer.
     let clock = Arc::new(Clock::default());
@@ -235,7 +236,11 @@ pub async fn run(
                     clock.clone(),
                 );
                 // With a ramp, worker `w` starts at `w / workers` of it.
-                let begin = epoch + ramp.mul_f64(f64::from(w) / f64::from(workers));
+                let Some(begin) =
+                    epoch.checked_add(ramp.mul_f64(f64::from(w) / f64::from(workers)))
+                else {
+                    continue; // a ramp longer than the clock can count: never starts
+                };
                 tasks.spawn(async move {
                     clock.sleep_until(begin).await;
                     let mut out = Vec::new();

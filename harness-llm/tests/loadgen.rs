@@ -49,7 +49,17 @@ fn client_at(
     timeout: Duration,
     conc: usize,
 ) -> Client {
-    Client::new(ClientConfig {
+    Client::new(config_at(url, kind, stream, timeout, conc)).expect("client")
+}
+
+fn config_at(
+    url: String,
+    kind: EndpointType,
+    stream: bool,
+    timeout: Duration,
+    conc: usize,
+) -> ClientConfig {
+    ClientConfig {
         url,
         kind,
         model: "m".into(),
@@ -59,8 +69,7 @@ fn client_at(
         extra_body: Default::default(),
         headers: Vec::new(),
         max_connections: conc,
-    })
-    .expect("client")
+    }
 }
 
 /// A streaming chat client for the mock.
@@ -336,6 +345,33 @@ async fn a_closed_port_gives_connect_errors() {
         recs.iter().all(|r| r.error == Some(ErrorKind::Connect)),
         "{recs:?}"
     );
+}
+
+#[tokio::test]
+async fn https_goes_through_tls_and_bad_urls_are_refused() {
+    // The mock speaks plain HTTP: a TLS handshake with it fails, as a connect error.
+    let server = start(MockDeployment::default()).await;
+    let url = format!("https://{}/v1/chat/completions", server.addr());
+    let c = client_at(url, EndpointType::Chat, true, Duration::from_secs(5), 1);
+    let recs = run_load(&c, &LoadSpec::closed(1, 2, 8, 2)).await;
+    assert!(
+        recs.iter().all(|r| r.error == Some(ErrorKind::Connect)),
+        "{recs:?}"
+    );
+    for (url, says) in [
+        ("ftp://127.0.0.1/v1", "not http or https"),
+        ("http:///v1/chat/completions", "http:///v1/chat/completions"),
+    ] {
+        let cfg = config_at(
+            url.into(),
+            EndpointType::Chat,
+            true,
+            Duration::from_secs(1),
+            1,
+        );
+        let e = Client::new(cfg).expect_err(url);
+        assert!(e.contains(says), "{url}: {e}");
+    }
 }
 
 /// Runs `BenchmarkStep` over an experiment against a mock with `cfg`.
