@@ -241,9 +241,9 @@ async fn throughput(synth: &PromptSynth, quick: bool) {
 async fn accuracy(synth: &PromptSynth, quick: bool) {
     println!("\n## Accuracy: mock with TTFT 50 ms and ITL 10 ms, 32 output tokens\n");
     println!(
-        "| concurrency | metric | p50 ms | p99 ms | p50 error ms | p99 error ms | mock late p50 / p99 ms | client error vs mock p50 / p99 ms | mock CPU % | client CPU % |"
+        "| concurrency | metric | p50 ms | p99 ms | p50 error ms | p99 error ms | mock late p50 / p99 ms | client error vs mock p50 / p99 ms | client error per request p50 / p99 ms | mock intake p50 / p99 ms | mock CPU % | client CPU % |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut cfg = MockDeployment::default();
     cfg.ttft_ms = 50.0;
     cfg.itl_ms = 10.0;
@@ -263,6 +263,9 @@ async fn accuracy(synth: &PromptSynth, quick: bool) {
         // are steady rather than waves of `conc` requests at once.
         spec.ramp = Some(Duration::from_millis(360));
         let (m0, c0, t0) = (proc_cpu_s(mock.child.id()), cpu_s(), Instant::now());
+        // The run's clock on CLOCK_MONOTONIC (load::run takes its own epoch a few
+        // microseconds later), to compare its timestamps with the mock's request by request.
+        let epoch_ns = harness_llm::mock::monotonic_ns(tokio::time::Instant::now());
         let recs = load::run(&c, synth, &spec, &CancellationToken::new()).await;
         let wall = t0.elapsed().as_secs_f64();
         let mock_pct = (proc_cpu_s(mock.child.id()) - m0) / wall * 100.0;
@@ -283,7 +286,8 @@ async fn accuracy(synth: &PromptSynth, quick: bool) {
         let s = BenchSummary::of(&recs, &Slo::default()).expect("stats");
         // The mock's own lateness (time past each token's due time when it left), so the
         // client's error can be told apart from the server's.
-        let metrics = mock_metrics(mock.port).await;
+        let metrics = mock_get(mock.port, "/metrics").await;
+        let (read_delay, intake) = per_request(synth, &spec, &recs, epoch_ns, mock.port).await;
         for (name, truth, late) in [
             ("ttft", 50.0, "mock_first_token_lateness_seconds"),
             ("itl", 10.0, "mock_token_lateness_seconds"),
@@ -299,12 +303,27 @@ async fn accuracy(synth: &PromptSynth, quick: bool) {
                 } else {
                     (truth, truth)
                 };
+                // Per request (TTFT only): the client's first-token timestamp minus the time the
+                // mock sent that token, and the mock's handler start minus the client's write.
+                let pair = |d: &Option<harness_analytics::Distribution>| {
+                    d.as_ref()
+                        .filter(|_| name == "ttft")
+                        .map_or(String::new(), |d| {
+                            format!(
+                                "{:.3} / {:.3}",
+                                d.p(50).unwrap_or(f64::NAN),
+                                d.p(99).unwrap_or(f64::NAN)
+                            )
+                        })
+                };
                 println!(
-                    "| {conc} | {name} | {p50:.3} | {p99:.3} | {:+.3} | {:+.3} | {l50:.3} / {l99:.3} | {:+.3} / {:+.3} | {mock_pct:.0} | {client_pct:.0} |",
+                    "| {conc} | {name} | {p50:.3} | {p99:.3} | {:+.3} | {:+.3} | {l50:.3} / {l99:.3} | {:+.3} / {:+.3} | {} | {} | {mock_pct:.0} | {client_pct:.0} |",
                     p50 - truth,
                     p99 - truth,
                     p50 - s50,
                     p99 - s99,
+                    pair(&read_delay),
+                    pair(&intake),
                 );
             }
         }
@@ -385,18 +404,79 @@ fn wrk(synth: &PromptSynth) {
     }
 }
 
-/// The mock's `/metrics` text.
-async fn mock_metrics(port: u16) -> String {
+/// The body of the mock's answer to `GET path`.
+async fn mock_get(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect to the mock");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: mock\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: mock\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("request");
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("response");
-    out
+    out.split_once("\r\n\r\n")
+        .map_or(out.clone(), |(_, body)| body.to_owned())
+}
+
+/// Request by request, from the mock's `/v1/mock/requests` (both clocks are
+/// CLOCK_MONOTONIC): how long after the mock sent the first token the client stamped it
+/// (the client's TTFT error against the wire), and how long after the client wrote the
+/// request the mock's handler ran (the mock's intake queue), in ms, over the measured
+/// requests.
+async fn per_request(
+    synth: &PromptSynth,
+    spec: &LoadSpec,
+    recs: &[harness_llm::client::RequestRecord],
+    epoch_ns: Option<u64>,
+    port: u16,
+) -> (
+    Option<harness_analytics::Distribution>,
+    Option<harness_analytics::Distribution>,
+) {
+    let body: serde_json::Value =
+        serde_json::from_str(&mock_get(port, "/v1/mock/requests").await).expect("timings");
+    let mut seen = std::collections::HashMap::new();
+    for r in body["requests"].as_array().into_iter().flatten() {
+        if let (Some(k), Some(recv), Some(first)) = (
+            r["key"].as_str(),
+            r["received_ns"].as_u64(),
+            r["first_token_ns"].as_u64(),
+        ) {
+            seen.insert(k.to_owned(), (recv, first));
+        }
+    }
+    let (mut read_delay, mut intake) = (Vec::new(), Vec::new());
+    let mut dump = String::from("index,start_ns,client_read_delay_ms,mock_intake_ms\n");
+    for r in recs.iter().filter(|r| !r.warmup && r.ok()) {
+        let key = format!(
+            "{:016x}",
+            harness_llm::mock::prompt_key(&spec.request(synth, r.index).0)
+        );
+        if let (Some(epoch), Some(&(recv, first)), Some(got)) =
+            (epoch_ns, seen.get(&key), r.first_token_ns)
+        {
+            read_delay.push(((epoch + got) as f64 - first as f64) / 1e6);
+            intake.push((recv as f64 - (epoch + r.start_ns) as f64) / 1e6);
+            dump.push_str(&format!(
+                "{},{},{:.4},{:.4}\n",
+                r.index,
+                r.start_ns,
+                read_delay[read_delay.len() - 1],
+                intake[intake.len() - 1]
+            ));
+        }
+    }
+    if let Ok(dir) = std::env::var("LOADGEN_DUMP") {
+        let conc = spec.concurrency.unwrap_or(1);
+        std::fs::write(format!("{dir}/wire{conc}.csv"), dump).expect("dump");
+    }
+    (
+        harness_analytics::Distribution::of(&read_delay),
+        harness_analytics::Distribution::of(&intake),
+    )
 }
 
 /// A quantile line of a Prometheus summary, in seconds (NaN when missing).

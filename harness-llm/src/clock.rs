@@ -38,6 +38,34 @@ impl Clock {
     }
 }
 
+/// `at` on the machine's `CLOCK_MONOTONIC`, in nanoseconds: the clock that tokio's and std's
+/// `Instant` read on Linux, shared by every process on the machine. `None` elsewhere.
+pub fn monotonic_ns(at: Instant) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::sync::OnceLock;
+        static BASE: OnceLock<Option<(Instant, u64)>> = OnceLock::new();
+        let (base, raw) = (*BASE.get_or_init(|| {
+            let now = Instant::now();
+            let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+            let raw = u64::try_from(ts.tv_sec()).ok()? * 1_000_000_000
+                + u64::try_from(ts.tv_nsec()).ok()?;
+            Some((now, raw))
+        }))?;
+        let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).ok();
+        if at >= base {
+            raw.checked_add(ns(at - base)?)
+        } else {
+            raw.checked_sub(ns(base - at)?)
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = at;
+        None
+    }
+}
+
 impl Drop for Clock {
     fn drop(&mut self) {
         #[cfg(target_os = "linux")]

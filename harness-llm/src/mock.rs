@@ -16,8 +16,11 @@
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (streamed or not; a usage
 //! chunk when `stream_options.include_usage` is set), `GET /v1/models`, `GET /health`,
-//! `GET /metrics` (Prometheus text). Prompt tokens are counted as whitespace-separated words,
-//! which is exact for the prompts harness synthesises. Faults are drawn per request from a
+//! `GET /metrics` (Prometheus text, with the mock's own lateness), `GET /v1/mock/requests`
+//! (per streamed request: handler start and first token sent on `CLOCK_MONOTONIC`, keyed by
+//! [`prompt_key`], so a client on the machine can check its timestamps request by request).
+//! Prompt tokens are counted as whitespace-separated words, which is exact for the prompts
+//! harness synthesises. Faults are drawn per request from a
 //! seeded hash of its sequence number.
 
 use std::net::SocketAddr;
@@ -34,6 +37,8 @@ use axum::routing::{get, post};
 use harness_core::config::MockDeployment;
 use serde::Deserialize;
 use tokio::time::Instant;
+
+pub use crate::clock::monotonic_ns;
 
 /// The model name the mock reports when the request names none.
 pub const MOCK_MODEL: &str = "harness-mock";
@@ -55,6 +60,9 @@ struct Counters {
 struct Lateness {
     first: Vec<u32>,
     rest: Vec<u32>,
+    /// Per streamed request: its prompt's key, when its handler ran and when its first token
+    /// left (`/v1/mock/requests`).
+    requests: Vec<(u64, Instant, Instant)>,
 }
 
 /// At most this many lateness samples of each kind are kept (40 MB).
@@ -180,6 +188,7 @@ pub fn router(cfg: MockDeployment) -> Router {
         .route("/v1/models", get(models))
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route("/v1/mock/requests", get(request_timings))
         .with_state(shared)
 }
 
@@ -437,6 +446,7 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         _ => 0,
     };
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let key = prompt_key(last.unwrap_or_default());
     // The streamed chunks are written from templates: the model name goes in escaped.
     let model = serde_json::to_string(&model)
         .ok()
@@ -464,6 +474,7 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         phase: Phase::Role,
         words: answer.map(Arc::new),
         head,
+        key,
     };
     let instant = fate == Fate::Ok && cfg.ttft_ms == 0.0 && cfg.itl_ms == 0.0;
     Response::builder()
@@ -496,6 +507,8 @@ struct TokenStream {
     words: Option<Arc<Vec<String>>>,
     /// Every content chunk up to its text, built once per response.
     head: String,
+    /// [`prompt_key`] of the request's prompt.
+    key: u64,
 }
 
 impl TokenStream {
@@ -631,6 +644,9 @@ impl TokenStream {
                     if v.len() < MAX_LATENESS_SAMPLES {
                         v.push(u32::try_from(late).unwrap_or(u32::MAX));
                     }
+                    if i == 1 && l.requests.len() < MAX_LATENESS_SAMPLES {
+                        l.requests.push((self.key, self.start, Instant::now()));
+                    }
                 }
                 self.phase = if i < self.tokens {
                     Phase::Token(i + 1)
@@ -664,6 +680,36 @@ enum Phase {
     Usage,
     Done,
     End,
+}
+
+/// The key under which `/v1/mock/requests` lists a request: a 64-bit FNV-1a hash of its
+/// prompt (the last message's text, or the completion prompt), so a client can find its own
+/// requests by the prompts it sent.
+pub fn prompt_key(prompt: &str) -> u64 {
+    prompt.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+    })
+}
+
+/// Per streamed request, when its handler ran and when its first token left, in nanoseconds
+/// of the machine's monotonic clock (`CLOCK_MONOTONIC`, which every process on the machine
+/// shares; `null` where it cannot be read): a client on the same machine can compare them
+/// with its own timestamps request by request.
+async fn request_timings(State(s): State<Arc<Shared>>) -> Response {
+    let rows: Vec<serde_json::Value> = {
+        let l = s.lateness.lock().unwrap_or_else(|e| e.into_inner());
+        l.requests
+            .iter()
+            .map(|(key, received, first)| {
+                serde_json::json!({
+                    "key": format!("{key:016x}"),
+                    "received_ns": crate::clock::monotonic_ns(*received),
+                    "first_token_ns": crate::clock::monotonic_ns(*first),
+                })
+            })
+            .collect()
+    };
+    axum::Json(serde_json::json!({ "clock": "CLOCK_MONOTONIC", "requests": rows })).into_response()
 }
 
 async fn models(State(s): State<Arc<Shared>>) -> Response {

@@ -77,6 +77,16 @@ fn chat(server: &MockServer, timeout: Duration, conc: usize) -> Client {
     client(server, EndpointType::Chat, true, timeout, conc)
 }
 
+/// The body of the mock's answer to `GET path`.
+async fn get_text(server: &MockServer, path: &str) -> String {
+    reqwest::get(format!("{}{path}", server.url()))
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body")
+}
+
 /// Sends `spec` with a fresh synthesiser and cancellation token.
 async fn run_load(c: &Client, spec: &LoadSpec) -> Vec<harness_llm::client::RequestRecord> {
     load::run(c, &synth(), spec, &CancellationToken::new()).await
@@ -140,12 +150,7 @@ async fn measures_the_injected_ttft_and_itl() {
     // The mock reports its own lateness: one first-token sample per request, one per
     // later token; the client's TTFT cannot be below the server's due time plus lateness p50
     // by more than the loopback hop.
-    let metrics = reqwest::get(format!("{}/metrics", server.url()))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = get_text(&server, "/metrics").await;
     assert!(
         metrics.contains("mock_first_token_lateness_seconds_count 64\n"),
         "{metrics}"
@@ -201,12 +206,7 @@ async fn faults_are_recorded_by_kind_and_throughput_counts_only_successes() {
         "token throughput counts successes only"
     );
     // The mock's own counters agree.
-    let metrics = reqwest::get(format!("{}/metrics", server.url()))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = get_text(&server, "/metrics").await;
     assert!(
         metrics.contains(&format!("mock_injected_errors_total {http}")),
         "{metrics}"
@@ -347,6 +347,44 @@ async fn a_closed_port_gives_connect_errors() {
     );
 }
 
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mock_lists_each_requests_timing_on_the_shared_clock() {
+    let server = start(mock(|m| m.ttft_ms = 20.0)).await;
+    let c = chat(&server, Duration::from_secs(10), 2);
+    let epoch = tokio::time::Instant::now();
+    let epoch_ns = harness_llm::mock::monotonic_ns(epoch).expect("CLOCK_MONOTONIC on Linux");
+    let prompts = ["one two three", "four five six"];
+    let mut recs = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        recs.push(c.send(i as u64, false, (*p).into(), 3, 2, epoch).await);
+    }
+    let text = get_text(&server, "/v1/mock/requests").await;
+    let body: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(body["clock"], "CLOCK_MONOTONIC");
+    let listed = body["requests"].as_array().expect("requests");
+    assert_eq!(listed.len(), 2, "{body}");
+    for (p, rec) in prompts.iter().zip(&recs) {
+        let key = format!("{:016x}", harness_llm::mock::prompt_key(p));
+        let row = listed
+            .iter()
+            .find(|r| r["key"] == key.as_str())
+            .unwrap_or_else(|| panic!("no entry for {p:?} in {body}"));
+        let (recv, first) = (
+            row["received_ns"].as_u64().expect("received"),
+            row["first_token_ns"].as_u64().expect("first"),
+        );
+        // Causality on one clock: the request was written before the handler ran, the first
+        // token left at least TTFT after that, and the client read it after it left.
+        assert!(recv >= epoch_ns + rec.start_ns, "{row} {rec:?}");
+        assert!(first >= recv + 20_000_000, "{row}");
+        assert!(
+            epoch_ns + rec.first_token_ns.expect("first token") >= first,
+            "{row} {rec:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn https_goes_through_tls_and_bad_urls_are_refused() {
     // The mock speaks plain HTTP: a TLS handshake with it fails, as a connect error.
@@ -465,12 +503,7 @@ async fn the_preflight_warns_when_the_server_does_not_honour_osl() {
         .await
         .expect("summary");
     assert!(summary.notes.is_empty(), "{:?}", summary.notes);
-    let metrics = reqwest::get(format!("{}/metrics", server.url()))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = get_text(&server, "/metrics").await;
     assert!(metrics.contains("mock_requests_total 4\n"), "{metrics}");
 }
 
