@@ -17,8 +17,9 @@
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (streamed or not; a usage
 //! chunk when `stream_options.include_usage` is set), `GET /v1/models`, `GET /health`,
 //! `GET /metrics` (Prometheus text, with the mock's own lateness), `GET /v1/mock/requests`
-//! (per streamed request: handler start and first token sent on `CLOCK_MONOTONIC`, keyed by
-//! [`prompt_key`], so a client on the machine can check its timestamps request by request).
+//! (per streamed request, the first million: handler start and first token sent on
+//! `CLOCK_MONOTONIC`, keyed by [`prompt_key`], so a client on the machine can check its
+//! timestamps request by request).
 //! Prompt tokens are counted as whitespace-separated words, which is exact for the prompts
 //! harness synthesises. Faults are drawn per request from a
 //! seeded hash of its sequence number.
@@ -54,8 +55,9 @@ struct Counters {
     output_tokens: AtomicU64,
 }
 
-/// How late tokens left after their due time, in microseconds: the mock's own scheduling
-/// error, so a client's measurement can be judged against what the server really did.
+/// How late tokens left after their due time, in microseconds (the mock's own scheduling
+/// error), and when each streamed request was handled and answered: so a client's
+/// measurement can be judged against what the server really did.
 #[derive(Debug, Default)]
 struct Lateness {
     first: Vec<u32>,
@@ -67,6 +69,9 @@ struct Lateness {
 
 /// At most this many lateness samples of each kind are kept (40 MB).
 const MAX_LATENESS_SAMPLES: usize = 10_000_000;
+
+/// At most this many per-request timings are kept (40 MB).
+const MAX_REQUEST_TIMINGS: usize = 1_000_000;
 
 #[derive(Debug)]
 struct Shared {
@@ -644,7 +649,7 @@ impl TokenStream {
                     if v.len() < MAX_LATENESS_SAMPLES {
                         v.push(u32::try_from(late).unwrap_or(u32::MAX));
                     }
-                    if i == 1 && l.requests.len() < MAX_LATENESS_SAMPLES {
+                    if i == 1 && l.requests.len() < MAX_REQUEST_TIMINGS {
                         l.requests.push((self.key, self.start, Instant::now()));
                     }
                 }
