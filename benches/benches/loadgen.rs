@@ -5,7 +5,8 @@
 //! `cargo bench -p benches --bench loadgen` (about two minutes). The mock runs in its own
 //! process on core 0 and this client on core 1 (`taskset`), each on one thread. Set
 //! `LOADGEN_QUICK=1` for a short smoke run (what `cargo test --all-targets` does),
-//! `LOADGEN_ONLY=throughput,accuracy,memory,wrk` for some sections, and `LOADGEN_DUMP=DIR`
+//! `LOADGEN_ONLY=throughput,accuracy,memory,wrk` for some sections, `LOADGEN_CONCURRENCY=512`
+//! (comma-separated) for some concurrencies of the first two, and `LOADGEN_DUMP=DIR`
 //! to write each accuracy run's per-request timestamps to `DIR/acc<concurrency>.csv`.
 
 use std::io::{BufRead, BufReader};
@@ -171,6 +172,17 @@ fn client(port: u16, conc: u32) -> Client {
     .expect("client")
 }
 
+/// The concurrencies to run: `LOADGEN_CONCURRENCY` (comma-separated) when set, else `default`.
+fn concurrencies(default: &[u32]) -> Vec<u32> {
+    match std::env::var("LOADGEN_CONCURRENCY") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|c| c.trim().parse().ok())
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
+}
+
 /// Whether `section` should run: all of them unless `LOADGEN_ONLY` lists some
 /// (comma-separated: `throughput`, `accuracy`, `memory`, `wrk`).
 fn wanted(section: &str) -> bool {
@@ -203,7 +215,7 @@ async fn throughput(synth: &PromptSynth, quick: bool) {
     let mut cfg = MockDeployment::default();
     cfg.output_tokens = std::num::NonZeroU32::new(64);
     let mock = Mock::start(&cfg);
-    for conc in [1u32, 64, 256, 1024] {
+    for conc in concurrencies(&[1, 64, 256, 1024]) {
         let requests = if quick {
             u64::from(conc) * 2
         } else {
@@ -248,7 +260,7 @@ async fn accuracy(synth: &PromptSynth, quick: bool) {
     cfg.ttft_ms = 50.0;
     cfg.itl_ms = 10.0;
     cfg.output_tokens = std::num::NonZeroU32::new(32);
-    for conc in [1u32, 64, 256, 512] {
+    for conc in concurrencies(&[1, 64, 256, 512]) {
         let mock = Mock::start(&cfg);
         let requests = if quick {
             u64::from(conc).max(8)

@@ -16,7 +16,8 @@
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (streamed or not; a usage
 //! chunk when `stream_options.include_usage` is set), `GET /v1/models`, `GET /health`,
-//! `GET /metrics` (Prometheus text, with the mock's own lateness), `GET /v1/mock/requests`
+//! `GET /metrics` (Prometheus text: counters, the streams under way, the mock's own
+//! lateness), `GET /v1/mock/requests`
 //! (per streamed request, the first million: handler start and first token sent on
 //! `CLOCK_MONOTONIC`, keyed by [`prompt_key`], so a client on the machine can check its
 //! timestamps request by request).
@@ -53,6 +54,32 @@ struct Counters {
     injected_stalls: AtomicU64,
     injected_malformed: AtomicU64,
     output_tokens: AtomicU64,
+    /// Streamed responses under way.
+    streams_running: AtomicU64,
+}
+
+/// Counts a streamed response as running while it lives: until its last chunk is sent, or
+/// the stream is dropped because the client left or the connection was cut.
+#[derive(Debug)]
+struct Running(Arc<Shared>);
+
+impl Running {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared
+            .counters
+            .streams_running
+            .fetch_add(1, Ordering::Relaxed);
+        Running(shared.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0
+            .counters
+            .streams_running
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How late tokens left after their due time, in microseconds (the mock's own scheduling
@@ -131,11 +158,10 @@ impl MockServer {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = router(cfg);
         let task = tokio::spawn(async move {
-            let _ = axum::serve(no_delay(listener), app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
+            let _ = crate::server::serve(listener, app, async {
+                let _ = rx.await;
+            })
+            .await;
         });
         Ok(MockServer {
             addr,
@@ -197,7 +223,8 @@ pub fn router(cfg: MockDeployment) -> Router {
         .with_state(shared)
 }
 
-/// Serves the mock on `listener` until `shutdown` resolves; for `harness mock`.
+/// Serves the mock on `listener` until `shutdown` resolves (streams still open are then
+/// cut); for `harness mock`. HTTP/1.1 only, keep-alive, no TLS.
 ///
 /// # Errors
 /// When serving fails.
@@ -206,22 +233,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(no_delay(listener), router(cfg))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// Tokens are small writes: without `TCP_NODELAY`, Nagle's algorithm holds each one until the
-/// client acknowledges the last, and delayed ACKs make that up to 40 ms on Linux.
-fn no_delay(
-    listener: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    })
+    crate::server::serve(listener, router(cfg), shutdown).await
 }
 
 #[derive(Deserialize)]
@@ -467,6 +479,7 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         )
     };
     let stream = TokenStream {
+        _running: Running::new(&s),
         shared: s.clone(),
         n,
         chat,
@@ -498,6 +511,7 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
 }
 
 struct TokenStream {
+    _running: Running,
     shared: Arc<Shared>,
     n: u64,
     chat: bool,
@@ -763,6 +777,10 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
             v.load(Ordering::Relaxed)
         ));
     }
+    out.push_str(&format!(
+        "# HELP mock_streams_running Streamed responses under way.\n# TYPE mock_streams_running gauge\nmock_streams_running {}\n",
+        c.streams_running.load(Ordering::Relaxed)
+    ));
     let lateness = {
         let l = s.lateness.lock().unwrap_or_else(|e| e.into_inner());
         [

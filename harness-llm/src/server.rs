@@ -1,0 +1,461 @@
+//! The mock's HTTP/1.1 connection handling: requests are parsed with `httparse`, answered by
+//! the mock's axum [`Router`], and the response is written straight to the socket.
+//!
+//! hyper's server did this before, and cost the mock about a third of its user-space time at
+//! high concurrency (its dispatcher, write buffer and flush run for every token). Here a
+//! streamed body's frames each become one chunk in one `write`, and every frame that is
+//! already ready goes out in the same write. What it handles: keep-alive (HTTP/1.1 unless
+//! `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`), pipelined requests,
+//! bodies by `Content-Length` or chunked, `Expect: 100-continue`, `HEAD`. A malformed request
+//! gets a 400 (431 for an oversized head, 413 for an oversized body) naming the problem, and
+//! the connection is closed. A client that goes away mid-stream ends the response at once,
+//! even while the body is waiting for its next token.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{self, Write as _};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use futures::FutureExt as _;
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, EXPECT, HeaderName, HeaderValue, TRANSFER_ENCODING,
+};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tower_service::Service;
+
+/// Largest request head (request line and headers).
+const MAX_HEAD: usize = 64 * 1024;
+/// Largest request body.
+const MAX_BODY: usize = 64 << 20;
+/// Most headers in a request.
+const MAX_HEADERS: usize = 64;
+
+/// Serves `app` on `listener` until `shutdown` completes. Connections still open then are cut
+/// (also when the returned future is dropped).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    // Dropping the set aborts every connection task.
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => {
+                    // Tokens are small writes: without TCP_NODELAY, Nagle's algorithm holds
+                    // each one until the client acknowledges the last.
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                    connections.spawn(connection(tcp, app.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+}
+
+/// One connection: requests in turn until the client closes, asks to, or misbehaves.
+async fn connection(mut tcp: TcpStream, mut app: Router) {
+    let mut input = Vec::with_capacity(4096);
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let request = match read_request(&mut tcp, &mut input).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(Incoming::Io(e)) => {
+                tracing::debug!(error = %e, "connection read failed");
+                return;
+            }
+            Err(Incoming::Bad(status, message)) => {
+                let _ = tcp.write_all(&plain(status, &message)).await;
+                return;
+            }
+        };
+        let (keep_alive, head_only) = (request.keep_alive, request.head_only);
+        let response = match call(&mut app, request.request).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        match respond(
+            &mut tcp, response, keep_alive, head_only, &mut out, &mut input,
+        )
+        .await
+        {
+            Ok(()) if keep_alive => {}
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "response cut");
+                return;
+            }
+        }
+    }
+}
+
+async fn call(app: &mut Router, request: Request<Body>) -> Result<Response<Body>, Infallible> {
+    std::future::poll_fn(|cx| Service::<Request<Body>>::poll_ready(app, cx)).await?;
+    app.call(request).await
+}
+
+/// Why no request could be read.
+enum Incoming {
+    Io(io::Error),
+    /// Answer with this status and message, then close.
+    Bad(StatusCode, String),
+}
+
+impl From<io::Error> for Incoming {
+    fn from(e: io::Error) -> Self {
+        Incoming::Io(e)
+    }
+}
+
+struct Parsed {
+    request: Request<Body>,
+    keep_alive: bool,
+    head_only: bool,
+}
+
+/// Reads one request; `None` when the client closed the connection (between requests or
+/// mid-request).
+async fn read_request(
+    tcp: &mut TcpStream,
+    input: &mut Vec<u8>,
+) -> Result<Option<Parsed>, Incoming> {
+    let (head_len, mut builder, keep_alive, body_kind, expect_continue, head_only) = loop {
+        if !input.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(input) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let parsed = head(&req)?;
+                    break (n, parsed.0, parsed.1, parsed.2, parsed.3, parsed.4);
+                }
+                Ok(httparse::Status::Partial) if input.len() > MAX_HEAD => {
+                    return Err(Incoming::Bad(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        format!("request head longer than {MAX_HEAD} bytes"),
+                    ));
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => {
+                    return Err(Incoming::Bad(
+                        StatusCode::BAD_REQUEST,
+                        format!("malformed request head: {e}"),
+                    ));
+                }
+            }
+        }
+        if tcp.read_buf(input).await? == 0 {
+            return Ok(None);
+        }
+    };
+    input.drain(..head_len);
+    let needs_body = !matches!(body_kind, BodyKind::Length(0));
+    if expect_continue && needs_body && input.is_empty() {
+        tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+    }
+    let body = match body_kind {
+        BodyKind::Length(len) => {
+            if !fill(tcp, input, len).await? {
+                return Ok(None);
+            }
+            let body = Bytes::copy_from_slice(&input[..len]);
+            input.drain(..len);
+            body
+        }
+        BodyKind::Chunked => match dechunk(tcp, input).await? {
+            Some(b) => b,
+            None => return Ok(None),
+        },
+    };
+    builder = builder.header(CONTENT_LENGTH, body.len());
+    let request = builder
+        .body(Body::from(body))
+        .map_err(|e| Incoming::Bad(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))?;
+    Ok(Some(Parsed {
+        request,
+        keep_alive,
+        head_only,
+    }))
+}
+
+enum BodyKind {
+    Length(usize),
+    Chunked,
+}
+
+type Head = (http::request::Builder, bool, BodyKind, bool, bool);
+
+/// The request line and headers: a request builder without its body, keep-alive, how the
+/// body is framed, whether the client waits for `100 Continue`, and whether it is `HEAD`.
+fn head(req: &httparse::Request<'_, '_>) -> Result<Head, Incoming> {
+    let bad = |m: String| Incoming::Bad(StatusCode::BAD_REQUEST, m);
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+        .map_err(|_| bad("invalid method".into()))?;
+    let version = if req.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let head_only = method == Method::HEAD;
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(req.path.unwrap_or("/"))
+        .version(version);
+    let mut keep_alive = version == Version::HTTP_11;
+    let (mut length, mut chunked, mut expect_continue) = (None, false, false);
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| bad(format!("invalid header name {:?}", h.name)))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| bad(format!("invalid value of header {}", h.name)))?;
+        let text = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+        if name == CONTENT_LENGTH {
+            let n: usize = text
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("invalid content-length {text:?}")))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(bad("conflicting content-length headers".into()));
+            }
+            length = Some(n);
+            continue;
+        }
+        if name == TRANSFER_ENCODING {
+            if text.split(',').map(str::trim).next_back() != Some("chunked") {
+                return Err(bad(format!("unsupported transfer-encoding {text:?}")));
+            }
+            chunked = true;
+            continue;
+        }
+        if name == CONNECTION {
+            if text.split(',').any(|t| t.trim() == "close") {
+                keep_alive = false;
+            } else if text.split(',').any(|t| t.trim() == "keep-alive") {
+                keep_alive = true;
+            }
+        }
+        if name == EXPECT && text.trim() == "100-continue" {
+            expect_continue = true;
+        }
+        builder = builder.header(name, value);
+    }
+    let body = match (chunked, length) {
+        (true, Some(_)) => {
+            return Err(bad("both content-length and transfer-encoding".into()));
+        }
+        (true, None) => BodyKind::Chunked,
+        (false, Some(n)) if n > MAX_BODY => {
+            return Err(Incoming::Bad(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body of {n} bytes; at most {MAX_BODY}"),
+            ));
+        }
+        (false, n) => BodyKind::Length(n.unwrap_or(0)),
+    };
+    Ok((builder, keep_alive, body, expect_continue, head_only))
+}
+
+/// Reads until `input` holds at least `len` bytes; false at end of stream.
+async fn fill(tcp: &mut TcpStream, input: &mut Vec<u8>, len: usize) -> io::Result<bool> {
+    while input.len() < len {
+        if tcp.read_buf(input).await? == 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A chunked request body; `None` at end of stream.
+async fn dechunk(tcp: &mut TcpStream, input: &mut Vec<u8>) -> Result<Option<Bytes>, Incoming> {
+    let mut body = Vec::new();
+    loop {
+        // The size line.
+        let line_end = loop {
+            if let Some(i) = memchr::memmem::find(input, b"\r\n") {
+                break i;
+            }
+            if input.len() > MAX_HEAD {
+                return Err(Incoming::Bad(
+                    StatusCode::BAD_REQUEST,
+                    "chunk size line too long".into(),
+                ));
+            }
+            if tcp.read_buf(input).await? == 0 {
+                return Ok(None);
+            }
+        };
+        let line = String::from_utf8_lossy(&input[..line_end]).into_owned();
+        let hex = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(hex, 16).map_err(|_| {
+            Incoming::Bad(
+                StatusCode::BAD_REQUEST,
+                format!("invalid chunk size {line:?}"),
+            )
+        })?;
+        input.drain(..line_end + 2);
+        if size == 0 {
+            // Trailers, if any, up to an empty line.
+            loop {
+                if let Some(i) = memchr::memmem::find(input, b"\r\n") {
+                    input.drain(..i + 2);
+                    if i == 0 {
+                        return Ok(Some(Bytes::from(body)));
+                    }
+                    continue;
+                }
+                if tcp.read_buf(input).await? == 0 {
+                    return Ok(None);
+                }
+            }
+        }
+        if body.len() + size > MAX_BODY {
+            return Err(Incoming::Bad(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over {MAX_BODY} bytes"),
+            ));
+        }
+        if !fill(tcp, input, size + 2).await? {
+            return Ok(None);
+        }
+        if &input[size..size + 2] != b"\r\n" {
+            return Err(Incoming::Bad(
+                StatusCode::BAD_REQUEST,
+                "chunk not followed by CRLF".into(),
+            ));
+        }
+        body.extend_from_slice(&input[..size]);
+        input.drain(..size + 2);
+    }
+}
+
+/// A short plain-text response that closes the connection.
+fn plain(status: StatusCode, message: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{message}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        message.len()
+    )
+    .into_bytes()
+}
+
+/// Writes `response`: with a `Content-Length` when its body's size is known, else chunked,
+/// one write per frame (or per run of frames that are ready together). Errors when the body
+/// fails (the connection is then cut, as an injected disconnect wants) or the client left.
+async fn respond(
+    tcp: &mut TcpStream,
+    response: Response<Body>,
+    keep_alive: bool,
+    head_only: bool,
+    out: &mut Vec<u8>,
+    input: &mut Vec<u8>,
+) -> io::Result<()> {
+    let (parts, mut body) = response.into_parts();
+    out.clear();
+    let status = parts.status;
+    write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )?;
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if let Some(len) = http_body::Body::size_hint(&body).exact() {
+        write!(out, "content-length: {len}\r\n\r\n")?;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.map_err(io::Error::other)?.into_data()
+                && !head_only
+            {
+                out.extend_from_slice(&data);
+            }
+        }
+        return tcp.write_all(out).await;
+    }
+    out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    loop {
+        // Frames that are ready join the pending write; otherwise write, then wait.
+        let frame = match body.frame().now_or_never() {
+            Some(f) => f,
+            None => {
+                if !out.is_empty() {
+                    tcp.write_all(out).await?;
+                    out.clear();
+                }
+                match next_frame(tcp, &mut body, input).await? {
+                    Some(f) => f,
+                    None => continue,
+                }
+            }
+        };
+        match frame {
+            None => {
+                out.extend_from_slice(b"0\r\n\r\n");
+                return tcp.write_all(out).await;
+            }
+            Some(frame) => {
+                if let Ok(data) = frame.map_err(io::Error::other)?.into_data()
+                    && !data.is_empty()
+                    && !head_only
+                {
+                    write!(out, "{:x}\r\n", data.len())?;
+                    out.extend_from_slice(&data);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+    }
+}
+
+type Frame = Option<Result<http_body::Frame<Bytes>, axum::Error>>;
+
+/// Waits for the body's next frame while watching the socket: an error when the client
+/// closes, `None` when it sent more (a pipelined request, kept in `input`).
+async fn next_frame(
+    tcp: &TcpStream,
+    body: &mut Body,
+    input: &mut Vec<u8>,
+) -> io::Result<Option<Frame>> {
+    let watch = input.len() < MAX_HEAD + MAX_BODY;
+    tokio::select! {
+        biased;
+        frame = body.frame() => Ok(Some(frame)),
+        ready = tcp.readable(), if watch => {
+            ready?;
+            let mut chunk = [0u8; 4096];
+            match tcp.try_read(&mut chunk) {
+                Ok(0) => Err(io::Error::new(io::ErrorKind::ConnectionReset, "client closed the connection")),
+                Ok(n) => {
+                    input.extend_from_slice(&chunk[..n]);
+                    Ok(None)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
