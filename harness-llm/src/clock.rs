@@ -36,6 +36,36 @@ impl Clock {
         }
         tokio::time::sleep_until(due).await;
     }
+
+    /// Runs `task` at `due`, then again at each time it returns, until it returns `None`.
+    /// On Linux it runs on the clock's driver, right after the timer fires and without a task
+    /// switch, so `fire` must be quick and must not block; elsewhere in a task of its own.
+    pub(crate) fn run_at(&self, due: Instant, task: Box<dyn Timed>) {
+        #[cfg(target_os = "linux")]
+        let task = match self.inner.get_or_init(linux::Inner::start).as_ref() {
+            Some(inner) => match inner.run_at(due, task) {
+                Ok(()) => return,
+                Err(task) => task,
+            },
+            None => task,
+        };
+        tokio::spawn(async move {
+            let (mut task, mut due) = (task, due);
+            loop {
+                tokio::time::sleep_until(due).await;
+                match task.fire() {
+                    Some(next) => due = next,
+                    None => return,
+                }
+            }
+        });
+    }
+}
+
+/// Work run by the clock at the times it asks for ([`Clock::run_at`]).
+pub(crate) trait Timed: Send + 'static {
+    /// Does what is due now; returns when to run next, or `None` when done.
+    fn fire(&mut self) -> Option<Instant>;
 }
 
 /// `at` on the machine's `CLOCK_MONOTONIC`, in nanoseconds: the clock that tokio's and std's
@@ -89,6 +119,8 @@ mod linux {
     use tokio::sync::oneshot;
     use tokio::time::Instant;
 
+    use super::Timed;
+
     struct Fd(TimerFd);
 
     impl AsRawFd for Fd {
@@ -100,7 +132,14 @@ mod linux {
     struct Entry {
         due: Instant,
         seq: u64,
-        fire: oneshot::Sender<()>,
+        wake: Wake,
+    }
+
+    enum Wake {
+        /// A sleeper waiting in its task.
+        Sleeper(oneshot::Sender<()>),
+        /// Work run on the driver itself.
+        Run(Box<dyn Timed>),
     }
 
     impl PartialEq for Entry {
@@ -174,18 +213,38 @@ mod linux {
         /// Queues a deadline; `None` when the timer cannot be armed (use tokio's).
         pub(super) fn schedule(&self, due: Instant) -> Option<oneshot::Receiver<()>> {
             let (fire, fired) = oneshot::channel();
+            self.push(due, Wake::Sleeper(fire)).ok()?;
+            Some(fired)
+        }
+
+        /// Queues work to run on the driver at `due`; gives it back when the timer cannot be
+        /// armed.
+        pub(super) fn run_at(
+            &self,
+            due: Instant,
+            task: Box<dyn Timed>,
+        ) -> Result<(), Box<dyn Timed>> {
+            match self.push(due, Wake::Run(task)) {
+                Err(Wake::Run(task)) => Err(task),
+                _ => Ok(()),
+            }
+        }
+
+        fn push(&self, due: Instant, wake: Wake) -> Result<(), Wake> {
             let mut s = self.lock();
             if s.closed {
-                return None;
+                return Err(wake);
             }
             if s.armed.is_none_or(|a| due < a) {
-                self.arm(due).ok()?;
+                if self.arm(due).is_err() {
+                    return Err(wake);
+                }
                 s.armed = Some(due);
             }
             s.seq += 1;
             let seq = s.seq;
-            s.heap.push(Reverse(Entry { due, seq, fire }));
-            Some(fired)
+            s.heap.push(Reverse(Entry { due, seq, wake }));
+            Ok(())
         }
 
         /// Arms the timerfd for `due` (relative, at least a nanosecond: zero would disarm).
@@ -209,15 +268,41 @@ mod linux {
         /// Fires every deadline that has passed and re-arms for the next. Returns false once
         /// closed.
         fn fire_due(&self) -> bool {
+            let mut run = Vec::new();
+            {
+                let mut s = self.lock();
+                let now = Instant::now();
+                while let Some(Reverse(e)) = s.heap.peek() {
+                    if e.due > now && !s.closed {
+                        break;
+                    }
+                    if let Some(Reverse(e)) = s.heap.pop() {
+                        match e.wake {
+                            Wake::Sleeper(fire) => {
+                                let _ = fire.send(());
+                            }
+                            Wake::Run(task) => run.push(task),
+                        }
+                    }
+                }
+                if s.closed {
+                    return false;
+                }
+            }
+            // Outside the lock: the work may queue sleeps of its own.
+            let again: Vec<_> = run
+                .into_iter()
+                .filter_map(|mut task| task.fire().map(|due| (due, task)))
+                .collect();
             let mut s = self.lock();
-            let now = Instant::now();
-            while let Some(Reverse(e)) = s.heap.peek() {
-                if e.due > now && !s.closed {
-                    break;
-                }
-                if let Some(Reverse(e)) = s.heap.pop() {
-                    let _ = e.fire.send(());
-                }
+            for (due, task) in again {
+                s.seq += 1;
+                let seq = s.seq;
+                s.heap.push(Reverse(Entry {
+                    due,
+                    seq,
+                    wake: Wake::Run(task),
+                }));
             }
             if s.closed {
                 return false;
@@ -231,7 +316,9 @@ mod linux {
                         tracing::warn!(error = %e, "cannot arm the timerfd");
                         s.closed = true;
                         while let Some(Reverse(e)) = s.heap.pop() {
-                            let _ = e.fire.send(());
+                            if let Wake::Sleeper(fire) = e.wake {
+                                let _ = fire.send(());
+                            }
                         }
                         return false;
                     }
@@ -285,6 +372,50 @@ mod tests {
         }
         // A deadline in the past returns at once.
         clock.sleep_until(start).await;
+    }
+
+    /// Fires at each of its deadlines in turn, noting when it ran.
+    struct Ticks {
+        due: Vec<Instant>,
+        ran: std::sync::Arc<std::sync::Mutex<Vec<(Instant, Instant)>>>,
+    }
+
+    impl Timed for Ticks {
+        fn fire(&mut self) -> Option<Instant> {
+            let due = self.due.remove(0);
+            self.ran
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((due, Instant::now()));
+            self.due.first().copied()
+        }
+    }
+
+    #[tokio::test]
+    async fn work_runs_at_each_time_it_asks_for_and_stops_when_done() {
+        let clock = Clock::default();
+        let start = Instant::now();
+        let ran = std::sync::Arc::default();
+        let due: Vec<_> = [2u64, 4, 4, 9]
+            .iter()
+            .map(|ms| start + Duration::from_millis(*ms))
+            .collect();
+        clock.run_at(
+            due[0],
+            Box::new(Ticks {
+                due: due.clone(),
+                ran: std::sync::Arc::clone(&ran),
+            }),
+        );
+        // A sleeper on the same clock, between the runs.
+        clock.sleep_until(start + Duration::from_millis(6)).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let ran = ran.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(ran.len(), 4, "ran {ran:?}");
+        for ((due_at, at), want) in ran.iter().zip(&due) {
+            assert_eq!(due_at, want);
+            assert!(at >= due_at, "ran {:?} early", *due_at - *at);
+        }
     }
 
     #[cfg(target_os = "linux")]

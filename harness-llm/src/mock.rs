@@ -196,8 +196,10 @@ impl Drop for MockServer {
     }
 }
 
-/// The mock's routes, for serving on a listener of your own.
-pub fn router(cfg: MockDeployment) -> Router {
+/// The mock's routes. Streamed responses with delays are written by the mock's own
+/// connection handling (`server.rs`), so this router is served only by it: on a listener of
+/// your own, use [`serve`].
+fn router(cfg: MockDeployment) -> Router {
     // A small file read once when the server is built.
     let answers = match &cfg.answers {
         Some(path) => load_answers(path).unwrap_or_else(|e| {
@@ -479,7 +481,7 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         )
     };
     let stream = TokenStream {
-        _running: Running::new(&s),
+        running: Some(Running::new(&s)),
         shared: s.clone(),
         n,
         chat,
@@ -495,23 +497,77 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         key,
     };
     let instant = fate == Fate::Ok && cfg.ttft_ms == 0.0 && cfg.itl_ms == 0.0;
-    Response::builder()
+    let response = Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(if instant {
-            // Every token is ready at once: one write, as a real server's socket would carry.
-            let all = stream.all_at_once();
-            Body::from_stream(futures::stream::once(async move {
-                Ok::<_, std::io::Error>(all)
+        .header(header::CACHE_CONTROL, "no-cache");
+    let response = if instant {
+        // Every token is ready at once: one write, as a real server's socket would carry.
+        let all = stream.all_at_once();
+        response.body(Body::from_stream(futures::stream::once(async move {
+            Ok::<_, std::io::Error>(all)
+        })))
+    } else {
+        // Written by the clock straight to the socket, each chunk at its due time.
+        let shared = s.clone();
+        response
+            .extension(crate::server::Takeover::new(move |sink| {
+                let mut writer = Writer {
+                    stream,
+                    sink: Some(sink),
+                };
+                if let Some(due) = crate::clock::Timed::fire(&mut writer) {
+                    shared.clock.run_at(due, Box::new(writer));
+                }
             }))
-        } else {
-            Body::from_stream(futures::stream::unfold(stream, TokenStream::step))
-        })
-        .unwrap_or_else(|_| error_response(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+            .body(Body::empty())
+    };
+    response.unwrap_or_else(|_| error_response(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+/// A streamed response on the clock: each run sends what is due and says when to come back.
+struct Writer {
+    stream: TokenStream,
+    /// `None` once the response has ended.
+    sink: Option<crate::server::Sink>,
+}
+
+impl crate::clock::Timed for Writer {
+    fn fire(&mut self) -> Option<Instant> {
+        let sink = self.sink.as_mut()?;
+        if sink.gone() {
+            return None;
+        }
+        let next = self.stream.advance(sink);
+        if let Next::At(due) = next {
+            return Some(due);
+        }
+        let sink = self.sink.take()?;
+        match next {
+            Next::Finish => sink.finish(),
+            Next::Cut => sink.cut(),
+            Next::Stall => sink.stall(self.stream.running.take()),
+            Next::At(_) => {}
+        }
+        None
+    }
+}
+
+/// What a streamed response does after [`TokenStream::advance`].
+enum Next {
+    /// Runs again at this time.
+    At(Instant),
+    /// Ends with its last chunk.
+    Finish,
+    /// Closes the connection mid-response (an injected disconnect).
+    Cut,
+    /// Sends nothing more, leaving the client waiting (an injected stall).
+    Stall,
 }
 
 struct TokenStream {
-    _running: Running,
+    /// Taken when a stalled stream hands its count to the connection, which keeps it until the
+    /// client leaves.
+    running: Option<Running>,
     shared: Arc<Shared>,
     n: u64,
     chat: bool,
@@ -538,7 +594,7 @@ impl TokenStream {
             out.extend_from_slice(&self.role_chunk());
         }
         for i in 1..=self.tokens {
-            out.extend_from_slice(&self.chunk(self.piece(i)));
+            self.chunk(&mut out, i);
         }
         out.extend_from_slice(&self.usage_chunk());
         out.extend_from_slice(b"data: [DONE]\n\n");
@@ -576,7 +632,9 @@ impl TokenStream {
         }
     }
 
-    fn chunk(&self, content: &str) -> Bytes {
+    /// Appends the chunk of content token `i` (1-based) to `out`.
+    fn chunk(&self, out: &mut Vec<u8>, i: u32) {
+        let content = self.piece(i);
         // Answers may hold quotes or backslashes; `tok ` needs no escaping.
         let escaped;
         let content = if self.words.is_some() {
@@ -592,11 +650,9 @@ impl TokenStream {
         } else {
             "\",\"finish_reason\":null}]}\n\n"
         };
-        let mut out = Vec::with_capacity(self.head.len() + content.len() + tail.len());
         out.extend_from_slice(self.head.as_bytes());
         out.extend_from_slice(content.as_bytes());
         out.extend_from_slice(tail.as_bytes());
-        Bytes::from(out)
     }
 
     /// When content token `i` (1-based) is due: TTFT, then one ITL per further token,
@@ -616,79 +672,88 @@ impl TokenStream {
         at
     }
 
-    async fn step(mut self) -> Option<(Result<Bytes, std::io::Error>, Self)> {
+    /// Sends everything that is due now, then says what comes next.
+    fn advance(&mut self, sink: &mut crate::server::Sink) -> Next {
         let half = (self.tokens / 2).max(1);
-        let out = match self.phase {
-            Phase::Role => {
-                self.phase = if self.tokens == 0 {
-                    Phase::Usage
-                } else {
-                    Phase::Token(1)
-                };
-                if !self.chat {
-                    return Box::pin(self.step()).await;
-                }
-                self.role_chunk()
-            }
-            Phase::Token(i) => {
-                match self.fate {
-                    // Never sends again; the client's timeout must end the request.
-                    Fate::Stall if i == 2 => std::future::pending::<()>().await,
-                    Fate::Disconnect if i == half + 1 => {
-                        // Pause so that the status line and the first tokens go out: the cut
-                        // must come mid-stream, after a response has begun.
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                        self.phase = Phase::End;
-                        return Some((Err(std::io::Error::other("injected disconnect")), self));
+        let mut out = Vec::new();
+        loop {
+            match self.phase {
+                Phase::Role => {
+                    if self.chat {
+                        sink.send(&self.role_chunk());
                     }
-                    Fate::Malformed if i == half + 1 => {
-                        self.phase = Phase::Token(i + 1);
-                        return Some((
-                            Ok(Bytes::from_static(b"data: {\"choices\": [{\"delta\": \n\n")),
-                            self,
-                        ));
-                    }
-                    _ => {}
+                    self.phase = self.after(0);
                 }
-                let due = self.due(i);
-                self.shared.clock.sleep_until(due).await;
-                let late = Instant::now().saturating_duration_since(due).as_micros();
-                {
-                    let mut l = self
-                        .shared
-                        .lateness
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    let v = if i == 1 { &mut l.first } else { &mut l.rest };
-                    if v.len() < MAX_LATENESS_SAMPLES {
-                        v.push(u32::try_from(late).unwrap_or(u32::MAX));
+                Phase::Token(i) => {
+                    match self.fate {
+                        // Never sends again; the client's timeout must end the request.
+                        Fate::Stall if i == 2 => return Next::Stall,
+                        Fate::Disconnect if i == half + 1 => {
+                            // Pause so that the status line and the first tokens reach the
+                            // client: the cut must come mid-stream, after a response has begun.
+                            self.phase = Phase::Cut;
+                            return Next::At(Instant::now() + Duration::from_millis(2));
+                        }
+                        Fate::Malformed if i == half + 1 => {
+                            sink.send(b"data: {\"choices\": [{\"delta\": \n\n");
+                            self.phase = self.after(i);
+                            continue;
+                        }
+                        _ => {}
                     }
-                    if i == 1 && l.requests.len() < MAX_REQUEST_TIMINGS {
-                        l.requests.push((self.key, self.start, Instant::now()));
+                    let due = self.due(i);
+                    let now = Instant::now();
+                    if due > now {
+                        return Next::At(due);
                     }
+                    out.clear();
+                    self.chunk(&mut out, i);
+                    sink.send(&out);
+                    self.record(i, due, now);
+                    self.phase = self.after(i);
                 }
-                self.phase = if i < self.tokens {
-                    Phase::Token(i + 1)
-                } else {
-                    Phase::Usage
-                };
-                self.chunk(self.piece(i))
-            }
-            Phase::Usage => {
-                self.phase = Phase::Done;
-                let usage = self.usage_chunk();
-                if usage.is_empty() {
-                    return Box::pin(self.step()).await;
+                Phase::Usage => {
+                    self.phase = Phase::Done;
+                    sink.send(&self.usage_chunk());
                 }
-                usage
+                Phase::Done => {
+                    self.phase = Phase::End;
+                    sink.send(b"data: [DONE]\n\n");
+                    return Next::Finish;
+                }
+                Phase::Cut => {
+                    self.phase = Phase::End;
+                    return Next::Cut;
+                }
+                Phase::End => return Next::Finish,
             }
-            Phase::Done => {
-                self.phase = Phase::End;
-                Bytes::from_static(b"data: [DONE]\n\n")
-            }
-            Phase::End => return None,
-        };
-        Some((Ok(out), self))
+        }
+    }
+
+    /// The phase after content token `i` (0: after the role chunk).
+    fn after(&self, i: u32) -> Phase {
+        if i < self.tokens {
+            Phase::Token(i + 1)
+        } else {
+            Phase::Usage
+        }
+    }
+
+    /// Notes how late token `i` left, and for the first, the request's timing.
+    fn record(&self, i: u32, due: Instant, sent: Instant) {
+        let late = sent.saturating_duration_since(due).as_micros();
+        let mut l = self
+            .shared
+            .lateness
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let v = if i == 1 { &mut l.first } else { &mut l.rest };
+        if v.len() < MAX_LATENESS_SAMPLES {
+            v.push(u32::try_from(late).unwrap_or(u32::MAX));
+        }
+        if i == 1 && l.requests.len() < MAX_REQUEST_TIMINGS {
+            l.requests.push((self.key, self.start, sent));
+        }
     }
 }
 
@@ -698,6 +763,8 @@ enum Phase {
     Token(u32),
     Usage,
     Done,
+    /// An injected disconnect, after its pause.
+    Cut,
     End,
 }
 

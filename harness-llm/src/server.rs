@@ -1,19 +1,23 @@
 //! The mock's HTTP/1.1 connection handling: requests are parsed with `httparse`, answered by
 //! the mock's axum [`Router`], and the response is written straight to the socket.
 //!
-//! hyper's server did this before, and cost the mock about a third of its user-space time at
-//! high concurrency (its dispatcher, write buffer and flush run for every token). Here a
-//! streamed body's frames each become one chunk in one `write`, and every frame that is
-//! already ready goes out in the same write. What it handles: keep-alive (HTTP/1.1 unless
-//! `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`), pipelined requests,
-//! bodies by `Content-Length` or chunked, `Expect: 100-continue`, `HEAD`. A malformed request
-//! gets a 400 (431 for an oversized head, 413 for an oversized body) naming the problem, and
-//! the connection is closed. A client that goes away mid-stream ends the response at once,
-//! even while the body is waiting for its next token.
+//! hyper's server did this before; its dispatcher, write buffer and flush ran for every token
+//! and cost the mock about a third of its user-space time at high concurrency. Here a body's
+//! frames each become one chunk in one `write` (frames that are ready together share it). A
+//! streamed response with delays goes further: its [`Takeover`] hands the socket to the mock's
+//! clock, which writes each token when it is due, with no task woken per token.
+//!
+//! What it handles: keep-alive (HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with
+//! `Connection: keep-alive`), pipelined requests, bodies by `Content-Length` or chunked,
+//! `Expect: 100-continue`, `HEAD`. A malformed request gets a 400 (431 for an oversized head,
+//! 413 for an oversized body) naming the problem, and the connection is closed. A client that
+//! goes away mid-stream ends the response at once, even while it waits for its next token.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::{self, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -23,8 +27,8 @@ use http::header::{
 };
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tower_service::Service;
 
 /// Largest request head (request line and headers).
@@ -55,7 +59,7 @@ pub(crate) async fn serve(
                     if let Err(e) = tcp.set_nodelay(true) {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
-                    connections.spawn(connection(tcp, app.clone()));
+                    connections.spawn(connection(Arc::new(tcp), app.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little rather than spin.
@@ -68,11 +72,11 @@ pub(crate) async fn serve(
 }
 
 /// One connection: requests in turn until the client closes, asks to, or misbehaves.
-async fn connection(mut tcp: TcpStream, mut app: Router) {
+async fn connection(tcp: Arc<TcpStream>, mut app: Router) {
     let mut input = Vec::with_capacity(4096);
     let mut out = Vec::with_capacity(4096);
     loop {
-        let request = match read_request(&mut tcp, &mut input).await {
+        let request = match read_request(&tcp, &mut input).await {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(Incoming::Io(e)) => {
@@ -80,7 +84,7 @@ async fn connection(mut tcp: TcpStream, mut app: Router) {
                 return;
             }
             Err(Incoming::Bad(status, message)) => {
-                let _ = tcp.write_all(&plain(status, &message)).await;
+                let _ = write_all(&tcp, &plain(status, &message)).await;
                 return;
             }
         };
@@ -89,11 +93,7 @@ async fn connection(mut tcp: TcpStream, mut app: Router) {
             Ok(r) => r,
             Err(never) => match never {},
         };
-        match respond(
-            &mut tcp, response, keep_alive, head_only, &mut out, &mut input,
-        )
-        .await
-        {
+        match respond(&tcp, response, keep_alive, head_only, &mut out, &mut input).await {
             Ok(()) if keep_alive => {}
             Ok(()) => return,
             Err(e) => {
@@ -130,10 +130,7 @@ struct Parsed {
 
 /// Reads one request; `None` when the client closed the connection (between requests or
 /// mid-request).
-async fn read_request(
-    tcp: &mut TcpStream,
-    input: &mut Vec<u8>,
-) -> Result<Option<Parsed>, Incoming> {
+async fn read_request(tcp: &TcpStream, input: &mut Vec<u8>) -> Result<Option<Parsed>, Incoming> {
     let (head_len, mut builder, keep_alive, body_kind, expect_continue, head_only) = loop {
         if !input.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -158,14 +155,14 @@ async fn read_request(
                 }
             }
         }
-        if tcp.read_buf(input).await? == 0 {
+        if read_more(tcp, input).await? == 0 {
             return Ok(None);
         }
     };
     input.drain(..head_len);
     let needs_body = !matches!(body_kind, BodyKind::Length(0));
     if expect_continue && needs_body && input.is_empty() {
-        tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        write_all(tcp, b"HTTP/1.1 100 Continue\r\n\r\n").await?;
     }
     let body = match body_kind {
         BodyKind::Length(len) => {
@@ -270,9 +267,9 @@ fn head(req: &httparse::Request<'_, '_>) -> Result<Head, Incoming> {
 }
 
 /// Reads until `input` holds at least `len` bytes; false at end of stream.
-async fn fill(tcp: &mut TcpStream, input: &mut Vec<u8>, len: usize) -> io::Result<bool> {
+async fn fill(tcp: &TcpStream, input: &mut Vec<u8>, len: usize) -> io::Result<bool> {
     while input.len() < len {
-        if tcp.read_buf(input).await? == 0 {
+        if read_more(tcp, input).await? == 0 {
             return Ok(false);
         }
     }
@@ -280,7 +277,7 @@ async fn fill(tcp: &mut TcpStream, input: &mut Vec<u8>, len: usize) -> io::Resul
 }
 
 /// A chunked request body; `None` at end of stream.
-async fn dechunk(tcp: &mut TcpStream, input: &mut Vec<u8>) -> Result<Option<Bytes>, Incoming> {
+async fn dechunk(tcp: &TcpStream, input: &mut Vec<u8>) -> Result<Option<Bytes>, Incoming> {
     let mut body = Vec::new();
     loop {
         // The size line.
@@ -294,7 +291,7 @@ async fn dechunk(tcp: &mut TcpStream, input: &mut Vec<u8>) -> Result<Option<Byte
                     "chunk size line too long".into(),
                 ));
             }
-            if tcp.read_buf(input).await? == 0 {
+            if read_more(tcp, input).await? == 0 {
                 return Ok(None);
             }
         };
@@ -317,7 +314,7 @@ async fn dechunk(tcp: &mut TcpStream, input: &mut Vec<u8>) -> Result<Option<Byte
                     }
                     continue;
                 }
-                if tcp.read_buf(input).await? == 0 {
+                if read_more(tcp, input).await? == 0 {
                     return Ok(None);
                 }
             }
@@ -357,7 +354,7 @@ fn plain(status: StatusCode, message: &str) -> Vec<u8> {
 /// one write per frame (or per run of frames that are ready together). Errors when the body
 /// fails (the connection is then cut, as an injected disconnect wants) or the client left.
 async fn respond(
-    tcp: &mut TcpStream,
+    tcp: &Arc<TcpStream>,
     response: Response<Body>,
     keep_alive: bool,
     head_only: bool,
@@ -385,6 +382,11 @@ async fn respond(
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     }
+    if let Some(start) = parts.extensions.get::<Takeover>().and_then(Takeover::take) {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+        write_all(tcp, out).await?;
+        return taken_over(tcp, start, input).await;
+    }
     if let Some(len) = http_body::Body::size_hint(&body).exact() {
         write!(out, "content-length: {len}\r\n\r\n")?;
         while let Some(frame) = body.frame().await {
@@ -394,7 +396,7 @@ async fn respond(
                 out.extend_from_slice(&data);
             }
         }
-        return tcp.write_all(out).await;
+        return write_all(tcp, out).await;
     }
     out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
     loop {
@@ -403,7 +405,7 @@ async fn respond(
             Some(f) => f,
             None => {
                 if !out.is_empty() {
-                    tcp.write_all(out).await?;
+                    write_all(tcp, out).await?;
                     out.clear();
                 }
                 match next_frame(tcp, &mut body, input).await? {
@@ -415,7 +417,7 @@ async fn respond(
         match frame {
             None => {
                 out.extend_from_slice(b"0\r\n\r\n");
-                return tcp.write_all(out).await;
+                return write_all(tcp, out).await;
             }
             Some(frame) => {
                 if let Ok(data) = frame.map_err(io::Error::other)?.into_data()
@@ -440,22 +442,204 @@ async fn next_frame(
     body: &mut Body,
     input: &mut Vec<u8>,
 ) -> io::Result<Option<Frame>> {
-    let watch = input.len() < MAX_HEAD + MAX_BODY;
     tokio::select! {
         biased;
         frame = body.frame() => Ok(Some(frame)),
-        ready = tcp.readable(), if watch => {
-            ready?;
-            let mut chunk = [0u8; 4096];
-            match tcp.try_read(&mut chunk) {
-                Ok(0) => Err(io::Error::new(io::ErrorKind::ConnectionReset, "client closed the connection")),
+        gone = client_gone(tcp, input) => gone.map(|()| None),
+    }
+}
+
+/// Reads what the socket has into `input`; 0 at end of stream.
+async fn read_more(tcp: &TcpStream, input: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        tcp.readable().await?;
+        match tcp.try_read_buf(input) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return done,
+        }
+    }
+}
+
+async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        tcp.writable().await?;
+        match tcp.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+type Start = Box<dyn FnOnce(Sink) + Send>;
+
+/// Put in a response's extensions, it takes the response body over: once the head is written
+/// the connection hands its socket to `start` as a [`Sink`], and whatever `start` sets going
+/// (the mock's token writer, run by its clock) writes the body straight to the socket, with
+/// no task to wake per chunk. The connection meanwhile watches for the client leaving.
+#[derive(Clone)]
+pub(crate) struct Takeover(Arc<Mutex<Option<Start>>>);
+
+impl Takeover {
+    pub(crate) fn new(start: impl FnOnce(Sink) + Send + 'static) -> Self {
+        Takeover(Arc::new(Mutex::new(Some(Box::new(start)))))
+    }
+
+    fn take(&self) -> Option<Start> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// How a taken-over body ended.
+enum Outcome {
+    /// Completely written, but for these bytes (the socket was full).
+    Finished(Vec<u8>),
+    /// Cut on purpose: close the connection.
+    Cut,
+    /// No more will be sent; this is kept (for its `Drop`) until the client leaves.
+    Stalled(#[allow(dead_code)] Box<dyn Send>),
+}
+
+/// A taken-over response body: chunks written to the socket as they are sent.
+pub(crate) struct Sink {
+    tcp: Arc<TcpStream>,
+    /// What the socket has not taken yet, chunk framing included; it goes first.
+    pending: Vec<u8>,
+    /// The socket failed.
+    broken: bool,
+    /// The client closed its side (set by the connection).
+    left: Arc<AtomicBool>,
+    done: Option<oneshot::Sender<Outcome>>,
+}
+
+impl Sink {
+    /// The client left or the socket failed: nothing more will arrive.
+    pub(crate) fn gone(&self) -> bool {
+        self.broken || self.left.load(Ordering::Relaxed)
+    }
+
+    /// Sends `data` as one chunk of the body, in one write when the socket takes it. What it
+    /// cannot take yet waits for the next send (or the end), so a client that stops reading
+    /// delays its own stream only.
+    pub(crate) fn send(&mut self, data: &[u8]) {
+        if data.is_empty() || self.gone() {
+            return;
+        }
+        push_hex(&mut self.pending, data.len());
+        self.pending.extend_from_slice(b"\r\n");
+        self.pending.extend_from_slice(data);
+        self.pending.extend_from_slice(b"\r\n");
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        while !self.pending.is_empty() {
+            match self.tcp.try_write(&self.pending) {
                 Ok(n) => {
-                    input.extend_from_slice(&chunk[..n]);
-                    Ok(None)
+                    self.pending.drain(..n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-                Err(e) => Err(e),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.broken = true;
+                    self.pending.clear();
+                    return;
+                }
             }
         }
+    }
+
+    /// Ends the body with its last chunk.
+    pub(crate) fn finish(mut self) {
+        if !self.gone() {
+            self.pending.extend_from_slice(b"0\r\n\r\n");
+            self.flush();
+        }
+        let rest = std::mem::take(&mut self.pending);
+        self.end(Outcome::Finished(rest));
+    }
+
+    /// Ends the body abruptly: the connection is closed mid-response.
+    pub(crate) fn cut(mut self) {
+        self.end(Outcome::Cut);
+    }
+
+    /// Sends nothing more but keeps the response open, holding `keep` until the client
+    /// leaves.
+    pub(crate) fn stall(mut self, keep: impl Send + 'static) {
+        self.end(Outcome::Stalled(Box::new(keep)));
+    }
+
+    fn end(&mut self, outcome: Outcome) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(outcome);
+        }
+    }
+}
+
+/// Appends `n` in lower-case hexadecimal.
+fn push_hex(out: &mut Vec<u8>, n: usize) {
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[(n >> (i * 4)) & 0xf]);
+    }
+}
+
+/// Hands the socket to `start` and waits for the body to end, or for the client to leave.
+async fn taken_over(tcp: &Arc<TcpStream>, start: Start, input: &mut Vec<u8>) -> io::Result<()> {
+    let (done, mut ended) = oneshot::channel();
+    let left = Arc::new(AtomicBool::new(false));
+    start(Sink {
+        tcp: tcp.clone(),
+        pending: Vec::new(),
+        broken: false,
+        left: left.clone(),
+        done: Some(done),
+    });
+    // Once the writer is done without finishing (stalled, or dropped), only the client's
+    // leaving ends the response.
+    let mut writing = true;
+    let mut _kept = None;
+    loop {
+        tokio::select! {
+            biased;
+            outcome = &mut ended, if writing => match outcome {
+                Ok(Outcome::Finished(rest)) => return write_all(tcp, &rest).await,
+                Ok(Outcome::Cut) => return Err(io::Error::other("response cut")),
+                Ok(Outcome::Stalled(keep)) => {
+                    _kept = Some(keep);
+                    writing = false;
+                }
+                Err(_) => writing = false,
+            },
+            gone = client_gone(tcp, input) => if let Err(e) = gone {
+                left.store(true, Ordering::Relaxed);
+                return Err(e);
+            },
+        }
+    }
+}
+
+/// Waits until the socket is readable and reads what came: an error when the client closed
+/// or the socket failed; a pipelined request is kept in `input` (up to a bound, past which
+/// the socket is no longer read and this waits forever).
+async fn client_gone(tcp: &TcpStream, input: &mut Vec<u8>) -> io::Result<()> {
+    if input.len() >= MAX_HEAD + MAX_BODY {
+        return std::future::pending().await;
+    }
+    tcp.readable().await?;
+    let mut chunk = [0u8; 4096];
+    match tcp.try_read(&mut chunk) {
+        Ok(0) => Err(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "client closed the connection",
+        )),
+        Ok(n) => {
+            input.extend_from_slice(&chunk[..n]);
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
     }
 }

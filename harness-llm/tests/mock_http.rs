@@ -20,11 +20,19 @@ async fn start(f: impl FnOnce(&mut MockDeployment)) -> MockServer {
 /// Sends `bytes`, then reads until the server closes or `until` has been seen `times` times.
 async fn exchange(tcp: &mut TcpStream, bytes: &[u8], until: &str, times: usize) -> String {
     tcp.write_all(bytes).await.expect("write");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 8192];
+    let (mut got, mut checked, mut seen) = (Vec::new(), 0usize, 0usize);
+    let mut buf = [0u8; 65536];
+    let pattern = until.as_bytes();
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            if String::from_utf8_lossy(&got).matches(until).count() >= times {
+            // Count only the matches that end in what was just read.
+            let from = checked.saturating_sub(pattern.len().saturating_sub(1));
+            seen += got[from..]
+                .windows(pattern.len())
+                .filter(|w| *w == pattern)
+                .count();
+            checked = got.len();
+            if seen >= times {
                 break;
             }
             match tcp.read(&mut buf).await {
@@ -246,4 +254,33 @@ async fn a_client_leaving_a_stalled_stream_ends_it_on_the_server() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(left, 0, "the stalled stream outlived its client");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_still_gets_every_token_in_order() {
+    // About 13 MB of chunks, one every microsecond: far more than the socket buffers hold.
+    let server = start(|c| {
+        c.itl_ms = 0.001;
+        c.output_tokens = std::num::NonZeroU32::new(100_000);
+    })
+    .await;
+    let body = r#"{"prompt":"hi","stream":true}"#;
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut tcp = connect(&server).await;
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    // Not reading while the server's side fills up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = exchange(&mut tcp, b"", "\r\n0\r\n\r\n", 1).await;
+    assert!(
+        got.ends_with("data: [DONE]\n\n\r\n0\r\n\r\n"),
+        "ends {:?}",
+        &got[got.len().saturating_sub(80)..]
+    );
+    assert_eq!(got.matches(r#""text":"tok ""#).count(), 100_000);
+    // The connection is still good for another request.
+    let again = exchange(&mut tcp, b"GET /health HTTP/1.1\r\n\r\n", "\r\n\r\nok", 1).await;
+    assert!(again.contains("\r\n\r\nok"), "{again}");
 }
