@@ -131,15 +131,12 @@ struct Parsed {
 /// Reads one request; `None` when the client closed the connection (between requests or
 /// mid-request).
 async fn read_request(tcp: &TcpStream, input: &mut Vec<u8>) -> Result<Option<Parsed>, Incoming> {
-    let (head_len, mut builder, keep_alive, body_kind, expect_continue, head_only) = loop {
+    let (head_len, head) = loop {
         if !input.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(input) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let parsed = head(&req)?;
-                    break (n, parsed.0, parsed.1, parsed.2, parsed.3, parsed.4);
-                }
+                Ok(httparse::Status::Complete(n)) => break (n, Head::of(&req)?),
                 Ok(httparse::Status::Partial) if input.len() > MAX_HEAD => {
                     return Err(Incoming::Bad(
                         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -160,11 +157,11 @@ async fn read_request(tcp: &TcpStream, input: &mut Vec<u8>) -> Result<Option<Par
         }
     };
     input.drain(..head_len);
-    let needs_body = !matches!(body_kind, BodyKind::Length(0));
-    if expect_continue && needs_body && input.is_empty() {
+    let needs_body = !matches!(head.body, BodyKind::Length(0));
+    if head.expect_continue && needs_body && input.is_empty() {
         write_all(tcp, b"HTTP/1.1 100 Continue\r\n\r\n").await?;
     }
-    let body = match body_kind {
+    let body = match head.body {
         BodyKind::Length(len) => {
             if !fill(tcp, input, len).await? {
                 return Ok(None);
@@ -178,14 +175,15 @@ async fn read_request(tcp: &TcpStream, input: &mut Vec<u8>) -> Result<Option<Par
             None => return Ok(None),
         },
     };
-    builder = builder.header(CONTENT_LENGTH, body.len());
-    let request = builder
+    let request = head
+        .builder
+        .header(CONTENT_LENGTH, body.len())
         .body(Body::from(body))
         .map_err(|e| Incoming::Bad(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))?;
     Ok(Some(Parsed {
         request,
-        keep_alive,
-        head_only,
+        keep_alive: head.keep_alive,
+        head_only: head.head_only,
     }))
 }
 
@@ -194,76 +192,93 @@ enum BodyKind {
     Chunked,
 }
 
-type Head = (http::request::Builder, bool, BodyKind, bool, bool);
+/// What a request's line and headers say.
+struct Head {
+    /// The request so far, without its body.
+    builder: http::request::Builder,
+    keep_alive: bool,
+    /// How the body is framed.
+    body: BodyKind,
+    /// The client waits for `100 Continue` before it sends the body.
+    expect_continue: bool,
+    /// A `HEAD` request: the response goes without its body.
+    head_only: bool,
+}
 
-/// The request line and headers: a request builder without its body, keep-alive, how the
-/// body is framed, whether the client waits for `100 Continue`, and whether it is `HEAD`.
-fn head(req: &httparse::Request<'_, '_>) -> Result<Head, Incoming> {
-    let bad = |m: String| Incoming::Bad(StatusCode::BAD_REQUEST, m);
-    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
-        .map_err(|_| bad("invalid method".into()))?;
-    let version = if req.version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    let head_only = method == Method::HEAD;
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(req.path.unwrap_or("/"))
-        .version(version);
-    let mut keep_alive = version == Version::HTTP_11;
-    let (mut length, mut chunked, mut expect_continue) = (None, false, false);
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| bad(format!("invalid header name {:?}", h.name)))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| bad(format!("invalid value of header {}", h.name)))?;
-        let text = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-        if name == CONTENT_LENGTH {
-            let n: usize = text
-                .trim()
-                .parse()
-                .map_err(|_| bad(format!("invalid content-length {text:?}")))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(bad("conflicting content-length headers".into()));
+impl Head {
+    fn of(req: &httparse::Request<'_, '_>) -> Result<Head, Incoming> {
+        let bad = |m: String| Incoming::Bad(StatusCode::BAD_REQUEST, m);
+        let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+            .map_err(|_| bad("invalid method".into()))?;
+        let version = if req.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let head_only = method == Method::HEAD;
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(req.path.unwrap_or("/"))
+            .version(version);
+        let mut keep_alive = version == Version::HTTP_11;
+        let (mut length, mut chunked, mut expect_continue) = (None, false, false);
+        for h in req.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| bad(format!("invalid header name {:?}", h.name)))?;
+            let value = HeaderValue::from_bytes(h.value)
+                .map_err(|_| bad(format!("invalid value of header {}", h.name)))?;
+            let text = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            if name == CONTENT_LENGTH {
+                let n: usize = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad(format!("invalid content-length {text:?}")))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(bad("conflicting content-length headers".into()));
+                }
+                length = Some(n);
+                continue;
             }
-            length = Some(n);
-            continue;
-        }
-        if name == TRANSFER_ENCODING {
-            if text.split(',').map(str::trim).next_back() != Some("chunked") {
-                return Err(bad(format!("unsupported transfer-encoding {text:?}")));
+            if name == TRANSFER_ENCODING {
+                if text.split(',').map(str::trim).next_back() != Some("chunked") {
+                    return Err(bad(format!("unsupported transfer-encoding {text:?}")));
+                }
+                chunked = true;
+                continue;
             }
-            chunked = true;
-            continue;
-        }
-        if name == CONNECTION {
-            if text.split(',').any(|t| t.trim() == "close") {
-                keep_alive = false;
-            } else if text.split(',').any(|t| t.trim() == "keep-alive") {
-                keep_alive = true;
+            if name == CONNECTION {
+                if text.split(',').any(|t| t.trim() == "close") {
+                    keep_alive = false;
+                } else if text.split(',').any(|t| t.trim() == "keep-alive") {
+                    keep_alive = true;
+                }
             }
+            if name == EXPECT && text.trim() == "100-continue" {
+                expect_continue = true;
+            }
+            builder = builder.header(name, value);
         }
-        if name == EXPECT && text.trim() == "100-continue" {
-            expect_continue = true;
-        }
-        builder = builder.header(name, value);
+        let body = match (chunked, length) {
+            (true, Some(_)) => {
+                return Err(bad("both content-length and transfer-encoding".into()));
+            }
+            (true, None) => BodyKind::Chunked,
+            (false, Some(n)) if n > MAX_BODY => {
+                return Err(Incoming::Bad(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body of {n} bytes; at most {MAX_BODY}"),
+                ));
+            }
+            (false, n) => BodyKind::Length(n.unwrap_or(0)),
+        };
+        Ok(Head {
+            builder,
+            keep_alive,
+            body,
+            expect_continue,
+            head_only,
+        })
     }
-    let body = match (chunked, length) {
-        (true, Some(_)) => {
-            return Err(bad("both content-length and transfer-encoding".into()));
-        }
-        (true, None) => BodyKind::Chunked,
-        (false, Some(n)) if n > MAX_BODY => {
-            return Err(Incoming::Bad(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body of {n} bytes; at most {MAX_BODY}"),
-            ));
-        }
-        (false, n) => BodyKind::Length(n.unwrap_or(0)),
-    };
-    Ok((builder, keep_alive, body, expect_continue, head_only))
 }
 
 /// Reads until `input` holds at least `len` bytes; false at end of stream.
