@@ -456,7 +456,10 @@ async fn per_request(
         }
     }
     let (mut read_delay, mut intake, mut first_late) = (Vec::new(), Vec::new(), Vec::new());
-    let mut dump = String::from("index,start_ns,client_read_delay_ms,mock_intake_ms\n");
+    // `first_token_sent_ns` is on CLOCK_MONOTONIC, to line requests up with other traces
+    // (`perf sched record -k CLOCK_MONOTONIC`, for one).
+    let mut dump =
+        String::from("index,start_ns,client_read_delay_ms,mock_intake_ms,first_token_sent_ns\n");
     for r in recs.iter().filter(|r| !r.warmup && r.ok()) {
         let key = format!(
             "{:016x}",
@@ -469,7 +472,7 @@ async fn per_request(
             intake.push((recv as f64 - (epoch + r.start_ns) as f64) / 1e6);
             first_late.push((first as f64 - recv as f64) / 1e6 - 50.0);
             dump.push_str(&format!(
-                "{},{},{:.4},{:.4}\n",
+                "{},{},{:.4},{:.4},{first}\n",
                 r.index,
                 r.start_ns,
                 read_delay[read_delay.len() - 1],
