@@ -439,7 +439,8 @@ async fn respond(
                     && !data.is_empty()
                     && !head_only
                 {
-                    write!(out, "{:x}\r\n", data.len())?;
+                    push_hex(out, data.len());
+                    out.extend_from_slice(b"\r\n");
                     out.extend_from_slice(&data);
                     out.extend_from_slice(b"\r\n");
                 }
@@ -656,5 +657,19 @@ async fn client_gone(tcp: &TcpStream, input: &mut Vec<u8>) -> io::Result<()> {
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_hex;
+
+    #[test]
+    fn chunk_sizes_are_lower_case_hex() {
+        for n in [0usize, 9, 10, 255, 4096, 0xabcdef, usize::MAX] {
+            let mut out = b"x".to_vec();
+            push_hex(&mut out, n);
+            assert_eq!(out, format!("x{n:x}").into_bytes());
+        }
     }
 }
