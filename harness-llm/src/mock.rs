@@ -495,6 +495,7 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         words: answer.map(Arc::new),
         head,
         key,
+        scratch: Vec::new(),
     };
     let instant = fate == Fate::Ok && cfg.ttft_ms == 0.0 && cfg.itl_ms == 0.0;
     let response = Response::builder()
@@ -584,6 +585,8 @@ struct TokenStream {
     head: String,
     /// [`prompt_key`] of the request's prompt.
     key: u64,
+    /// Where each token's chunk is built, reused.
+    scratch: Vec<u8>,
 }
 
 impl TokenStream {
@@ -675,7 +678,6 @@ impl TokenStream {
     /// Sends everything that is due now, then says what comes next.
     fn advance(&mut self, sink: &mut crate::server::Sink) -> Next {
         let half = (self.tokens / 2).max(1);
-        let mut out = Vec::new();
         loop {
             match self.phase {
                 Phase::Role => {
@@ -706,9 +708,11 @@ impl TokenStream {
                     if due > now {
                         return Next::At(due);
                     }
+                    let mut out = std::mem::take(&mut self.scratch);
                     out.clear();
                     self.chunk(&mut out, i);
                     sink.send(&out);
+                    self.scratch = out;
                     self.record(i, due, now);
                     self.phase = self.after(i);
                 }
