@@ -6,7 +6,8 @@
 //! process on core 0 and this client on core 1 (`taskset`), each on one thread. Set
 //! `LOADGEN_QUICK=1` for a short smoke run (what `cargo test --all-targets` does),
 //! `LOADGEN_ONLY=throughput,accuracy,memory,wrk` for some sections, `LOADGEN_CONCURRENCY=512`
-//! (comma-separated) for some concurrencies of the first two, and `LOADGEN_DUMP=DIR`
+//! (comma-separated) for some concurrencies of the first two, `LOADGEN_ROUNDS=N` for N
+//! measured requests per client in the accuracy section (8), and `LOADGEN_DUMP=DIR`
 //! to write each accuracy run's per-request timestamps to `DIR/acc<concurrency>.csv`.
 
 use std::io::{BufRead, BufReader};
@@ -262,10 +263,14 @@ async fn accuracy(synth: &PromptSynth, quick: bool) {
     cfg.output_tokens = std::num::NonZeroU32::new(32);
     for conc in concurrencies(&[1, 64, 256, 512]) {
         let mock = Mock::start(&cfg);
+        let rounds: u64 = std::env::var("LOADGEN_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(8);
         let requests = if quick {
             u64::from(conc).max(8)
         } else {
-            (u64::from(conc) * 8).max(64)
+            (u64::from(conc) * rounds).max(64)
         };
         let c = client(mock.port, conc);
         // Two warmup rounds, recorded but left out of the stats: the first opens the
