@@ -436,13 +436,9 @@ async fn respond(
             }
             Some(frame) => {
                 if let Ok(data) = frame.map_err(io::Error::other)?.into_data()
-                    && !data.is_empty()
                     && !head_only
                 {
-                    push_hex(out, data.len());
-                    out.extend_from_slice(b"\r\n");
-                    out.extend_from_slice(&data);
-                    out.extend_from_slice(b"\r\n");
+                    push_chunk(out, &data);
                 }
             }
         }
@@ -543,10 +539,7 @@ impl Sink {
         if data.is_empty() || self.gone() {
             return;
         }
-        push_hex(&mut self.pending, data.len());
-        self.pending.extend_from_slice(b"\r\n");
-        self.pending.extend_from_slice(data);
-        self.pending.extend_from_slice(b"\r\n");
+        push_chunk(&mut self.pending, data);
         self.flush();
     }
 
@@ -592,6 +585,18 @@ impl Sink {
             let _ = done.send(outcome);
         }
     }
+}
+
+/// Appends `data` as one chunk of a chunked body (nothing for empty data, which would end
+/// the body).
+fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    push_hex(out, data.len());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends `n` in lower-case hexadecimal.
@@ -645,16 +650,12 @@ async fn client_gone(tcp: &TcpStream, input: &mut Vec<u8>) -> io::Result<()> {
         return std::future::pending().await;
     }
     tcp.readable().await?;
-    let mut chunk = [0u8; 4096];
-    match tcp.try_read(&mut chunk) {
+    match tcp.try_read_buf(input) {
         Ok(0) => Err(io::Error::new(
             io::ErrorKind::ConnectionReset,
             "client closed the connection",
         )),
-        Ok(n) => {
-            input.extend_from_slice(&chunk[..n]);
-            Ok(())
-        }
+        Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
         Err(e) => Err(e),
     }
