@@ -254,9 +254,9 @@ async fn throughput(synth: &PromptSynth, quick: bool) {
 async fn accuracy(synth: &PromptSynth, quick: bool) {
     println!("\n## Accuracy: mock with TTFT 50 ms and ITL 10 ms, 32 output tokens\n");
     println!(
-        "| concurrency | metric | p50 ms | p99 ms | p50 error ms | p99 error ms | mock late p50 / p99 ms | client error per request p50 / p99 ms | mock intake p50 / p99 ms | mock CPU % | client CPU % |"
+        "| concurrency | metric | p50 ms | p99 ms | p50 error ms | p99 error ms | true p50 / p99 ms | error vs true p50 / p99 ms | mock late p50 / p99 ms | client error per request p50 / p99 ms | mock intake p50 / p99 ms | mock CPU % | client CPU % |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut cfg = MockDeployment::default();
     cfg.ttft_ms = 50.0;
     cfg.itl_ms = 10.0;
@@ -291,14 +291,15 @@ async fn accuracy(synth: &PromptSynth, quick: bool) {
         let mock_pct = (proc_cpu_s(mock.child.id()) - m0) / wall * 100.0;
         let client_pct = (cpu_s() - c0) / wall * 100.0;
         if let Ok(dir) = std::env::var("LOADGEN_DUMP") {
-            let mut out = String::from("index,start_ns,first_ns,end_ns\n");
+            let mut out = String::from("index,start_ns,first_ns,end_ns,first_gap_ns\n");
             for r in &recs {
                 out.push_str(&format!(
-                    "{},{},{},{}\n",
+                    "{},{},{},{},{}\n",
                     r.index,
                     r.start_ns,
                     r.first_token_ns.unwrap_or(0),
-                    r.end_ns
+                    r.end_ns,
+                    r.chunk_gaps_ns.first().copied().unwrap_or(0)
                 ));
             }
             std::fs::write(format!("{dir}/acc{conc}.csv"), out).expect("dump");
@@ -321,11 +322,17 @@ async fn accuracy(synth: &PromptSynth, quick: bool) {
         for (name, truth) in [("ttft", 50.0), ("itl", 10.0)] {
             if let Some(d) = s.distributions.get(name) {
                 let (p50, p99) = (d.p(50).unwrap_or(f64::NAN), d.p(99).unwrap_or(f64::NAN));
-                let (late, read_delay, intake) = if name == "ttft" {
+                let (late, read_delay, intake, truth_pair, vs_truth) = if name == "ttft" {
+                    let vs = wire.true_ttft.as_ref().map_or(String::new(), |t| {
+                        let e = |q| d.p(q).unwrap_or(f64::NAN) - t.p(q).unwrap_or(f64::NAN);
+                        format!("{:+.3} / {:+.3}", e(50), e(99))
+                    });
                     (
                         pair(&wire.first_late),
                         pair(&wire.read_delay),
                         pair(&wire.intake),
+                        pair(&wire.true_ttft),
+                        vs,
                     )
                 } else {
                     let q = |q: &str| quantile(&metrics, "mock_token_lateness_seconds", q) * 1e3;
@@ -333,10 +340,12 @@ async fn accuracy(synth: &PromptSynth, quick: bool) {
                         format!("{:.3} / {:.3}", q("0.50"), q("0.99")),
                         String::new(),
                         String::new(),
+                        String::new(),
+                        String::new(),
                     )
                 };
                 println!(
-                    "| {conc} | {name} | {p50:.3} | {p99:.3} | {:+.3} | {:+.3} | {late} | {read_delay} | {intake} | {mock_pct:.0} | {client_pct:.0} |",
+                    "| {conc} | {name} | {p50:.3} | {p99:.3} | {:+.3} | {:+.3} | {truth_pair} | {vs_truth} | {late} | {read_delay} | {intake} | {mock_pct:.0} | {client_pct:.0} |",
                     p50 - truth,
                     p99 - truth,
                 );
@@ -460,7 +469,8 @@ async fn per_request(
             seen.insert(k.to_owned(), (recv, first));
         }
     }
-    let (mut read_delay, mut intake, mut first_late) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut read_delay, mut intake, mut first_late, mut true_ttft) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // `first_token_sent_ns` is on CLOCK_MONOTONIC, to line requests up with other traces
     // (`perf sched record -k CLOCK_MONOTONIC`, for one).
     let mut dump =
@@ -476,6 +486,7 @@ async fn per_request(
             read_delay.push(((epoch + got) as f64 - first as f64) / 1e6);
             intake.push((recv as f64 - (epoch + r.start_ns) as f64) / 1e6);
             first_late.push((first as f64 - recv as f64) / 1e6 - 50.0);
+            true_ttft.push((first as f64 - (epoch + r.start_ns) as f64) / 1e6);
             dump.push_str(&format!(
                 "{},{},{:.4},{:.4},{first}\n",
                 r.index,
@@ -493,6 +504,7 @@ async fn per_request(
         read_delay: harness_analytics::Distribution::of(&read_delay),
         intake: harness_analytics::Distribution::of(&intake),
         first_late: harness_analytics::Distribution::of(&first_late),
+        true_ttft: harness_analytics::Distribution::of(&true_ttft),
     }
 }
 
@@ -504,6 +516,8 @@ struct Wire {
     intake: Option<harness_analytics::Distribution>,
     /// The mock's first token sent minus its due time (handler start + TTFT).
     first_late: Option<harness_analytics::Distribution>,
+    /// The true TTFT: the mock's first token sent minus the client's write of the request.
+    true_ttft: Option<harness_analytics::Distribution>,
 }
 
 /// A quantile line of a Prometheus summary, in seconds (NaN when missing).

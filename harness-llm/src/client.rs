@@ -12,10 +12,10 @@ use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::openai::{self, Usage};
+use crate::rx::{Arrival, RxConnector, RxStream};
 use crate::sse::SseParser;
 
 pub use harness_analytics::record::{ErrorKind, Record as RequestRecord, TokenSource};
@@ -47,8 +47,9 @@ pub struct ClientConfig {
 ///
 /// Each request owns its connection while it runs and drives it itself: no connection task,
 /// no pool dispatcher in between. The start timestamp is taken in the same poll that writes
-/// the request, and each read is timestamped by the task that parses it, so the client's
-/// own scheduling stays out of the measurements even with thousands of requests in flight.
+/// the request. Tokens are timed by when they reached the socket: on Linux the kernel stamps
+/// each packet as it arrives (`SO_TIMESTAMPNS`), so a client that is busy with other streams
+/// or briefly descheduled still times them right; elsewhere, by the read that finds them.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -56,7 +57,7 @@ pub struct Client {
 
 struct Inner {
     cfg: ClientConfig,
-    connector: HttpsConnector<HttpConnector>,
+    connector: HttpsConnector<RxConnector>,
     /// The URL as parsed once: where to connect.
     uri: http::Uri,
     /// What goes on the request line (origin form).
@@ -76,7 +77,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
-type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+type Io = MaybeHttpsStream<RxStream>;
 type ReqBody = http_body_util::Full<bytes::Bytes>;
 
 /// One HTTP/1.1 connection and its protocol state machine, polled by whoever uses it.
@@ -86,6 +87,8 @@ struct Conn {
     /// tells the sender and any request in flight that it is gone; kept, it would leave them
     /// waiting forever.
     driver: Option<http1::Connection<Io, ReqBody>>,
+    /// When the bytes the connection read last reached the socket.
+    arrival: Arrival,
 }
 
 impl Conn {
@@ -224,7 +227,10 @@ impl Client {
                 .with_no_client_auth();
             HttpsConnectorBuilder::new().with_tls_config(config)
         };
-        let connector = tls.https_or_http().enable_http1().wrap_connector(http);
+        let connector = tls
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(RxConnector(http));
         Ok(Client {
             inner: Arc::new(Inner {
                 cfg,
@@ -256,6 +262,10 @@ impl Client {
         let io = tower_service::Service::call(&mut connector, self.inner.uri.clone())
             .await
             .map_err(|e| error_chain(e.as_ref()))?;
+        let arrival = match &io {
+            MaybeHttpsStream::Http(s) => s.arrival(),
+            MaybeHttpsStream::Https(s) => s.inner().get_ref().0.inner().arrival(),
+        };
         let (sender, driver) = http1::Builder::new()
             .handshake(io)
             .await
@@ -263,6 +273,7 @@ impl Client {
         Ok(Conn {
             sender,
             driver: Some(driver),
+            arrival,
         })
     }
 
@@ -449,7 +460,11 @@ impl Client {
                         break;
                     }
                 };
-                let now = ns();
+                // When these bytes reached the socket, not when this task got to them.
+                let now = conn
+                    .arrival
+                    .at(ns())
+                    .max(rec.last_token_ns.unwrap_or(rec.start_ns));
                 let mut problem: Option<(ErrorKind, String)> = None;
                 let fed = parser.feed_with(&bytes, |data| {
                     if problem.is_some() {
@@ -527,7 +542,7 @@ impl Client {
                         format!("the body is not a completion: {e}"),
                     ),
                     Ok(info) => {
-                        let now = ns();
+                        let now = conn.arrival.at(ns()).max(rec.start_ns);
                         rec.first_token_ns = Some(now);
                         rec.last_token_ns = Some(now);
                         rec.content_chunks = u32::from(info.text_bytes > 0);

@@ -19,6 +19,7 @@ pub mod load;
 pub mod mock;
 pub mod openai;
 pub mod prompts;
+mod rx;
 mod server;
 pub mod sse;
 pub mod step;

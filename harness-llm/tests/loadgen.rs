@@ -171,6 +171,63 @@ async fn measures_the_injected_ttft_and_itl() {
     );
 }
 
+/// Tokens are timed by when they reached the socket, not by when the client got to them:
+/// the client's thread is blocked while the first token arrives.
+#[test]
+fn tokens_are_timed_on_arrival_even_when_the_client_is_busy() {
+    // The mock on a thread of its own, so blocking the client's thread does not stop it.
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mock_thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let server = start(mock(|m| {
+                m.ttft_ms = 40.0;
+                m.itl_ms = 300.0;
+            }))
+            .await;
+            url_tx.send(server.url()).expect("send url");
+            let _ = stop_rx.await;
+            server.shutdown().await;
+        });
+    });
+    let url = url_rx.recv().expect("mock url");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let rec = rt.block_on(async {
+        let c = client_at(
+            format!("{url}/v1/chat/completions"),
+            EndpointType::Chat,
+            true,
+            Duration::from_secs(10),
+            1,
+        );
+        let epoch = tokio::time::Instant::now();
+        let request =
+            tokio::spawn(async move { c.send(0, false, "hello".into(), 1, 2, epoch).await });
+        // Once the request is out, block this (the client's only) thread from 10 ms to
+        // 250 ms: the first token, due at 40 ms, waits unread until then.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        std::thread::sleep(Duration::from_millis(240));
+        request.await.expect("request task")
+    });
+    let _ = stop_tx.send(());
+    mock_thread.join().expect("mock thread");
+    assert!(rec.ok(), "{rec:?}");
+    assert_eq!(rec.content_chunks, 2, "{rec:?}");
+    let ttft_ms = rec.ttft_s().expect("ttft") * 1e3;
+    // Read after the block: over 240 ms if timed at the read.
+    assert!((39.0..150.0).contains(&ttft_ms), "ttft {ttft_ms} ms");
+    // The second token came 300 ms after the first (about 90 ms after the read).
+    let gap_ms = rec.chunk_gaps_ns[0] as f64 / 1e6;
+    assert!((250.0..400.0).contains(&gap_ms), "gap {gap_ms} ms");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_are_recorded_by_kind_and_throughput_counts_only_successes() {
     let server = start(mock(|m| {
