@@ -1,21 +1,15 @@
 //! The streaming OpenAI client: one request in, one [`RequestRecord`] out, with monotonic
 //! nanosecond timestamps taken as bytes arrive.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Context;
 use std::time::Duration;
 
 use harness_core::config::EndpointType;
-use hyper::body::{Body as _, Incoming};
-use hyper::client::conn::http1;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
 
+use crate::http1::{self, Conn, Stream};
 use crate::openai::{self, Usage};
-use crate::rx::{Arrival, RxConnector, RxStream};
+use crate::rx::RxTcp;
 use crate::sse::SseParser;
 
 pub use harness_analytics::record::{ErrorKind, Record as RequestRecord, TokenSource};
@@ -43,13 +37,14 @@ pub struct ClientConfig {
     pub max_connections: usize,
 }
 
-/// A pooled HTTP client for one endpoint.
+/// A pooled HTTP/1.1 client for one endpoint.
 ///
-/// Each request owns its connection while it runs and drives it itself: no connection task,
-/// no pool dispatcher in between. The start timestamp is taken in the same poll that writes
-/// the request. Tokens are timed by when they reached the socket: on Linux the kernel stamps
-/// each packet as it arrives (`SO_TIMESTAMPNS`), so a client that is busy with other streams
-/// or briefly descheduled still times them right; elsewhere, by the read that finds them.
+/// Each request owns its connection while it runs and reads it itself: no connection task,
+/// no pool dispatcher in between, and the body's bytes go from the connection's buffer
+/// straight to the SSE parser. The start timestamp is taken just before the request is
+/// written. Tokens are timed by when they reached the socket: on Linux the kernel stamps each
+/// packet as it arrives (`SO_TIMESTAMPNS`), so a client that is busy with other streams or
+/// briefly descheduled still times them right; elsewhere, by the read that finds them.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -57,13 +52,16 @@ pub struct Client {
 
 struct Inner {
     cfg: ClientConfig,
-    connector: HttpsConnector<RxConnector>,
-    /// The URL as parsed once: where to connect.
-    uri: http::Uri,
-    /// What goes on the request line (origin form).
-    path: http::Uri,
-    /// Host, content type, authorization and the experiment's headers.
-    headers: http::HeaderMap,
+    /// Where to connect.
+    host: String,
+    port: u16,
+    /// For `https`: the TLS set-up and the name the certificate must carry.
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    /// The request line and every header but the length, ready to write.
+    head: Vec<u8>,
     /// Idle keep-alive connections, most recently used last.
     idle: std::sync::Mutex<Vec<Conn>>,
 }
@@ -74,86 +72,6 @@ impl std::fmt::Debug for Client {
             .field("url", &self.inner.cfg.url)
             .field("max_connections", &self.inner.cfg.max_connections)
             .finish_non_exhaustive()
-    }
-}
-
-type Io = MaybeHttpsStream<RxStream>;
-type ReqBody = http_body_util::Full<bytes::Bytes>;
-
-/// One HTTP/1.1 connection and its protocol state machine, polled by whoever uses it.
-struct Conn {
-    sender: http1::SendRequest<ReqBody>,
-    /// `None` once the connection has closed. Dropping the finished state machine is what
-    /// tells the sender and any request in flight that it is gone; kept, it would leave them
-    /// waiting forever.
-    driver: Option<http1::Connection<Io, ReqBody>>,
-    /// When the bytes the connection read last reached the socket.
-    arrival: Arrival,
-}
-
-impl Conn {
-    /// Moves the connection's reads and writes along; call before polling what waits on it.
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if let Some(d) = &mut self.driver
-            && Pin::new(d).poll(cx).is_ready()
-        {
-            self.driver = None;
-        }
-    }
-
-    fn is_open(&self) -> bool {
-        self.driver.is_some() && !self.sender.is_closed()
-    }
-
-    /// Waits until the connection can take a request.
-    async fn ready(&mut self) -> Result<(), hyper::Error> {
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            self.sender.poll_ready(cx)
-        })
-        .await
-    }
-
-    /// Sends a request and waits for the response head.
-    async fn send(
-        &mut self,
-        req: http::Request<ReqBody>,
-    ) -> Result<http::Response<Incoming>, hyper::Error> {
-        let mut response = std::pin::pin!(self.sender.send_request(req));
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            response.as_mut().poll(cx)
-        })
-        .await
-    }
-
-    /// The next data of `body`: `None` at its end.
-    async fn next(&mut self, body: &mut Incoming) -> Option<Result<bytes::Bytes, hyper::Error>> {
-        loop {
-            let frame = std::future::poll_fn(|cx| {
-                self.drive(cx);
-                Pin::new(&mut *body).poll_frame(cx)
-            })
-            .await;
-            match frame {
-                None => return None,
-                Some(Err(e)) => return Some(Err(e)),
-                Some(Ok(f)) => {
-                    if let Ok(data) = f.into_data() {
-                        return Some(Ok(data));
-                    } // trailers: skip
-                }
-            }
-        }
-    }
-
-    /// The whole remaining body.
-    async fn collect(&mut self, body: &mut Incoming) -> Result<Vec<u8>, hyper::Error> {
-        let mut out = Vec::new();
-        while let Some(data) = self.next(body).await {
-            out.extend_from_slice(&data?);
-        }
-        Ok(out)
     }
 }
 
@@ -177,11 +95,12 @@ impl Client {
             .authority()
             .ok_or_else(|| format!("the URL `{}` has no host", cfg.url))?
             .clone();
-        let path: http::Uri = uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse()
-            .map_err(|e| format!("the URL `{}`: {e}", cfg.url))?;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let mut headers = http::HeaderMap::new();
         for (k, v) in &cfg.headers {
             let name = http::HeaderName::from_bytes(k.as_bytes())
@@ -190,9 +109,8 @@ impl Client {
             headers.insert(name, value);
         }
         if let Some(key) = &cfg.api_key {
-            let mut value = http::HeaderValue::from_str(&format!("Bearer {key}"))
+            let value = http::HeaderValue::from_str(&format!("Bearer {key}"))
                 .map_err(|_| "the API key is not a valid header value".to_owned())?;
-            value.set_sensitive(true);
             headers.insert(http::header::AUTHORIZATION, value);
         }
         headers.insert(
@@ -210,34 +128,28 @@ impl Client {
                 "harness/",
                 env!("CARGO_PKG_VERSION")
             )));
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        // The system's roots are read only for https; plain http needs none.
-        let provider = rustls::crypto::ring::default_provider();
+        // The length is the body's own; a configured one would be wrong.
+        headers.remove(http::header::CONTENT_LENGTH);
+        headers.remove(http::header::TRANSFER_ENCODING);
+        let mut head = format!("POST {path} HTTP/1.1\r\n").into_bytes();
+        for (name, value) in &headers {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
         let tls = if https {
-            HttpsConnectorBuilder::new()
-                .with_provider_and_native_roots(provider)
-                .map_err(|e| format!("no trusted root certificates for `{}`: {e}", cfg.url))?
+            Some((tls_connector(&cfg.url)?, server_name(host, &cfg.url)?))
         } else {
-            let config = rustls::ClientConfig::builder_with_provider(provider.into())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS setup: {e}"))?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
-            HttpsConnectorBuilder::new().with_tls_config(config)
+            None
         };
-        let connector = tls
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(RxConnector(http));
         Ok(Client {
             inner: Arc::new(Inner {
+                host: host.to_owned(),
+                port,
+                tls,
+                head,
                 cfg,
-                connector,
-                uri,
-                path,
-                headers,
                 idle: std::sync::Mutex::new(Vec::new()),
             }),
         })
@@ -248,38 +160,33 @@ impl Client {
         if pooled {
             let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
             while let Some(c) = idle.pop() {
-                if c.is_open() {
+                if c.reusable() {
                     return Ok(c);
                 }
             }
         }
-        let mut connector = self.inner.connector.clone();
-        std::future::poll_fn(|cx| {
-            tower_service::Service::<http::Uri>::poll_ready(&mut connector, cx)
-        })
-        .await
-        .map_err(|e| error_chain(e.as_ref()))?;
-        let io = tower_service::Service::call(&mut connector, self.inner.uri.clone())
+        let inner = &self.inner;
+        let tcp = tokio::net::TcpStream::connect((inner.host.as_str(), inner.port))
             .await
-            .map_err(|e| error_chain(e.as_ref()))?;
-        let arrival = match &io {
-            MaybeHttpsStream::Http(s) => s.arrival(),
-            MaybeHttpsStream::Https(s) => s.inner().get_ref().0.inner().arrival(),
+            .map_err(|e| format!("connect to {}:{}: {e}", inner.host, inner.port))?;
+        // Requests are written whole; waiting to fill a segment would only delay them.
+        tcp.set_nodelay(true)
+            .map_err(|e| format!("connect to {}:{}: {e}", inner.host, inner.port))?;
+        let tcp = RxTcp::new(tcp);
+        let io = match &inner.tls {
+            None => Stream::Plain(tcp),
+            Some((tls, name)) => Stream::Tls(Box::new(
+                tls.connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake with {}: {e}", inner.host))?,
+            )),
         };
-        let (sender, driver) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| error_chain(&e))?;
-        Ok(Conn {
-            sender,
-            driver: Some(driver),
-            arrival,
-        })
+        Ok(Conn::new(io))
     }
 
     /// Returns a connection whose last response was read to its end.
     fn release(&self, conn: Conn) {
-        if !conn.is_open() {
+        if !conn.reusable() {
             return;
         }
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -288,12 +195,14 @@ impl Client {
         }
     }
 
-    fn request(&self, body: &bytes::Bytes) -> http::Request<ReqBody> {
-        let mut req = http::Request::new(http_body_util::Full::new(body.clone()));
-        *req.method_mut() = http::Method::POST;
-        *req.uri_mut() = self.inner.path.clone();
-        *req.headers_mut() = self.inner.headers.clone();
-        req
+    /// The request's bytes: the prepared head, the length, the body.
+    fn request(&self, body: &[u8]) -> Vec<u8> {
+        let head = &self.inner.head;
+        let mut out = Vec::with_capacity(head.len() + body.len() + 32);
+        out.extend_from_slice(head);
+        out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+        out.extend_from_slice(body);
+        out
     }
 
     /// Sends one request with `prompt` (of `prompt_tokens` tokens) asking for `max_tokens`.
@@ -309,14 +218,14 @@ impl Client {
         epoch: Instant,
     ) -> RequestRecord {
         let cfg = &self.inner.cfg;
-        let body = bytes::Bytes::from(openai::request_body(
+        let body = openai::request_body(
             cfg.kind,
             &cfg.model,
             &prompt,
             max_tokens,
             cfg.stream,
             &cfg.extra_body,
-        ));
+        );
         drop(prompt);
         let ns = move || u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let mut rec = RequestRecord {
@@ -348,20 +257,15 @@ impl Client {
             );
             rec.end_ns = ns();
         };
+        let request = self.request(body.as_ref());
+        drop(body);
         // A pooled keep-alive connection that the server closed just as it was reused fails
         // before any response byte: a client artifact, not a server failure. Retry once on a
         // new connection, with the clock restarted.
         let mut retried = false;
-        let (mut conn, response) = loop {
-            let got = tokio::time::timeout_at(deadline, async {
-                let mut conn = self.connection(!retried).await?;
-                match conn.ready().await {
-                    Ok(()) => Ok((conn, None)),
-                    Err(e) => Ok((conn, Some(e))),
-                }
-            })
-            .await;
-            let mut conn = match got {
+        let (mut conn, status) = loop {
+            let mut conn = match tokio::time::timeout_at(deadline, self.connection(!retried)).await
+            {
                 Err(_) => {
                     timed_out(&mut rec);
                     return rec;
@@ -371,45 +275,36 @@ impl Client {
                     rec.end_ns = ns();
                     return rec;
                 }
-                Ok(Ok((_, Some(_)))) if !retried => {
-                    retried = true;
-                    continue;
-                }
-                Ok(Ok((_, Some(e)))) => {
-                    fail(&mut rec, ErrorKind::Connect, error_chain(&e));
-                    rec.end_ns = ns();
-                    return rec;
-                }
-                Ok(Ok((conn, None))) => conn,
+                Ok(Ok(conn)) => conn,
             };
-            // The clock starts where the request is written: in this poll, on this task.
+            // The clock starts where the request is written.
             rec.start_ns = ns();
-            match tokio::time::timeout_at(deadline, conn.send(self.request(&body))).await {
+            let head = tokio::time::timeout_at(deadline, async {
+                conn.send(&request).await?;
+                conn.head().await
+            })
+            .await;
+            match head {
                 Err(_) => {
                     timed_out(&mut rec);
                     return rec;
                 }
-                Ok(Err(e)) if !retried && stale_connection(&e) => {
-                    retried = true;
-                }
+                Ok(Err(e)) if !retried && !conn.answered() && stale(&e) => retried = true,
                 Ok(Err(e)) => {
-                    let kind = if e.is_timeout() {
-                        ErrorKind::Timeout
-                    } else {
-                        ErrorKind::Disconnect
+                    let kind = match e {
+                        http1::Error::Invalid(_) => ErrorKind::MalformedStream,
+                        _ => ErrorKind::Disconnect,
                     };
-                    fail(&mut rec, kind, error_chain(&e));
+                    fail(&mut rec, kind, e.to_string());
                     rec.end_ns = ns();
                     return rec;
                 }
-                Ok(Ok(r)) => break (conn, r),
+                Ok(Ok(status)) => break (conn, status),
             }
         };
-        let (head, mut body) = response.into_parts();
-        let status = head.status;
-        rec.http_status = Some(status.as_u16());
-        if !status.is_success() {
-            let text = match tokio::time::timeout_at(deadline, conn.collect(&mut body)).await {
+        rec.http_status = Some(status);
+        if !(200..300).contains(&status) {
+            let text = match tokio::time::timeout_at(deadline, conn.collect()).await {
                 Ok(Ok(bytes)) => {
                     self.release(conn);
                     String::from_utf8_lossy(&bytes).into_owned()
@@ -423,7 +318,7 @@ impl Client {
             fail(
                 &mut rec,
                 ErrorKind::HttpStatus,
-                format!("HTTP {}: {message}", status.as_u16()),
+                format!("HTTP {status}: {message}"),
             );
             rec.end_ns = ns();
             return rec;
@@ -436,10 +331,11 @@ impl Client {
             tokio::pin!(expiry);
             let mut done = false;
             let mut complete = false;
+            let arrival = conn.arrival();
             loop {
                 let next = tokio::select! {
                     biased;
-                    n = conn.next(&mut body) => n,
+                    n = conn.data() => n,
                     () = &mut expiry => {
                         fail(
                             &mut rec,
@@ -450,23 +346,22 @@ impl Client {
                     }
                 };
                 let bytes = match next {
-                    None => {
+                    Ok(None) => {
                         complete = true;
                         break;
                     }
-                    Some(Ok(b)) => b,
-                    Some(Err(e)) => {
-                        fail(&mut rec, ErrorKind::Disconnect, error_chain(&e));
+                    Ok(Some(b)) => b,
+                    Err(e) => {
+                        fail(&mut rec, body_error_kind(&e), e.to_string());
                         break;
                     }
                 };
                 // When these bytes reached the socket, not when this task got to them.
-                let now = conn
-                    .arrival
+                let now = arrival
                     .at(ns())
                     .max(rec.last_token_ns.unwrap_or(rec.start_ns));
                 let mut problem: Option<(ErrorKind, String)> = None;
-                let fed = parser.feed_with(&bytes, |data| {
+                let fed = parser.feed_with(bytes, |data| {
                     if problem.is_some() {
                         return;
                     }
@@ -525,13 +420,13 @@ impl Client {
                 self.release(conn);
             }
         } else {
-            match tokio::time::timeout_at(deadline, conn.collect(&mut body)).await {
+            match tokio::time::timeout_at(deadline, conn.collect()).await {
                 Err(_) => fail(
                     &mut rec,
                     ErrorKind::Timeout,
                     format!("the response did not finish within {:?}", cfg.timeout),
                 ),
-                Ok(Err(e)) => fail(&mut rec, ErrorKind::Disconnect, error_chain(&e)),
+                Ok(Err(e)) => fail(&mut rec, body_error_kind(&e), e.to_string()),
                 Ok(Ok(body)) => match std::str::from_utf8(&body)
                     .map_err(|e| e.to_string())
                     .and_then(|t| openai::parse_chunk(t).map_err(|e| e.to_string()))
@@ -542,7 +437,7 @@ impl Client {
                         format!("the body is not a completion: {e}"),
                     ),
                     Ok(info) => {
-                        let now = conn.arrival.at(ns()).max(rec.start_ns);
+                        let now = conn.arrival().at(ns()).max(rec.start_ns);
                         rec.first_token_ns = Some(now);
                         rec.last_token_ns = Some(now);
                         rec.content_chunks = u32::from(info.text_bytes > 0);
@@ -567,20 +462,54 @@ impl Client {
     }
 }
 
-/// Whether a send failed because the pooled connection was closed by the server before any
-/// response byte arrived (hyper's "connection closed before message completed").
-fn stale_connection(e: &hyper::Error) -> bool {
-    e.is_incomplete_message() || e.is_canceled() || e.is_closed()
+/// Whether a request failed, before any response byte, the way a pooled connection that the
+/// server had closed fails: the write or the read met a closed or reset connection.
+fn stale(e: &http1::Error) -> bool {
+    match e {
+        http1::Error::Closed => true,
+        http1::Error::Io(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof
+        ),
+        http1::Error::Invalid(_) => false,
+    }
 }
 
-/// An error with its causes, without the URL's query (which could hold secrets).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+/// The kind of a failure while the body is read.
+fn body_error_kind(e: &http1::Error) -> ErrorKind {
+    match e {
+        http1::Error::Invalid(_) => ErrorKind::MalformedStream,
+        _ => ErrorKind::Disconnect,
     }
-    out
+}
+
+/// The TLS set-up for `https` URLs: the system's trusted roots, HTTP/1.1 by ALPN.
+fn tls_connector(url: &str) -> Result<tokio_rustls::TlsConnector, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map_or_else(|| "none found".to_owned(), ToString::to_string);
+        return Err(format!("no trusted root certificates for `{url}`: {why}"));
+    }
+    let provider = rustls::crypto::ring::default_provider();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.into())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// The name an `https` server's certificate must carry: the URL's host.
+fn server_name(host: &str, url: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
+    rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("the URL `{url}`: `{host}` is not a valid TLS server name: {e}"))
 }

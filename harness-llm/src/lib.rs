@@ -15,6 +15,7 @@
 pub mod checks;
 pub mod client;
 mod clock;
+mod http1;
 pub mod load;
 pub mod mock;
 pub mod openai;
