@@ -8,7 +8,8 @@
 # - moto's S3-compatible server (`moto[server]` from PyPI, in a venv), for the storage tests;
 # - pyarrow and pandas (PyPI, in a venv) for the parquet interop test;
 # - aiperf (PyPI, in a venv) for the aiperf step's test;
-# - Chromium (Debian package) to render the HTML report headless.
+# - Chromium (Debian package) to render the HTML report headless;
+# - the openssl command (Debian package), which makes a certificate for the https test.
 # Only package registries are used. Prints the paths at the end.
 set -euo pipefail
 deps="${HARNESS_TEST_DEPS:-${HOME:-/root}/.cache/harness-test-deps}"
@@ -16,6 +17,9 @@ MOTO="moto[server]==5.2.5"
 PYARROW="pyarrow==26.0.1"
 PANDAS="pandas==3.1.1"
 AIPERF="aiperf==0.13.0"
+
+# A self-signed certificate for the https test (Debian package; usually already there).
+command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
 
 # Headless Chromium renders the HTML report in a test (Debian package).
 if ! command -v chromium >/dev/null 2>&1; then

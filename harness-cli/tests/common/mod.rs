@@ -34,3 +34,18 @@ pub(crate) fn deps() -> PathBuf {
         PathBuf::from,
     )
 }
+
+/// Runs `harness args...` in `dir` with extra environment variables, and waits for it.
+pub(crate) fn harness_with_env(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_harness"))
+        .env_remove("HARNESS_LOG")
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("harness runs")
+}
