@@ -118,8 +118,13 @@ impl Client {
             http::HeaderValue::from_static("application/json"),
         );
         if !headers.contains_key(http::header::HOST) {
-            let host = http::HeaderValue::from_str(authority.as_str())
-                .map_err(|e| format!("the URL's host: {e}"))?;
+            // Host and port, never the URL's user information.
+            let value = match authority.port() {
+                Some(p) => format!("{}:{p}", authority.host()),
+                None => authority.host().to_owned(),
+            };
+            let host =
+                http::HeaderValue::from_str(&value).map_err(|e| format!("the URL's host: {e}"))?;
             headers.insert(http::header::HOST, host);
         }
         headers
@@ -512,4 +517,47 @@ fn tls_connector(url: &str) -> Result<tokio_rustls::TlsConnector, String> {
 fn server_name(host: &str, url: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
     rustls::pki_types::ServerName::try_from(host.to_owned())
         .map_err(|e| format!("the URL `{url}`: `{host}` is not a valid TLS server name: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_head_carries_the_host_and_headers_but_no_user_information() {
+        let c = Client::new(ClientConfig {
+            url: "http://user:secret@127.0.0.1:9/v1/chat/completions?x=1".into(),
+            kind: EndpointType::Chat,
+            model: "m".into(),
+            stream: true,
+            timeout: Duration::from_secs(1),
+            api_key: Some("k".into()),
+            extra_body: Default::default(),
+            headers: vec![
+                ("x-team".into(), "bench".into()),
+                ("content-length".into(), "7".into()),
+            ],
+            max_connections: 1,
+        })
+        .expect("client");
+        let head = String::from_utf8(c.inner.head.clone()).expect("ascii");
+        assert!(
+            head.starts_with("POST /v1/chat/completions?x=1 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        for line in [
+            "host: 127.0.0.1:9\r\n",
+            "authorization: Bearer k\r\n",
+            "x-team: bench\r\n",
+            "content-type: application/json\r\n",
+        ] {
+            assert!(head.contains(line), "{line:?} in {head}");
+        }
+        assert!(
+            !head.contains("secret") && !head.contains("content-length"),
+            "{head}"
+        );
+        let req = String::from_utf8(c.request(b"{}")).expect("ascii");
+        assert!(req.ends_with("content-length: 2\r\n\r\n{}"), "{req}");
+    }
 }

@@ -198,14 +198,21 @@ impl Conn {
                 }
                 Body::ChunkSize => {
                     let line = self.line().await?;
-                    let hex = line.split(|&b| b == b';').next().unwrap_or_default();
-                    let hex = std::str::from_utf8(hex).unwrap_or_default().trim();
-                    let size = u64::from_str_radix(hex, 16).map_err(|_| {
-                        Error::Invalid(format!(
-                            "bad chunk size `{}`",
-                            String::from_utf8_lossy(&line[..line.len().min(40)])
-                        ))
-                    })?;
+                    let hex = line
+                        .split(|&b| b == b';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim_ascii();
+                    let size = std::str::from_utf8(hex)
+                        .ok()
+                        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                        .and_then(|h| u64::from_str_radix(h, 16).ok())
+                        .ok_or_else(|| {
+                            Error::Invalid(format!(
+                                "bad chunk size `{}`",
+                                String::from_utf8_lossy(&line[..line.len().min(40)])
+                            ))
+                        })?;
                     self.body = if size == 0 {
                         Body::Trailers
                     } else {
@@ -236,17 +243,14 @@ impl Conn {
         Ok(out)
     }
 
-    /// The next line (without its `\r\n` or `\n`), consumed.
-    async fn line(&mut self) -> Result<Vec<u8>, Error> {
+    /// The next line (without its `\r\n` or `\n`), consumed; lent from the buffer.
+    async fn line(&mut self) -> Result<&[u8], Error> {
         loop {
             if let Some(i) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
-                let mut line = &self.buf[self.start..self.start + i];
-                if let [rest @ .., b'\r'] = line {
-                    line = rest;
-                }
-                let line = line.to_vec();
+                let from = self.start;
                 self.start += i + 1;
-                return Ok(line);
+                let line = &self.buf[from..from + i];
+                return Ok(line.strip_suffix(b"\r").unwrap_or(line));
             }
             if self.end - self.start > MAX_LINE {
                 return Err(Error::Invalid(format!("a line over {MAX_LINE} bytes")));
@@ -505,6 +509,10 @@ mod tests {
             (
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
                 "bad chunk size `zz`",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n+5\r\nhello\r\n",
+                "bad chunk size `+5`",
             ),
             (
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabc\r\n",

@@ -9,6 +9,11 @@
 //! The kernel merges packets that queue up unread into one, keeping the newest stamp; when
 //! a read finds several tokens waiting, all of them get the newest one's arrival. That is
 //! never earlier than the truth and never later than the read.
+//!
+//! The stamps are on the system clock (`CLOCK_REALTIME`); a record's times are monotonic. A
+//! stamp is turned into the record's clock by its age when the bytes are parsed, so only a
+//! step of the system clock in that instant could skew a time, and the client still keeps each
+//! token between the previous one's time and the parse.
 
 use std::io;
 use std::pin::Pin;
