@@ -171,12 +171,12 @@ impl Client {
             }
         }
         let inner = &self.inner;
+        let failed = |e: std::io::Error| format!("connect to {}:{}: {e}", inner.host, inner.port);
         let tcp = tokio::net::TcpStream::connect((inner.host.as_str(), inner.port))
             .await
-            .map_err(|e| format!("connect to {}:{}: {e}", inner.host, inner.port))?;
+            .map_err(failed)?;
         // Requests are written whole; waiting to fill a segment would only delay them.
-        tcp.set_nodelay(true)
-            .map_err(|e| format!("connect to {}:{}: {e}", inner.host, inner.port))?;
+        tcp.set_nodelay(true).map_err(failed)?;
         let tcp = RxTcp::new(tcp);
         let io = match &inner.tls {
             None => Stream::Plain(tcp),
@@ -336,7 +336,6 @@ impl Client {
             tokio::pin!(expiry);
             let mut done = false;
             let mut complete = false;
-            let arrival = conn.arrival();
             loop {
                 let next = tokio::select! {
                     biased;
@@ -350,19 +349,19 @@ impl Client {
                         break;
                     }
                 };
-                let bytes = match next {
+                let (bytes, stamp) = match next {
                     Ok(None) => {
                         complete = true;
                         break;
                     }
-                    Ok(Some(b)) => b,
+                    Ok(Some(got)) => got,
                     Err(e) => {
                         fail(&mut rec, body_error_kind(&e), e.to_string());
                         break;
                     }
                 };
                 // When these bytes reached the socket, not when this task got to them.
-                let now = arrival
+                let now = stamp
                     .at(ns())
                     .max(rec.last_token_ns.unwrap_or(rec.start_ns));
                 let mut problem: Option<(ErrorKind, String)> = None;
@@ -442,7 +441,7 @@ impl Client {
                         format!("the body is not a completion: {e}"),
                     ),
                     Ok(info) => {
-                        let now = conn.arrival().at(ns()).max(rec.start_ns);
+                        let now = conn.stamp().at(ns()).max(rec.start_ns);
                         rec.first_token_ns = Some(now);
                         rec.last_token_ns = Some(now);
                         rec.content_chunks = u32::from(info.text_bytes > 0);

@@ -13,7 +13,7 @@ use std::io;
 
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::rx::{Arrival, RxTcp};
+use crate::rx::{RxTcp, Stamp};
 
 /// A response head larger than this is refused.
 const MAX_HEAD: usize = 64 * 1024;
@@ -86,12 +86,10 @@ pub(crate) struct Conn {
     keep_alive: bool,
     /// Some byte of the current response has arrived.
     answered: bool,
-    arrival: Arrival,
 }
 
 impl Conn {
     pub(crate) fn new(io: Stream) -> Self {
-        let arrival = io.tcp().arrival();
         Conn {
             io,
             buf: vec![0; BUFFER],
@@ -100,13 +98,12 @@ impl Conn {
             body: Body::Done,
             keep_alive: false,
             answered: false,
-            arrival,
         }
     }
 
-    /// When the bytes read last reached the socket.
-    pub(crate) fn arrival(&self) -> Arrival {
-        self.arrival.clone()
+    /// When the bytes of the last read reached the socket.
+    pub(crate) fn stamp(&self) -> Stamp {
+        self.io.tcp().stamp()
     }
 
     /// Whether the connection can carry another request: the last response was read to its
@@ -164,9 +161,9 @@ impl Conn {
         }
     }
 
-    /// The next bytes of the body as they arrive, lent from the connection's buffer; `None`
-    /// at its end.
-    pub(crate) async fn data(&mut self) -> Result<Option<&[u8]>, Error> {
+    /// The next bytes of the body as they arrive, lent from the connection's buffer, with
+    /// the last read's receive stamp; `None` at its end.
+    pub(crate) async fn data(&mut self) -> Result<Option<(&[u8], Stamp)>, Error> {
         loop {
             match self.body {
                 Body::Done => return Ok(None),
@@ -185,7 +182,7 @@ impl Conn {
                         _ if rest == 0 => Body::ChunkEnd,
                         _ => Body::ChunkData(rest),
                     };
-                    return Ok(Some(&self.buf[from..from + n]));
+                    return Ok(Some((&self.buf[from..from + n], self.stamp())));
                 }
                 Body::UntilClose => {
                     if self.start == self.end && self.fill().await? == 0 {
@@ -194,7 +191,7 @@ impl Conn {
                     }
                     let from = self.start;
                     self.start = self.end;
-                    return Ok(Some(&self.buf[from..self.end]));
+                    return Ok(Some((&self.buf[from..self.end], self.stamp())));
                 }
                 Body::ChunkSize => {
                     let line = self.line().await?;
@@ -237,7 +234,7 @@ impl Conn {
     /// The rest of the body.
     pub(crate) async fn collect(&mut self) -> Result<Vec<u8>, Error> {
         let mut out = Vec::new();
-        while let Some(data) = self.data().await? {
+        while let Some((data, _)) = self.data().await? {
             out.extend_from_slice(data);
         }
         Ok(out)

@@ -17,35 +17,27 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The kernel's receive time of the newest bytes read on one connection, shared between the
-/// stream (which writes it) and the request that parses what was read.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Arrival(Arc<AtomicU64>);
+/// The kernel's receive time of the newest bytes of a read, in ns since the UNIX epoch; 0 when
+/// the read had none.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Stamp(u64);
 
-impl Arrival {
-    /// When the bytes read last arrived, on the caller's clock: `now` is the caller's time
-    /// (ns) at this instant, and the result is `now` minus how long ago the kernel received
-    /// them. `now` itself when the last read had no stamp (a platform without
-    /// `SO_TIMESTAMPNS`, or a kernel that gave none).
-    pub(crate) fn at(&self, now: u64) -> u64 {
-        let stamp = self.0.load(Ordering::Relaxed);
-        if stamp == 0 {
+impl Stamp {
+    /// When the bytes arrived, on the caller's clock: `now` is the caller's time (ns) at this
+    /// instant, and the result is `now` minus how long ago the kernel received them. `now`
+    /// itself without a stamp (a platform without `SO_TIMESTAMPNS`, or a kernel that gave
+    /// none).
+    pub(crate) fn at(self, now: u64) -> u64 {
+        if self.0 == 0 {
             return now;
         }
-        now.saturating_sub(unix_ns().saturating_sub(stamp))
-    }
-
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    fn set(&self, unix_ns: u64) {
-        self.0.store(unix_ns, Ordering::Relaxed);
+        now.saturating_sub(unix_ns().saturating_sub(self.0))
     }
 }
 
@@ -55,10 +47,11 @@ fn unix_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// A TCP connection whose reads record the kernel's receive time in an [`Arrival`].
+/// A TCP connection whose reads record the kernel's receive time.
 pub(crate) struct RxTcp {
     tcp: TcpStream,
-    arrival: Arrival,
+    /// The last read's.
+    stamp: Stamp,
     /// Room for one `SO_TIMESTAMPNS` control message.
     #[cfg(target_os = "linux")]
     cmsg: Vec<u8>,
@@ -76,15 +69,15 @@ impl RxTcp {
         }
         RxTcp {
             tcp,
-            arrival: Arrival::default(),
+            stamp: Stamp::default(),
             #[cfg(target_os = "linux")]
             cmsg: nix::cmsg_space!(nix::sys::time::TimeSpec),
         }
     }
 
-    /// The handle through which requests on this connection see arrival times.
-    pub(crate) fn arrival(&self) -> Arrival {
-        self.arrival.clone()
+    /// The kernel's receive time of what the last read returned.
+    pub(crate) fn stamp(&self) -> Stamp {
+        self.stamp
     }
 
     /// Whether an idle connection can no longer carry a request: the peer closed it, or sent
@@ -110,7 +103,10 @@ impl AsyncRead for RxTcp {
 
         use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
         let RxTcp {
-            tcp, arrival, cmsg, ..
+            tcp,
+            stamp: last,
+            cmsg,
+            ..
         } = self.get_mut();
         loop {
             std::task::ready!(tcp.poll_read_ready(cx))?;
@@ -147,7 +143,7 @@ impl AsyncRead for RxTcp {
             };
             // A read without a stamp clears the last one: its bytes are then timed when
             // parsed, never by an older packet's arrival.
-            arrival.set(stamp);
+            *last = Stamp(stamp);
             buf.advance(n);
             return Poll::Ready(Ok(()));
         }
