@@ -18,17 +18,27 @@ fn duration_text(info: &RunInfo) -> String {
         .map_or_else(|| "-".to_owned(), |s| format!("{s:.1}s"))
 }
 
-/// `harness ls`.
+/// `harness ls`; `spool` is the local spool of a remote store, whose runs waiting for upload
+/// are marked.
 pub(crate) async fn ls(
     store: &dyn ArtifactStore,
+    spool: Option<&dyn ArtifactStore>,
     experiment: Option<&str>,
     json: bool,
 ) -> Result<(), Error> {
     let runs = catalog::list_runs(store, experiment).await?;
+    let mut spooled = Vec::with_capacity(runs.len());
+    for r in &runs {
+        spooled.push(match spool {
+            Some(s) => s.list(r.layout.root()).await?.len(),
+            None => 0,
+        });
+    }
     if json {
         let rows: Vec<serde_json::Value> = runs
             .iter()
-            .map(|r| {
+            .zip(&spooled)
+            .map(|(r, spooled)| {
                 serde_json::json!({
                     "run_id": r.run_id(),
                     "experiment": r.manifest.experiment_name,
@@ -39,6 +49,7 @@ pub(crate) async fn ls(
                     "failed": r.count(CellStatus::Failed),
                     "duration_s": r.duration_s(),
                     "reproduces": r.manifest.provenance.reproduces,
+                    "spooled_objects": spooled,
                 })
             })
             .collect();
@@ -63,12 +74,17 @@ pub(crate) async fn ls(
             "cells ok/failed/all",
             "duration",
         ]);
-    for r in &runs {
+    for (r, spooled) in runs.iter().zip(&spooled) {
+        let waiting = if *spooled > 0 {
+            format!(" ({spooled} objects in the spool)")
+        } else {
+            String::new()
+        };
         t.add_row([
             r.run_id().to_owned(),
             r.manifest.experiment_name.clone(),
             r.manifest.created_at.clone(),
-            status_word(r.status()),
+            format!("{}{waiting}", status_word(r.status())),
             format!(
                 "{}/{}/{}",
                 r.succeeded(),
@@ -80,6 +96,14 @@ pub(crate) async fn ls(
     }
     say!("{t}");
     say!("{} runs in {}", runs.len(), store.describe());
+    let waiting = spooled.iter().filter(|n| **n > 0).count();
+    if let Some(spool) = spool.filter(|_| waiting > 0) {
+        say!(
+            "{waiting} runs have objects waiting in the spool; upload them with: harness push RUN --store {} --to {}",
+            spool.describe(),
+            store.describe()
+        );
+    }
     Ok(())
 }
 

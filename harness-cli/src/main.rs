@@ -29,6 +29,11 @@ use harness_core::{
 const EXIT_INVALID: u8 = 2;
 /// Exit code when some cells or the run failed.
 const EXIT_FAILED: u8 = 1;
+/// Exit code when the run ended but some of its results are still in the local spool,
+/// waiting for `harness push` (its remote store stopped answering).
+const EXIT_SPOOLED: u8 = 3;
+/// Exit code when the run was interrupted (SIGINT, SIGTERM).
+const EXIT_INTERRUPTED: u8 = 130;
 
 /// Benchmark LLM inference deployments: one YAML experiment, a sweep of cells, stored runs.
 #[derive(Debug, Parser)]
@@ -476,8 +481,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
             json,
         } => {
             plain_logs();
-            let store = open_plain_store(&store, None)?;
-            catalog::ls(store.as_ref(), experiment.as_deref(), json).await?;
+            let (store, spool) = listed_store(&store).await?;
+            catalog::ls(store.as_ref(), spool.as_deref(), experiment.as_deref(), json).await?;
         }
         Command::Show { run, store, json } => {
             plain_logs();
@@ -800,9 +805,10 @@ fn operator_run_fn() -> harness_k8s::operator::RunFn {
                 req.run_id,
                 exp.clone(),
                 backend,
-                store,
+                store.clone(),
                 CancellationToken::new(),
             )?;
+            check_store(&store, spool.as_deref(), &run).await?;
             let report = Runner::new(pipeline)
                 .reporter(req.reporter)
                 .reporter(Arc::new(TracingReporter))
@@ -980,6 +986,49 @@ fn store_url(args: &StoreArgs, storage: Option<&harness_core::config::Storage>) 
         .unwrap_or_else(|| harness_storage::DEFAULT_STORE_URL.to_owned())
 }
 
+/// The spool folder of a remote store: one per store, so a later flush sends objects where
+/// they belong.
+fn spool_url(storage: &harness_core::config::Storage, store: &dyn ArtifactStore) -> String {
+    let slug: String = store
+        .describe()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let base = storage.spool.as_deref().unwrap_or("./harness-spool");
+    format!("{}/{slug}", base.trim_end_matches('/'))
+}
+
+/// The store `harness ls` lists: a remote one seen together with its spool when the spool
+/// exists (runs whose objects wait there are listed, and say so).
+async fn listed_store(
+    args: &StoreArgs,
+) -> Result<(Arc<dyn ArtifactStore>, Option<Arc<dyn ArtifactStore>>), Error> {
+    let store = open_plain_store(args, None)?;
+    let storage = harness_core::config::Storage::default();
+    let folder = spool_url(&storage, store.as_ref());
+    if !harness_storage::is_remote(&store_url(args, None)) || !Path::new(&folder).is_dir() {
+        return Ok((store, None));
+    }
+    let spool = harness_storage::open(&folder)
+        .map_err(|e| Error::invalid("spool", e.to_string()))?;
+    let spooling = harness_storage::SpoolingStore::new(store, spool.clone()).await?;
+    Ok((Arc::new(spooling), Some(spool)))
+}
+
+/// Checks the store of a run before it starts (a probe object under the run's folder). A
+/// store that fails now is misconfigured, not down: the run stops before anything is
+/// deployed, as invalid input. Only a store that answered here counts as an outage later.
+async fn check_store(
+    store: &Arc<dyn ArtifactStore>,
+    spool: Option<&harness_storage::SpoolingStore>,
+    run: &RunContext,
+) -> Result<(), Error> {
+    let probed = spool.map_or(store, |s| s.remote());
+    harness_storage::check(probed.as_ref(), run.layout().root())
+        .await
+        .map_err(|e| Error::invalid("store", e.to_string()))
+}
+
 /// The store a run writes to; a remote one gets a local spool for outages.
 async fn open_run_store(
     args: &StoreArgs,
@@ -996,17 +1045,7 @@ async fn open_run_store(
     if !harness_storage::is_remote(&url) {
         return Ok((store, None));
     }
-    // One spool folder per remote store, so a later flush sends objects where they belong.
-    let slug: String = store
-        .describe()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let base = storage
-        .spool
-        .clone()
-        .unwrap_or_else(|| "./harness-spool".to_owned());
-    let spool = harness_storage::open(&format!("{}/{slug}", base.trim_end_matches('/')))
+    let spool = harness_storage::open(&spool_url(storage, store.as_ref()))
         .map_err(|e| Error::invalid("storage.spool", e.to_string()))?;
     let spooling = Arc::new(harness_storage::SpoolingStore::new(store, spool).await?);
     if spooling.spooled() > 0 {
@@ -1239,6 +1278,7 @@ async fn execute(
         cancel.clone(),
     )?
     .with_provenance(provenance);
+    check_store(&store, spool.as_deref(), &run_cx).await?;
     let mut runner = Runner::new(pipeline)
         .reporter(progress.clone())
         .reporter(Arc::new(TracingReporter));
@@ -1294,13 +1334,13 @@ async fn execute(
         .as_ref()
         .map(|u| format!(" --store {u}"))
         .unwrap_or_default();
+    let mut left_in_spool = false;
     if let Some(spool) = spool {
         let flushed = spool.flush().await;
-        if flushed.uploaded > 0 {
+        if spool.uploaded() > 0 {
             say!(
-                "uploaded {} objects ({} bytes) from the spool to {}",
-                flushed.uploaded,
-                flushed.bytes,
+                "uploaded {} objects from the spool to {} (the store did not answer for a while)",
+                spool.uploaded(),
                 store.describe()
             );
         }
@@ -1308,6 +1348,7 @@ async fn execute(
             eprintln!("warning: {e}");
         }
         if flushed.remaining > 0 {
+            left_in_spool = true;
             say!(
                 "{} objects wait in the spool {}; upload them later with: harness push {} --store {} --to {}",
                 flushed.remaining,
@@ -1333,8 +1374,9 @@ async fn execute(
         );
     }
     Ok(match report.status {
+        RunStatus::Cancelled => ExitCode::from(EXIT_INTERRUPTED),
+        _ if left_in_spool => ExitCode::from(EXIT_SPOOLED),
         RunStatus::Succeeded => ExitCode::SUCCESS,
-        RunStatus::Cancelled => ExitCode::from(130),
         RunStatus::Running if partial_task && ran_ok => ExitCode::SUCCESS,
         _ => ExitCode::from(EXIT_FAILED),
     })
@@ -1364,6 +1406,6 @@ fn watch_signals(
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
         eprintln!("second signal: killing all child processes and exiting");
         backend.kill_all_now();
-        std::process::exit(130);
+        std::process::exit(i32::from(EXIT_INTERRUPTED));
     })
 }

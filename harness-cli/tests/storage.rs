@@ -413,3 +413,214 @@ async fn an_s3_outage_mid_run_spools_results_and_uploads_every_cell_once() {
         .expect("summary");
     assert_eq!(summary.len(), 6);
 }
+
+/// The usual MinIO set-up: everything about the store in the environment, only the URL in
+/// the experiment.
+fn s3_env(addr: std::net::SocketAddr, allow_http: bool) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing-secret".to_owned()),
+        ("AWS_ENDPOINT", format!("http://{addr}")),
+        ("AWS_REGION", "us-east-1".to_owned()),
+    ];
+    if allow_http {
+        env.push(("AWS_ALLOW_HTTP", "true".to_owned()));
+    }
+    env
+}
+
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_settings_from_the_environment_alone_reach_s3() {
+    let moto = MotoServer::start().await;
+    moto.create_bucket("envb").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let spool = d.join("spool");
+    let extra = format!(
+        "storage:\n  url: s3://envb/team\n  spool: {}\n",
+        spool.display()
+    );
+    let exp = experiment(d, "env", &extra);
+    let env = s3_env(moto.addr(), true);
+    let out = harness(
+        d,
+        &["run", exp.to_str().expect("path"), "--no-progress"],
+        &env_refs(&env),
+    )
+    .await;
+    let stdout = ok(&out);
+    assert!(stdout.contains("2/2 cells succeeded"), "{stdout}");
+    assert!(!stdout.contains("spool"), "{stdout}");
+    // Everything is in the bucket, nothing in the spool.
+    let objects = everything(s3("s3://envb/team", moto.addr()).as_ref()).await;
+    assert!(
+        objects.keys().any(|k| k.ends_with("/manifest.json")),
+        "{:?}",
+        objects.keys()
+    );
+    assert!(objects.len() > 10, "{:?}", objects.keys());
+    let spooled = harness_storage::open(&spool.display().to_string())
+        .expect("spool")
+        .list(&ArtifactKey::new("s3___envb_team").expect("key"))
+        .await
+        .expect("list");
+    assert!(spooled.is_empty(), "{spooled:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misconfigured_store_stops_the_run_before_anything_runs() {
+    let moto = MotoServer::start().await;
+    moto.create_bucket("conf").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let spool = d.join("spool");
+    let cases = [
+        // Plain HTTP without AWS_ALLOW_HTTP: refused by the client.
+        ("s3://conf/team", false, "allowed"),
+        // A bucket that does not exist.
+        ("s3://no-such-bucket/team", true, "not found"),
+    ];
+    for (url, allow_http, cause) in cases {
+        let extra = format!("storage:\n  url: {url}\n  spool: {}\n", spool.display());
+        let exp = experiment(d, "conf", &extra);
+        let env = s3_env(moto.addr(), allow_http);
+        let out = harness(
+            d,
+            &["run", exp.to_str().expect("path"), "--no-progress"],
+            &env_refs(&env),
+        )
+        .await;
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(2), "{url}: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains(url) && stderr.contains("cannot be used"),
+            "{url}: {stderr}"
+        );
+        assert!(
+            stderr.to_lowercase().contains(cause),
+            "{url}: the cause `{cause}` is not named: {stderr}"
+        );
+        // No cell ran, nothing was spooled.
+        assert!(!stdout.contains("cells succeeded"), "{stdout}");
+        assert!(
+            !spool.exists() || std::fs::read_dir(&spool).expect("dir").all(|e| {
+                std::fs::read_dir(e.expect("entry").path())
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(true)
+            }),
+            "something was spooled"
+        );
+    }
+    assert!(
+        everything(s3("s3://conf", moto.addr()).as_ref())
+            .await
+            .is_empty(),
+        "the probe object was left behind or a run was written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_hangs_mid_run_leaves_results_in_the_spool_with_exit_3() {
+    let moto = MotoServer::start().await;
+    moto.create_bucket("hang").await;
+    let proxy = TcpProxy::start(moto.addr()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_owned();
+    let spool = d.join("harness-spool");
+    let body = std::fs::read_to_string(experiment(&d, "hang", "")).expect("read");
+    let body = body.replace("concurrency: [1, 2]", "concurrency: [1, 2, 3, 4]");
+    let exp = d.join("hang.yaml");
+    std::fs::write(&exp, body).expect("write");
+    let mut args = vec![
+        "run".to_owned(),
+        exp.display().to_string(),
+        "--no-progress".into(),
+        "--store".into(),
+        "s3://hang".into(),
+    ];
+    args.extend(store_opts(proxy.addr()));
+    let dd = d.clone();
+    let run = tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        harness(&dd, &args, &[]).await
+    });
+    // Hang the server once the first cell is stored, until the run has ended.
+    let direct = s3("s3://hang", moto.addr());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = direct
+            .list(&ArtifactKey::new("runs/hang").expect("key"))
+            .await
+            .expect("list");
+        if listed.iter().any(|m| m.key.as_str().ends_with("/summary.json")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first cell never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.freeze();
+    let out = run.await.expect("join");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(stdout.contains("4/4 cells succeeded"), "{stdout}");
+    assert!(
+        stdout.contains("wait in the spool") && stdout.contains("harness push"),
+        "{stdout}"
+    );
+    // The writes after the hang were not each sent to the hung server: the write that found
+    // it down, the background probes and the final flush, not one per object.
+    assert!(
+        proxy.held() < 12,
+        "{} connections to the hung server",
+        proxy.held()
+    );
+
+    // `harness ls` says which run waits in the spool, even while the store hangs.
+    let mut ls = vec![
+        "ls".to_owned(),
+        "--json".into(),
+        "--store".into(),
+        "s3://hang".into(),
+    ];
+    ls.extend(store_opts(proxy.addr()));
+    let ls_ref: Vec<&str> = ls.iter().map(String::as_str).collect();
+    let runs = json(&harness(&d, &ls_ref, &[]).await);
+    let runs = runs.as_array().expect("runs");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(
+        runs[0]["spooled_objects"].as_u64().is_some_and(|n| n > 0),
+        "{runs:?}"
+    );
+    let id = runs[0]["run_id"].as_str().expect("id").to_owned();
+
+    // Back up: the command the run printed uploads the rest, and ls says nothing waits.
+    proxy.thaw();
+    let spooled_store = format!("{}/s3___hang", spool.display());
+    let mut push = vec![
+        "push".to_owned(),
+        id.clone(),
+        "--store".into(),
+        spooled_store.clone(),
+        "--to".into(),
+        "s3://hang".into(),
+    ];
+    for (k, v) in s3_options(proxy.addr()) {
+        push.extend(["--to-opt".to_owned(), format!("{k}={v}")]);
+    }
+    let push_ref: Vec<&str> = push.iter().map(String::as_str).collect();
+    ok(&harness(&d, &push_ref, &[]).await);
+    let objects = everything(direct.as_ref()).await;
+    for c in 1..=4 {
+        let cell = format!("concurrency={c},isl=16,osl=8");
+        assert!(
+            objects
+                .keys()
+                .any(|k| k.ends_with(&format!("cells/{cell}/records.parquet"))),
+            "{cell} is missing from the bucket"
+        );
+    }
+}

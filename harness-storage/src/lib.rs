@@ -80,6 +80,18 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The store was opened but cannot be used: the probe of [`check`] failed (a bad
+    /// option, missing credentials or permission, a missing bucket, nothing answering).
+    #[error("`{url}` cannot be used: {cause}")]
+    Unusable {
+        /// The store, as described (never its options).
+        url: String,
+        /// What failed and why, down to the innermost cause.
+        cause: String,
+        /// The error.
+        #[source]
+        source: harness_core::Error,
+    },
     /// The store could not be opened.
     #[error("opening store `{url}`: {source}")]
     Open {
@@ -161,6 +173,81 @@ pub fn open(url: &str) -> Result<Arc<dyn ArtifactStore>, Error> {
 /// As [`open`].
 pub fn open_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn ArtifactStore>, Error> {
     Ok(Arc::new(ObjectArtifactStore::open_with(url, options)?))
+}
+
+/// Checks that a run can use `store` before it starts: writes a small probe object under
+/// `under` (the run's folder), reads it back, compares and deletes it. A store that fails
+/// here is misconfigured or unreachable (a bad option, credentials, a missing bucket, no
+/// permission); unlike an outage in the middle of a run, that is not something to spool
+/// through.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = harness_storage::open("memory://")?;
+/// let run = harness_core::ArtifactKey::new("runs/demo/r1")?;
+/// harness_storage::check(store.as_ref(), &run).await?;
+/// assert!(store.list(&run).await?.is_empty(), "the probe is gone");
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// [`Error::Unusable`], naming the store and the innermost cause.
+pub async fn check(
+    store: &dyn ArtifactStore,
+    under: &harness_core::ArtifactKey,
+) -> Result<(), Error> {
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let body = format!("harness store probe {nonce}");
+    let unusable = |what: &str, source: harness_core::Error| {
+        let mut cause = format!("{what}: {source}");
+        let mut next = std::error::Error::source(&source);
+        while let Some(e) = next {
+            let text = e.to_string();
+            if !cause.contains(&text) {
+                cause.push_str(": ");
+                cause.push_str(&text);
+            }
+            next = e.source();
+        }
+        Error::Unusable {
+            url: store.describe(),
+            cause,
+            source,
+        }
+    };
+    let key = harness_core::ArtifactKey::new(format!("{under}/.harness-probe-{nonce}"))
+        .map_err(|e| unusable("naming the probe object", e))?;
+    let what = format!("writing a probe object `{key}`");
+    store.put(&key, body.clone().into()).await.map_err(|e| {
+        let hint = if matches!(e, harness_core::Error::NotFound { .. }) {
+            format!("{what} (does the bucket or container exist?)")
+        } else {
+            what.clone()
+        };
+        unusable(&hint, e)
+    })?;
+    let back = store
+        .get(&key)
+        .await
+        .map_err(|e| unusable("reading the probe object back", e))?;
+    if back != body.as_bytes() {
+        return Err(unusable(
+            "reading the probe object back",
+            harness_core::Error::failed(
+                format!("`{key}`"),
+                "the store returned other bytes than were written",
+            ),
+        ));
+    }
+    store
+        .delete(&key)
+        .await
+        .map_err(|e| unusable("deleting the probe object", e))?;
+    Ok(())
 }
 
 /// Whether `url` names a remote store (s3, gs, az), whose outages the spool covers.

@@ -11,11 +11,86 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    BackoffConfig, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
     RetryConfig,
 };
 
 use crate::{Error, StoreOptions};
+
+/// The builders of the remote stores, seen through the few methods harness uses (they share
+/// the names but no trait).
+trait RemoteBuilder: Sized {
+    /// Sets an option by its object_store name (`endpoint`, `allow_http`, `timeout`, ...).
+    fn set(self, key: &str, value: &str) -> Result<Self, object_store::Error>;
+    /// An option's value, as set by the environment or an earlier [`RemoteBuilder::set`].
+    #[cfg(test)]
+    fn value(&self, key: &str) -> Option<String>;
+    fn finish(self) -> Result<Arc<dyn ObjectStore>, object_store::Error>;
+}
+
+macro_rules! remote_builder {
+    ($builder:ty) => {
+        impl RemoteBuilder for $builder {
+            fn set(self, key: &str, value: &str) -> Result<Self, object_store::Error> {
+                Ok(self.with_config(key.parse()?, value))
+            }
+            #[cfg(test)]
+            fn value(&self, key: &str) -> Option<String> {
+                self.get_config_value(&key.parse().ok()?)
+            }
+            fn finish(self) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+                Ok(Arc::new(self.build()?))
+            }
+        }
+    };
+}
+remote_builder!(AmazonS3Builder);
+remote_builder!(GoogleCloudStorageBuilder);
+remote_builder!(MicrosoftAzureBuilder);
+
+/// The client options harness sets where neither the environment nor the options do: a
+/// store that does not answer fails within seconds, not object_store's minutes.
+const CONNECT_TIMEOUT: &str = "connect_timeout";
+const REQUEST_TIMEOUT: &str = "timeout";
+
+/// Applies `options` over what `builder` already holds (the environment's settings), then
+/// harness's timeouts where neither set one (`from_env` says whether the environment did).
+/// Options are set one by one, never as a whole `ClientOptions`, which would replace the
+/// environment's `*_ALLOW_HTTP`, proxy and certificate settings.
+fn configure<B: RemoteBuilder>(
+    mut builder: B,
+    url: &str,
+    options: &StoreOptions,
+    from_env: impl Fn(&str) -> bool,
+) -> Result<B, Error> {
+    let bad_key = |key: &str, e: object_store::Error| Error::InvalidOption {
+        url: url.into(),
+        key: key.into(),
+        reason: format!("not an option of this store ({e})"),
+    };
+    let request = format!(
+        "{}ms",
+        options
+            .retry_timeout
+            .max(std::time::Duration::from_secs(5))
+            .as_millis()
+    );
+    for (key, value) in [(CONNECT_TIMEOUT, "5s"), (REQUEST_TIMEOUT, request.as_str())] {
+        if !from_env(key) && !options.options.contains_key(key) {
+            builder = builder.set(key, value).map_err(|e| bad_key(key, e))?;
+        }
+    }
+    for (k, v) in &options.options {
+        builder = builder.set(k, v).map_err(|e| bad_key(k, e))?;
+    }
+    Ok(builder)
+}
+
+/// Whether the environment sets the client option `key` for a store whose variables start
+/// with `prefix` (`AWS_TIMEOUT` for `timeout`).
+fn env_sets(prefix: &str, key: &str) -> bool {
+    std::env::var_os(format!("{prefix}{}", key.to_ascii_uppercase())).is_some()
+}
 
 /// Builds an S3, GCS or Azure store for `base` (`scheme://bucket`): the environment first,
 /// then `options`, with short retries.
@@ -34,37 +109,29 @@ fn remote(
         max_retries: options.retries,
         retry_timeout: options.retry_timeout,
     };
-    let client = ClientOptions::new()
-        .with_connect_timeout(std::time::Duration::from_secs(5))
-        .with_timeout(options.retry_timeout.max(std::time::Duration::from_secs(5)));
-    let bad_key = |key: &str, e: object_store::Error| Error::InvalidOption {
-        url: url.into(),
-        key: key.into(),
-        reason: format!("not an option of this store ({e})"),
-    };
     let open_err = |source| Error::Open {
         url: url.into(),
         source,
     };
-    // The three builders share their method names but no trait.
-    macro_rules! build {
-        ($builder:ty) => {{
-            let mut b = <$builder>::from_env()
+    match scheme {
+        "s3" | "s3a" => {
+            let b = AmazonS3Builder::from_env().with_url(base).with_retry(retry);
+            configure(b, url, options, |k| env_sets("AWS_", k))?.finish()
+        }
+        "gs" => {
+            let b = GoogleCloudStorageBuilder::from_env()
                 .with_url(base)
-                .with_client_options(client)
                 .with_retry(retry);
-            for (k, v) in &options.options {
-                b = b.with_config(k.parse().map_err(|e| bad_key(k, e))?, v);
-            }
-            Arc::new(b.build().map_err(open_err)?)
-        }};
+            configure(b, url, options, |k| env_sets("GOOGLE_", k))?.finish()
+        }
+        _ => {
+            let b = MicrosoftAzureBuilder::from_env()
+                .with_url(base)
+                .with_retry(retry);
+            configure(b, url, options, |k| env_sets("AZURE_", k))?.finish()
+        }
     }
-    let store: Arc<dyn ObjectStore> = match scheme {
-        "s3" | "s3a" => build!(AmazonS3Builder),
-        "gs" => build!(GoogleCloudStorageBuilder),
-        _ => build!(MicrosoftAzureBuilder),
-    };
-    Ok(store)
+    .map_err(open_err)
 }
 
 /// An [`ArtifactStore`] over any [`ObjectStore`].
@@ -279,5 +346,68 @@ impl ArtifactStore for ObjectArtifactStore {
 
     fn describe(&self) -> String {
         self.url.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(pairs: &[(&str, &str)]) -> StoreOptions {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        StoreOptions::from_map("test://", &map).expect("options")
+    }
+
+    /// What `from_env` leaves in a builder survives harness's options and timeouts, for each
+    /// of the three remote stores.
+    fn keeps_environment<B: RemoteBuilder + Default>(from_env: B) {
+        let b = from_env.set("allow_http", "true").expect("allow_http");
+        let b = b.set("proxy_url", "http://127.0.0.1:3128").expect("proxy");
+        let b = configure(b, "test://", &opts(&[("retry_timeout", "7s")]), |_| false)
+            .expect("configure");
+        assert_eq!(b.value("allow_http").as_deref(), Some("true"));
+        assert_eq!(
+            b.value("proxy_url").as_deref(),
+            Some("http://127.0.0.1:3128")
+        );
+        assert_eq!(b.value("timeout").as_deref(), Some("7000ms"));
+        assert_eq!(b.value("connect_timeout").as_deref(), Some("5s"));
+        // A timeout from the environment or the options is the user's, not ours.
+        let b = configure(B::default(), "test://", &opts(&[]), |k| {
+            k == "timeout"
+        })
+        .expect("configure");
+        assert_ne!(b.value("timeout").as_deref(), Some("10s"));
+        let b = configure(
+            B::default(),
+            "test://",
+            &opts(&[("connect_timeout", "1s")]),
+            |_| false,
+        )
+        .expect("configure");
+        assert_eq!(b.value("connect_timeout").as_deref(), Some("1s"));
+    }
+
+    #[test]
+    fn environment_settings_survive_for_s3_gcs_and_azure() {
+        keeps_environment(AmazonS3Builder::default());
+        keeps_environment(GoogleCloudStorageBuilder::default());
+        keeps_environment(MicrosoftAzureBuilder::default());
+    }
+
+    #[test]
+    fn an_unknown_option_names_its_key() {
+        let e = configure(
+            AmazonS3Builder::default(),
+            "s3://b",
+            &opts(&[("no_such_option", "1")]),
+            |_| false,
+        )
+        .err()
+        .expect("refused");
+        assert!(e.to_string().contains("no_such_option"), "{e}");
     }
 }

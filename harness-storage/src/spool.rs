@@ -1,45 +1,63 @@
 //! Keeping a run going while its remote store is down: [`SpoolingStore`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::task::AbortHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use harness_core::{ArtifactKey, ArtifactMeta, ArtifactStore, Error, Result};
 
-/// How often writes try the remote store again while it is down.
+/// How often the remote store is probed while it is down.
 const DEFAULT_PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// A remote store with a local spool. While the remote answers, writes go to it. When it
 /// fails with anything but a definite answer (not found, exists, bad input), the write goes
-/// to the spool instead and succeeds there, so the run goes on; the remote is tried again
-/// every few seconds. [`SpoolingStore::flush`] uploads what the spool holds, once each, and
-/// removes it from the spool; the CLI calls it at the end of a run, and
-/// `harness push` does it later.
+/// to the spool instead and succeeds there, so the run goes on. From then on the store is
+/// known to be down: every write goes straight to the spool, without waiting on the remote,
+/// and a background task probes the remote every few seconds. Once it answers, that task
+/// uploads what the spool holds, and writes go to the remote again when the spool is empty.
+/// [`SpoolingStore::flush`] uploads what is left at the end of a run; `harness push` does
+/// it later.
 ///
 /// Reads see the newest copy: the spooled one when there is one. A write that reaches the
 /// remote removes an older spooled copy of the same key, so a flush never overwrites newer
 /// data with older.
 ///
 /// # Contract
-/// A write returns `Ok` only once the object is durable in the remote or the spool.
+/// A write returns `Ok` only once the object is durable in the remote or the spool. The
+/// pace of writes does not depend on a remote known to be down: at most the write that
+/// finds it down waits for the remote's timeout.
 #[derive(Debug)]
 pub struct SpoolingStore {
+    inner: Arc<Inner>,
+    /// The background probe while the remote is down.
+    prober: Mutex<Option<AbortHandle>>,
+}
+
+#[derive(Debug)]
+struct Inner {
     remote: Arc<dyn ArtifactStore>,
     spool: Arc<dyn ArtifactStore>,
     probe_every: Duration,
     state: Mutex<State>,
+    /// Objects uploaded from the spool so far, by flushes and the background probe.
+    uploaded: std::sync::atomic::AtomicUsize,
+    /// Held while an object goes into or out of the spool, so an upload never races a newer
+    /// spooled copy of the same key.
+    moving: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     /// When the remote last failed, while it is considered down.
     down_since: Option<Instant>,
-    /// When it was last tried while down.
-    last_try: Option<Instant>,
-    /// Keys whose newest copy is in the spool.
-    spooled: BTreeSet<ArtifactKey>,
+    /// Keys whose newest copy is in the spool, with the generation of that copy.
+    spooled: BTreeMap<ArtifactKey, u64>,
+    /// The generation of the next spooled copy.
+    generation: u64,
     /// Of those, the ones written with `put_if_absent`.
     create_only: BTreeSet<ArtifactKey>,
 }
@@ -79,7 +97,7 @@ impl SpoolingStore {
     ) -> Result<Self> {
         let mut state = State::default();
         for meta in spool.list(&ArtifactKey::new("runs")?).await? {
-            state.spooled.insert(meta.key);
+            state.spooled.insert(meta.key, 0);
         }
         for meta in spool.list(&ArtifactKey::new("create-only")?).await? {
             if let Some(key) = meta.key.as_str().strip_prefix("create-only/") {
@@ -87,45 +105,112 @@ impl SpoolingStore {
             }
         }
         Ok(SpoolingStore {
-            remote,
-            spool,
-            probe_every: DEFAULT_PROBE_EVERY,
-            state: Mutex::new(state),
+            inner: Arc::new(Inner {
+                remote,
+                spool,
+                probe_every: DEFAULT_PROBE_EVERY,
+                state: Mutex::new(state),
+                moving: tokio::sync::Mutex::new(()),
+                uploaded: std::sync::atomic::AtomicUsize::new(0),
+            }),
+            prober: Mutex::new(None),
         })
     }
 
-    /// How often to try the remote again while it is down (default 5 s).
+    /// How often to probe the remote while it is down (default 5 s).
+    ///
+    /// # Panics
+    /// When called after the store was shared (it is a builder step).
     #[must_use]
     pub fn probe_every(mut self, every: Duration) -> Self {
-        self.probe_every = every;
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.probe_every = every;
+        }
         self
     }
 
     /// The spool.
     pub fn spool(&self) -> &Arc<dyn ArtifactStore> {
-        &self.spool
+        &self.inner.spool
+    }
+
+    /// The remote store.
+    pub fn remote(&self) -> &Arc<dyn ArtifactStore> {
+        &self.inner.remote
     }
 
     /// How many objects wait in the spool.
     pub fn spooled(&self) -> usize {
-        self.state().spooled.len()
+        self.inner.state().spooled.len()
     }
 
+    /// How many objects this store has uploaded from the spool so far, in the background
+    /// and by [`SpoolingStore::flush`].
+    pub fn uploaded(&self) -> usize {
+        self.inner
+            .uploaded
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the remote is known to be down (writes go to the spool).
+    pub fn is_down(&self) -> bool {
+        self.inner.state().down_since.is_some()
+    }
+
+    /// Marks the remote down after `e` and starts the background probe if it is not running.
+    fn mark_down(&self, e: &Error) {
+        self.inner.mark_down(e);
+        let mut prober = self.prober.lock().unwrap_or_else(|e| e.into_inner());
+        if prober.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = self.inner.clone();
+        let task = rt.spawn(async move {
+            loop {
+                tokio::time::sleep(inner.probe_every).await;
+                if inner.recover().await {
+                    return;
+                }
+            }
+        });
+        *prober = Some(task.abort_handle());
+    }
+
+    /// Uploads every spooled object to the remote, once, and removes it from the spool.
+    /// Tries the remote even when it is known to be down; stops at the first sign that it
+    /// still is.
+    pub async fn flush(&self) -> FlushReport {
+        let report = self.inner.flush().await;
+        if report.remaining == 0 && report.errors.is_empty() {
+            self.inner.mark_up();
+        }
+        report
+    }
+}
+
+impl Drop for SpoolingStore {
+    fn drop(&mut self) {
+        if let Some(h) = self
+            .prober
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            h.abort();
+        }
+    }
+}
+
+impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether to try the remote now: always while it is up, every `probe_every` while down.
-    fn try_remote(&self) -> bool {
-        let mut st = self.state();
-        match (st.down_since, st.last_try) {
-            (None, _) => true,
-            (Some(_), Some(t)) if t.elapsed() < self.probe_every => false,
-            (Some(_), _) => {
-                st.last_try = Some(Instant::now());
-                true
-            }
-        }
+    fn is_down(&self) -> bool {
+        self.state().down_since.is_some()
     }
 
     fn mark_down(&self, e: &Error) {
@@ -138,7 +223,6 @@ impl SpoolingStore {
             );
             st.down_since = Some(Instant::now());
         }
-        st.last_try = Some(Instant::now());
     }
 
     fn mark_up(&self) {
@@ -152,26 +236,62 @@ impl SpoolingStore {
         }
     }
 
-    /// Writes `data` to the spool in place of the remote.
-    async fn to_spool(&self, key: &ArtifactKey, data: Bytes, create_only: bool) -> Result<()> {
+    /// One background probe: uploads the spool if the remote answers. True when the remote
+    /// answered and the spool is empty, so writes go to the remote again.
+    async fn recover(&self) -> bool {
+        if self.state().spooled.is_empty() {
+            // Nothing to upload: any definite answer shows the remote is back.
+            let Ok(probe) = ArtifactKey::new(PROBE_KEY) else {
+                return false;
+            };
+            if matches!(self.remote.get(&probe).await, Err(e) if is_outage(&e)) {
+                return false;
+            }
+        }
+        // Writes go on spooling meanwhile; a pass uploads what came since the last one.
+        for _ in 0..MAX_PASSES {
+            if !self.flush().await.errors.is_empty() {
+                return false;
+            }
+            // Under the spool's lock, so no write lands in the spool between the check
+            // and the switch.
+            let _moving = self.moving.lock().await;
+            if self.state().spooled.is_empty() {
+                self.mark_up();
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Writes `data` to the spool in place of the remote; false, writing nothing, when the
+    /// remote came back meanwhile (the caller writes there).
+    async fn to_spool(&self, key: &ArtifactKey, data: Bytes, create_only: bool) -> Result<bool> {
+        let _moving = self.moving.lock().await;
+        if !self.is_down() {
+            return Ok(false);
+        }
         if create_only {
             let marker = ArtifactKey::new(format!("create-only/{key}"))?;
             self.spool.put(&marker, Bytes::new()).await?;
         }
         self.spool.put(key, data).await?;
         let mut st = self.state();
-        st.spooled.insert(key.clone());
+        st.generation += 1;
+        let generation = st.generation;
+        st.spooled.insert(key.clone(), generation);
         if create_only {
             st.create_only.insert(key.clone());
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Forgets the spooled copy of `key` (a newer one reached the remote, or it was uploaded).
-    async fn unspool(&self, key: &ArtifactKey) -> Result<()> {
+    /// Forgets the spooled copy of `key` (a newer one reached the remote, or it was
+    /// uploaded). The caller holds `moving`.
+    async fn unspool_locked(&self, key: &ArtifactKey) -> Result<()> {
         let (spooled, create_only) = {
             let mut st = self.state();
-            (st.spooled.remove(key), st.create_only.remove(key))
+            (st.spooled.remove(key).is_some(), st.create_only.remove(key))
         };
         if spooled {
             self.spool.delete(key).await?;
@@ -184,53 +304,71 @@ impl SpoolingStore {
         Ok(())
     }
 
-    /// Uploads every spooled object to the remote, once, and removes it from the spool.
-    /// Stops at the first sign that the remote is still down.
-    pub async fn flush(&self) -> FlushReport {
-        let (keys, create_only) = {
-            let st = self.state();
-            (st.spooled.clone(), st.create_only.clone())
+    async fn unspool(&self, key: &ArtifactKey) -> Result<()> {
+        if !self.state().spooled.contains_key(key) {
+            return Ok(());
+        }
+        let _moving = self.moving.lock().await;
+        self.unspool_locked(key).await
+    }
+
+    /// Uploads one spooled object; `Ok(None)` when it was no longer spooled. The spool's
+    /// lock is held only to read the copy and to remove it, never while the remote is
+    /// waited on, so writes to the spool go on meanwhile. A copy spooled during the upload
+    /// has a newer generation: it stays, and a later pass uploads it over this one.
+    async fn upload(&self, key: &ArtifactKey) -> std::result::Result<Option<u64>, Upload> {
+        let (data, generation, create_only) = {
+            let _moving = self.moving.lock().await;
+            let (generation, create_only) = {
+                let st = self.state();
+                let Some(generation) = st.spooled.get(key).copied() else {
+                    return Ok(None);
+                };
+                (generation, st.create_only.contains(key))
+            };
+            let data = self.spool.get(key).await.map_err(Upload::Spool)?;
+            (data, generation, create_only)
         };
+        let len = data.len() as u64;
+        if create_only {
+            match self.remote.put_if_absent(key, data.clone()).await {
+                // Already there from an earlier, interrupted flush: fine if the same.
+                Err(Error::AlreadyExists { .. }) => match self.remote.get(key).await {
+                    Ok(there) if there == data => {}
+                    Ok(_) => {
+                        return Err(Upload::Remote(Error::AlreadyExists {
+                            what: format!("a different `{key}` in {}", self.remote.describe()),
+                        }));
+                    }
+                    Err(e) => return Err(Upload::Remote(e)),
+                },
+                other => other.map_err(Upload::Remote)?,
+            }
+        } else {
+            self.remote.put(key, data).await.map_err(Upload::Remote)?;
+        }
+        self.uploaded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _moving = self.moving.lock().await;
+        if self.state().spooled.get(key) != Some(&generation) {
+            return Ok(Some(len));
+        }
+        self.unspool_locked(key).await.map_err(Upload::Spool)?;
+        Ok(Some(len))
+    }
+
+    async fn flush(&self) -> FlushReport {
+        let keys: Vec<ArtifactKey> = self.state().spooled.keys().cloned().collect();
         let mut report = FlushReport::default();
         let total = keys.len();
         for (i, key) in keys.into_iter().enumerate() {
-            let data = match self.spool.get(&key).await {
-                Ok(d) => d,
-                Err(e) => {
-                    report
-                        .errors
-                        .push(format!("reading `{key}` from the spool: {e}"));
-                    continue;
-                }
-            };
-            let len = data.len() as u64;
-            let sent = if create_only.contains(&key) {
-                match self.remote.put_if_absent(&key, data.clone()).await {
-                    // Already there from an earlier, interrupted flush: fine if the same.
-                    Err(Error::AlreadyExists { .. }) => match self.remote.get(&key).await {
-                        Ok(there) if there == data => Ok(()),
-                        Ok(_) => Err(Error::AlreadyExists {
-                            what: format!("a different `{key}` in {}", self.remote.describe()),
-                        }),
-                        Err(e) => Err(e),
-                    },
-                    other => other,
-                }
-            } else {
-                self.remote.put(&key, data).await
-            };
-            match sent {
-                Ok(()) => {
-                    self.mark_up();
-                    if let Err(e) = self.unspool(&key).await {
-                        report
-                            .errors
-                            .push(format!("removing `{key}` from the spool: {e}"));
-                    }
+            match self.upload(&key).await {
+                Ok(Some(len)) => {
                     report.uploaded += 1;
                     report.bytes += len;
                 }
-                Err(e) if is_outage(&e) => {
+                Ok(None) => {}
+                Err(Upload::Remote(e)) if is_outage(&e) => {
                     self.mark_down(&e);
                     report.errors.push(format!(
                         "{} is still not answering ({e}); {} objects stay in {}",
@@ -240,58 +378,78 @@ impl SpoolingStore {
                     ));
                     break;
                 }
-                Err(e) => report.errors.push(format!("uploading `{key}`: {e}")),
+                Err(Upload::Remote(e)) => report.errors.push(format!("uploading `{key}`: {e}")),
+                Err(Upload::Spool(e)) => report
+                    .errors
+                    .push(format!("moving `{key}` out of the spool: {e}")),
             }
         }
-        report.remaining = self.spooled();
+        report.remaining = self.state().spooled.len();
         report
     }
 }
 
+/// Why one object could not leave the spool.
+enum Upload {
+    /// The spool failed (reading the object or removing it).
+    Spool(Error),
+    /// The remote refused or did not answer.
+    Remote(Error),
+}
+
+/// Upload passes of one recovery before it waits for the next probe.
+const MAX_PASSES: usize = 16;
+
+/// A key no run writes, read to see whether the remote answers.
+const PROBE_KEY: &str = "harness-probe";
+
 #[async_trait]
 impl ArtifactStore for SpoolingStore {
     async fn put(&self, key: &ArtifactKey, data: Bytes) -> Result<()> {
-        if self.try_remote() {
-            match self.remote.put(key, data.clone()).await {
-                Ok(()) => {
-                    self.mark_up();
-                    return self.unspool(key).await;
+        // Twice at most: the remote may come back while the write waits for the spool.
+        loop {
+            if !self.inner.is_down() {
+                match self.inner.remote.put(key, data.clone()).await {
+                    Ok(()) => return self.inner.unspool(key).await,
+                    Err(e) if is_outage(&e) => self.mark_down(&e),
+                    Err(e) => return Err(e),
                 }
-                Err(e) if is_outage(&e) => self.mark_down(&e),
-                Err(e) => return Err(e),
+            }
+            if self.inner.to_spool(key, data.clone(), false).await? {
+                return Ok(());
             }
         }
-        self.to_spool(key, data, false).await
     }
 
     async fn put_if_absent(&self, key: &ArtifactKey, data: Bytes) -> Result<()> {
-        if self.state().spooled.contains(key) {
+        if self.inner.state().spooled.contains_key(key) {
             return Err(Error::AlreadyExists {
-                what: format!("`{key}` in {}", self.spool.describe()),
+                what: format!("`{key}` in {}", self.inner.spool.describe()),
             });
         }
-        if self.try_remote() {
-            match self.remote.put_if_absent(key, data.clone()).await {
-                Ok(()) => {
-                    self.mark_up();
-                    return Ok(());
+        loop {
+            if !self.inner.is_down() {
+                match self.inner.remote.put_if_absent(key, data.clone()).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if is_outage(&e) => self.mark_down(&e),
+                    Err(e) => return Err(e),
                 }
-                Err(e) if is_outage(&e) => self.mark_down(&e),
-                Err(e) => return Err(e),
+            }
+            if self.inner.to_spool(key, data.clone(), true).await? {
+                return Ok(());
             }
         }
-        self.to_spool(key, data, true).await
     }
 
     async fn get(&self, key: &ArtifactKey) -> Result<Bytes> {
-        if self.state().spooled.contains(key) {
-            return self.spool.get(key).await;
+        if self.inner.state().spooled.contains_key(key) {
+            return self.inner.spool.get(key).await;
         }
-        self.remote.get(key).await
+        self.inner.remote.get(key).await
     }
 
     async fn list(&self, prefix: &ArtifactKey) -> Result<Vec<ArtifactMeta>> {
-        let mut out = match self.remote.list(prefix).await {
+        let mut out = match self.inner.remote.list(prefix).await {
             Ok(v) => v,
             Err(e) if is_outage(&e) => {
                 self.mark_down(&e);
@@ -300,7 +458,7 @@ impl ArtifactStore for SpoolingStore {
             }
             Err(e) => return Err(e),
         };
-        let spooled = self.spool.list(prefix).await?;
+        let spooled = self.inner.spool.list(prefix).await?;
         let newer: BTreeSet<&ArtifactKey> = spooled.iter().map(|m| &m.key).collect();
         out.retain(|m| !newer.contains(&m.key));
         out.extend(spooled);
@@ -309,11 +467,151 @@ impl ArtifactStore for SpoolingStore {
     }
 
     async fn delete(&self, key: &ArtifactKey) -> Result<()> {
-        self.unspool(key).await?;
-        self.remote.delete(key).await
+        self.inner.unspool(key).await?;
+        self.inner.remote.delete(key).await
     }
 
     fn describe(&self) -> String {
-        self.remote.describe()
+        self.inner.remote.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// A remote that hangs while frozen: every call waits out a timeout, as object_store's
+    /// client does against a server that accepts and never answers.
+    #[derive(Debug)]
+    struct Hanging {
+        inner: Arc<dyn ArtifactStore>,
+        frozen: AtomicBool,
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    impl Hanging {
+        async fn gate(&self, what: &str) -> Result<()> {
+            if self.frozen.load(Ordering::SeqCst) {
+                tokio::time::sleep(TIMEOUT).await;
+                return Err(Error::Timeout {
+                    what: what.into(),
+                    after: TIMEOUT,
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl ArtifactStore for Hanging {
+        async fn put(&self, key: &ArtifactKey, data: Bytes) -> Result<()> {
+            self.gate("put").await?;
+            self.inner.put(key, data).await
+        }
+        async fn put_if_absent(&self, key: &ArtifactKey, data: Bytes) -> Result<()> {
+            self.gate("put_if_absent").await?;
+            self.inner.put_if_absent(key, data).await
+        }
+        async fn get(&self, key: &ArtifactKey) -> Result<Bytes> {
+            self.gate("get").await?;
+            self.inner.get(key).await
+        }
+        async fn list(&self, prefix: &ArtifactKey) -> Result<Vec<ArtifactMeta>> {
+            self.gate("list").await?;
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &ArtifactKey) -> Result<()> {
+            self.gate("delete").await?;
+            self.inner.delete(key).await
+        }
+        fn describe(&self) -> String {
+            "hanging://".into()
+        }
+    }
+
+    fn key(i: usize) -> ArtifactKey {
+        ArtifactKey::new(format!("runs/e/r/cells/c{i}/summary.json")).expect("key")
+    }
+
+    /// Once the remote is known to be down, writes go to the spool without waiting on it,
+    /// and the background probe uploads everything once it answers again, with no flush
+    /// called.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_remote_costs_one_timeout_and_recovers_by_itself() {
+        let remote = Arc::new(Hanging {
+            inner: crate::open("memory://").expect("memory"),
+            frozen: AtomicBool::new(false),
+        });
+        let spool = crate::open("memory://").expect("memory");
+        let store = SpoolingStore::new(remote.clone(), spool.clone())
+            .await
+            .expect("store")
+            .probe_every(Duration::from_secs(5));
+        store.put(&key(0), "0".into()).await.expect("put");
+        assert_eq!(store.spooled(), 0);
+
+        remote.frozen.store(true, Ordering::SeqCst);
+        let start = tokio::time::Instant::now();
+        // A sweep that stores something every second.
+        for i in 1..=20 {
+            store
+                .put(&key(i), i.to_string().into())
+                .await
+                .expect("spooled");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // One write waited for the timeout; the other nineteen went straight to the spool
+        // (a retry per write would have cost ten seconds each).
+        assert_eq!(start.elapsed(), TIMEOUT + Duration::from_secs(20));
+        assert!(store.is_down());
+        assert_eq!(store.spooled(), 20);
+        assert_eq!(store.get(&key(7)).await.expect("read"), "7");
+
+        remote.frozen.store(false, Ordering::SeqCst);
+        // The probe runs every 5 s and may be waiting out a timeout of its own.
+        tokio::time::sleep(TIMEOUT + Duration::from_secs(6)).await;
+        assert!(!store.is_down(), "the probe found the remote back");
+        assert_eq!(store.spooled(), 0, "the probe uploaded the spool");
+        for i in 0..=20 {
+            assert_eq!(
+                remote.inner.get(&key(i)).await.expect("uploaded"),
+                i.to_string()
+            );
+            assert!(spool.get(&key(i)).await.is_err(), "left in the spool");
+        }
+        // Writes go to the remote again.
+        store.put(&key(21), "21".into()).await.expect("put");
+        assert_eq!(store.spooled(), 0);
+        assert_eq!(remote.inner.get(&key(21)).await.expect("there"), "21");
+    }
+
+    /// A write that lands in the spool while the probe uploads an older copy of the same
+    /// key is not lost, and the remote ends with the newest copy.
+    #[tokio::test(start_paused = true)]
+    async fn the_newest_copy_wins_over_a_background_upload() {
+        let remote = Arc::new(Hanging {
+            inner: crate::open("memory://").expect("memory"),
+            frozen: AtomicBool::new(true),
+        });
+        let spool = crate::open("memory://").expect("memory");
+        let store = SpoolingStore::new(remote.clone(), spool)
+            .await
+            .expect("store")
+            .probe_every(Duration::from_secs(5));
+        store.put(&key(1), "old".into()).await.expect("spooled");
+        remote.frozen.store(false, Ordering::SeqCst);
+        // While down, a newer copy goes to the spool too, whatever the probe is doing.
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if store.is_down() {
+                store.put(&key(1), "new".into()).await.expect("put");
+            }
+        }
+        assert!(!store.is_down());
+        assert_eq!(store.spooled(), 0);
+        assert_eq!(remote.inner.get(&key(1)).await.expect("there"), "new");
     }
 }

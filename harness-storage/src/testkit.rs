@@ -136,7 +136,8 @@ async fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<u16
 
 /// A TCP proxy on 127.0.0.1 in front of `upstream`. [`TcpProxy::cut`] closes its port and
 /// every open connection (clients see connection refused, as when the server is down);
-/// [`TcpProxy::restore`] opens the same port again.
+/// [`TcpProxy::restore`] opens the same port again. [`TcpProxy::freeze`] stages a hung
+/// server instead: connections are accepted and never answered, until [`TcpProxy::thaw`].
 #[derive(Debug, Clone)]
 pub struct TcpProxy {
     inner: Arc<ProxyInner>,
@@ -147,6 +148,11 @@ struct ProxyInner {
     addr: SocketAddr,
     upstream: SocketAddr,
     tasks: Mutex<Vec<AbortHandle>>,
+    frozen: std::sync::atomic::AtomicBool,
+    /// Connections accepted while frozen.
+    held: std::sync::atomic::AtomicUsize,
+    /// The accept loop, among `tasks`.
+    accept: Mutex<Option<AbortHandle>>,
 }
 
 impl TcpProxy {
@@ -158,6 +164,9 @@ impl TcpProxy {
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
                 upstream,
                 tasks: Mutex::new(Vec::new()),
+                frozen: std::sync::atomic::AtomicBool::new(false),
+                held: std::sync::atomic::AtomicUsize::new(0),
+                accept: Mutex::new(None),
             }),
         };
         proxy.restore().await;
@@ -178,6 +187,37 @@ impl TcpProxy {
         for t in self.tasks().drain(..) {
             t.abort();
         }
+    }
+
+    /// Drops every open connection, then accepts new ones and never answers them: a server
+    /// that hangs.
+    pub fn freeze(&self) {
+        self.inner.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.drop_connections();
+    }
+
+    /// Ends a [`TcpProxy::freeze`]: the connections held are dropped, new ones are forwarded.
+    pub fn thaw(&self) {
+        self.inner
+            .frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.drop_connections();
+    }
+
+    /// How many connections were accepted while frozen.
+    pub fn held(&self) -> usize {
+        self.inner.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn drop_connections(&self) {
+        let accept = self.inner.accept.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.tasks().retain(|t| {
+            let keep = accept.as_ref().is_some_and(|a| a.id() == t.id());
+            if !keep {
+                t.abort();
+            }
+            keep
+        });
     }
 
     /// Accepts again, on the same port.
@@ -201,7 +241,19 @@ impl TcpProxy {
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let upstream = me.inner.upstream;
+                let frozen = me.inner.frozen.load(std::sync::atomic::Ordering::SeqCst);
+                if frozen {
+                    me.inner
+                        .held
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 let conn = tokio::spawn(async move {
+                    if frozen {
+                        // Read and never answer, like a hung server.
+                        let mut sink = [0u8; 4096];
+                        while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
+                        std::future::pending::<()>().await;
+                    }
                     if let Ok(mut server) = TcpStream::connect(upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                     }
@@ -211,6 +263,8 @@ impl TcpProxy {
                 tasks.push(conn.abort_handle());
             }
         });
+        *self.inner.accept.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(accept.abort_handle());
         self.tasks().push(accept.abort_handle());
     }
 }

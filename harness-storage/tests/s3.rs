@@ -135,15 +135,25 @@ async fn spool_keeps_writes_through_an_outage_and_uploads_each_once() {
     assert_eq!((early.uploaded, early.remaining), (0, 3), "{early:?}");
 
     proxy.restore().await;
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    // Back up: a newer write of a spooled key goes to the remote and retires the spooled copy.
+    // Back up: the background probe finds it and uploads the spool, with no flush called.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.spooled() > 0 || store.is_down() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spool was not uploaded: {} objects left",
+            store.spooled()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.uploaded(), 3);
+    // Writes go to the remote again.
     store
         .put(&key("runs/e/r/journal/a.json"), "succeeded".into())
         .await
         .expect("up again");
-    assert_eq!(store.spooled(), 2);
+    assert_eq!(store.spooled(), 0);
     let report = store.flush().await;
-    assert_eq!((report.uploaded, report.remaining), (2, 0), "{report:?}");
+    assert_eq!((report.uploaded, report.remaining), (0, 0), "{report:?}");
     assert!(report.errors.is_empty(), "{:?}", report.errors);
 
     // Every object in the bucket exactly once, each with its newest content.
