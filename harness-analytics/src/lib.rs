@@ -78,6 +78,12 @@ pub enum Error {
     /// Reading or writing the run failed.
     #[error(transparent)]
     Store(#[from] harness_core::Error),
+    /// A statistics worker thread died (a bug); its statistics would be missing.
+    #[error("computing statistics: a worker thread failed: {reason}")]
+    Worker {
+        /// The thread's panic message.
+        reason: String,
+    },
     /// Another tool's export could not be imported.
     #[error("{file}{}: {reason}", line.map(|l| format!(":{l}")).unwrap_or_default())]
     Import {

@@ -119,6 +119,15 @@ pub struct Record {
     pub error: Option<ErrorKind>,
     /// The failure's message.
     pub error_message: Option<String>,
+    /// When an open loop meant to send the request (its arrival time); `None` in a closed
+    /// loop, where a request is due when the previous one of its client ends. A start later
+    /// than this is queueing in the client, which `start_ns`-based latencies leave out.
+    #[serde(default)]
+    pub scheduled_ns: Option<u64>,
+    /// Re-sent once because the pooled keep-alive connection it was first written to had
+    /// been closed by the server before answering.
+    #[serde(default)]
+    pub retried: bool,
 }
 
 impl Record {
@@ -175,6 +184,8 @@ impl Record {
             http_status: Some(200),
             error: None,
             error_message: None,
+            scheduled_ns: None,
+            retried: false,
         }
     }
 }

@@ -56,7 +56,7 @@ const fn def(
 
 /// The per-request distributions; each becomes `<name>.count`, `.min`, `.max`, `.mean`,
 /// `.std`, `.p1` ... `.p99` in the summary. Over successful, non-warmup requests.
-pub const DISTRIBUTIONS: [MetricDef; 7] = [
+pub const DISTRIBUTIONS: [MetricDef; 9] = [
     def(
         "ttft",
         "ms",
@@ -99,10 +99,22 @@ pub const DISTRIBUTIONS: [MetricDef; 7] = [
         "osl",
         "output tokens per request, from the source in `output_token_source`",
     ),
+    def(
+        "schedule_lag",
+        "ms",
+        "schedule_lag",
+        "open loop only: request start - its scheduled arrival time (the client's own queueing: a concurrency cap, or a client that fell behind)",
+    ),
+    def(
+        "ttft_from_schedule",
+        "ms",
+        "ttft.from_schedule",
+        "open loop only: first content chunk - scheduled arrival time (TTFT as a user arriving on schedule sees it, the client's queueing included)",
+    ),
 ];
 
 /// The per-cell scalar metrics.
-pub const SCALARS: [MetricDef; 9] = [
+pub const SCALARS: [MetricDef; 10] = [
     def(
         "requests",
         "count",
@@ -156,6 +168,12 @@ pub const SCALARS: [MetricDef; 9] = [
         "requests/s",
         "goodput",
         "successful requests meeting every SLO set / benchmark duration",
+    ),
+    def(
+        "retried",
+        "count",
+        "requests.retried",
+        "measured requests sent twice because the pooled keep-alive connection they were written to had been closed by the server",
     ),
 ];
 
@@ -222,6 +240,8 @@ pub fn records_schema() -> SchemaRef {
             metric_field("ttft_ms", Float64, true, "ms", "ttft"),
             metric_field("request_latency_ms", Float64, true, "ms", "request_latency"),
             metric_field("itl_ms", Float64, true, "ms", "itl.per_request_mean"),
+            ns("scheduled_ns", true),
+            Field::new("retried", Boolean, false),
         ],
         schema_meta("records"),
     ))

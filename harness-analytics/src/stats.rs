@@ -63,6 +63,10 @@ pub struct CellStats {
     pub total_token_throughput: f64,
     /// Requests meeting every SLO set, per second (`None` without an SLO).
     pub goodput: Option<f64>,
+    /// Measured requests re-sent once on a new connection because the pooled one had been
+    /// closed by the server (see [`Record::retried`]).
+    #[serde(default)]
+    pub retried: u64,
     /// Where output token counts came from: successful requests by source.
     pub output_token_sources: BTreeMap<String, u64>,
     /// Distributions by name (see [`crate::schema::DISTRIBUTIONS`]).
@@ -84,6 +88,7 @@ struct Scalars {
     out_tokens: u64,
     sources: BTreeMap<String, u64>,
     good: u64,
+    retried: u64,
 }
 
 impl Scalars {
@@ -98,6 +103,7 @@ impl Scalars {
             out_tokens: 0,
             sources: BTreeMap::new(),
             good: 0,
+            retried: 0,
         };
         let (starts, ends) = (c.start_ns.values(), c.end_ns.values());
         let (ins, outs) = (c.input_tokens.values(), c.output_tokens.values());
@@ -111,6 +117,7 @@ impl Scalars {
                 continue;
             }
             out.requests += 1;
+            out.retried += u64::from(c.retried.is_some_and(|r| r.value(i)));
             out.start = out.start.min(starts[i]);
             out.end = out.end.max(ends[i]);
             if !ok {
@@ -185,6 +192,46 @@ fn filtered(
     out
 }
 
+/// A worker thread's result, its panic as [`Error::Worker`].
+fn joined<T>(result: std::thread::Result<T>) -> Result<T, Error> {
+    result.map_err(|panic| Error::Worker {
+        reason: panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned()),
+    })
+}
+
+/// Per measured request of an open loop (one with a scheduled time): its start minus its
+/// scheduled time, in ms, plus `then` (e.g. its TTFT) when given. Over every measured
+/// request for the lag alone (a failed request queued too), over successful ones with a
+/// value of `then` otherwise.
+fn lag_ms(
+    c: &RecordColumns<'_>,
+    ok: &[bool],
+    then: Option<&arrow_array::Float64Array>,
+) -> Vec<f64> {
+    let Some(sched) = c.scheduled_ns else {
+        return Vec::new();
+    };
+    let starts = c.start_ns.values();
+    let mut out = Vec::new();
+    for i in 0..ok.len() {
+        if c.warmup.value(i) || sched.is_null(i) {
+            continue;
+        }
+        // Signed: a start before its schedule would be a bug to show, not to hide.
+        let lag = (starts[i] as f64 - sched.value(i) as f64) / 1e6;
+        match then {
+            None => out.push(lag),
+            Some(col) if ok[i] && col.is_valid(i) => out.push(lag + col.value(i)),
+            Some(_) => {}
+        }
+    }
+    out
+}
+
 impl CellStats {
     /// Summarises `records`.
     ///
@@ -240,6 +287,14 @@ impl CellStats {
                 Box::new(|| counts(c.output_tokens)),
             ),
             (
+                "schedule_lag",
+                Box::new(|| Cow::Owned(lag_ms(&c, ok, None))),
+            ),
+            (
+                "ttft_from_schedule",
+                Box::new(|| Cow::Owned(lag_ms(&c, ok, Some(c.ttft_ms)))),
+            ),
+            (
                 "inter_chunk_latency",
                 Box::new(|| {
                     let offsets = c.gaps.value_offsets();
@@ -278,12 +333,12 @@ impl CellStats {
             let scalars = Scalars::of(&c, ok, slo);
             let mut distributions: BTreeMap<String, Distribution> = work().into_iter().collect();
             if let Some(h) = helper {
-                // A panic there would be a bug in `Distribution::of`; its columns are then
-                // missing rather than the process gone.
-                distributions.extend(h.join().unwrap_or_default());
+                // A panic there is a bug; the statistics it held must not go missing
+                // silently.
+                distributions.extend(joined(h.join())?);
             }
-            (scalars, distributions)
-        });
+            Ok::<_, Error>((scalars, distributions))
+        })?;
         let Scalars {
             requests,
             succeeded,
@@ -294,6 +349,7 @@ impl CellStats {
             out_tokens,
             sources,
             good,
+            retried,
         } = scalars;
         let duration_s = if requests > 0 {
             end.saturating_sub(start) as f64 / 1e9
@@ -317,6 +373,7 @@ impl CellStats {
             output_token_throughput: per_s(out_tokens as f64),
             total_token_throughput: per_s((out_tokens + in_tokens) as f64),
             goodput: slo.is_set().then(|| per_s(good as f64)),
+            retried,
             output_token_sources: sources,
             distributions,
             tool: None,
@@ -336,6 +393,7 @@ impl CellStats {
             "output_token_throughput" => Some(self.output_token_throughput),
             "total_token_throughput" => Some(self.total_token_throughput),
             "goodput" => self.goodput,
+            "retried" => Some(self.retried as f64),
             other => {
                 let (base, stat) = other.split_once('.')?;
                 if base == "errors" {
@@ -395,5 +453,22 @@ impl CellStats {
             1 => self.output_token_sources.keys().next().cloned(),
             _ => Some("mixed".to_owned()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_worker_is_an_error_naming_its_panic() {
+        let result = std::thread::scope(|s| {
+            s.spawn(|| -> Vec<(String, Distribution)> { panic!("sorting went wrong") })
+                .join()
+        });
+        let e = joined(result).expect_err("a lost worker is an error");
+        assert!(matches!(e, Error::Worker { .. }));
+        assert!(e.to_string().contains("sorting went wrong"), "{e}");
+        assert_eq!(joined(Ok(3)).expect("fine"), 3);
     }
 }

@@ -88,6 +88,12 @@ pub fn records_batch(records: &[Record]) -> Result<RecordBatch, Error> {
         ms(|r| r.ttft_s().map(|s| s * 1e3)),
         ms(|r| r.latency_s().map(|s| s * 1e3)),
         ms(|r| r.itl_s().map(|s| s * 1e3)),
+        Arc::new(UInt64Array::from_iter(
+            records.iter().map(|r| r.scheduled_ns),
+        )),
+        Arc::new(BooleanArray::from_iter(
+            records.iter().map(|r| Some(r.retried)),
+        )),
     ];
     Ok(RecordBatch::try_new(records_schema(), columns)?)
 }
@@ -105,6 +111,18 @@ fn col<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, Erro
     })
 }
 
+/// A column that files written before it existed lack: `None` when absent, an error when
+/// present with another type.
+fn optional_col<'a, T: 'static>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<Option<&'a T>, Error> {
+    match batch.column_by_name(name) {
+        None => Ok(None),
+        Some(_) => col(batch, name).map(Some),
+    }
+}
+
 /// The per-request columns that statistics read, checked once.
 pub(crate) struct RecordColumns<'a> {
     pub(crate) warmup: &'a BooleanArray,
@@ -118,6 +136,8 @@ pub(crate) struct RecordColumns<'a> {
     pub(crate) ttft_ms: &'a Float64Array,
     pub(crate) latency_ms: &'a Float64Array,
     pub(crate) itl_ms: &'a Float64Array,
+    pub(crate) scheduled_ns: Option<&'a UInt64Array>,
+    pub(crate) retried: Option<&'a BooleanArray>,
 }
 
 impl<'a> RecordColumns<'a> {
@@ -134,6 +154,8 @@ impl<'a> RecordColumns<'a> {
             ttft_ms: col(batch, "ttft_ms")?,
             latency_ms: col(batch, "request_latency_ms")?,
             itl_ms: col(batch, "itl_ms")?,
+            scheduled_ns: optional_col(batch, "scheduled_ns")?,
+            retried: optional_col(batch, "retried")?,
         })
     }
 }
@@ -187,6 +209,10 @@ pub fn records_from_batch(batch: &RecordBatch) -> Result<Vec<Record>, Error> {
             http_status: status.is_valid(i).then(|| status.value(i)),
             error,
             error_message: message.is_valid(i).then(|| message.value(i).to_owned()),
+            scheduled_ns: c
+                .scheduled_ns
+                .and_then(|a| a.is_valid(i).then(|| a.value(i))),
+            retried: c.retried.is_some_and(|a| a.value(i)),
         });
     }
     Ok(out)

@@ -147,6 +147,30 @@ fn records_round_trip_through_parquet_with_units_and_version() {
 }
 
 #[test]
+fn records_written_before_the_schedule_and_retry_columns_still_read() {
+    let mut records = sample_records();
+    records[5].scheduled_ns = Some(records[5].start_ns - 3_000_000);
+    records[6].retried = true;
+    let batch = records_batch(&records).expect("batch");
+    let stats = CellStats::of_batch(&batch, &Slo::default()).expect("stats");
+    assert_eq!(stats.retried, 1);
+    let lag = stats.value("schedule_lag.max").expect("lag");
+    assert!((lag - 3.0).abs() < 1e-9, "{lag}");
+    // A file of an older version has neither column: no lag, no retries, no error.
+    let old_columns: Vec<usize> = (0..batch.num_columns())
+        .filter(|&i| {
+            !["scheduled_ns", "retried"].contains(&batch.schema().field(i).name().as_str())
+        })
+        .collect();
+    let old = batch.project(&old_columns).expect("project");
+    let back = records_from_batch(&old).expect("records");
+    assert!(back.iter().all(|r| r.scheduled_ns.is_none() && !r.retried));
+    let stats = CellStats::of_batch(&old, &Slo::default()).expect("stats");
+    assert_eq!(stats.retried, 0);
+    assert!(stats.value("schedule_lag.p50").is_none());
+}
+
+#[test]
 fn summary_table_has_params_units_and_per_gpu_throughput() {
     let stats = CellStats::of(&sample_records(), &Slo::default()).expect("stats");
     let row = |c: i64, stats: Option<CellStats>| CellRow {

@@ -482,7 +482,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         } => {
             plain_logs();
             let (store, spool) = listed_store(&store).await?;
-            catalog::ls(store.as_ref(), spool.as_deref(), experiment.as_deref(), json).await?;
+            catalog::ls(
+                store.as_ref(),
+                spool.as_deref(),
+                experiment.as_deref(),
+                json,
+            )
+            .await?;
         }
         Command::Show { run, store, json } => {
             plain_logs();
@@ -1009,8 +1015,8 @@ async fn listed_store(
     if !harness_storage::is_remote(&store_url(args, None)) || !Path::new(&folder).is_dir() {
         return Ok((store, None));
     }
-    let spool = harness_storage::open(&folder)
-        .map_err(|e| Error::invalid("spool", e.to_string()))?;
+    let spool =
+        harness_storage::open(&folder).map_err(|e| Error::invalid("spool", e.to_string()))?;
     let spooling = harness_storage::SpoolingStore::new(store, spool.clone()).await?;
     Ok((Arc::new(spooling), Some(spool)))
 }

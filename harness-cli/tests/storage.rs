@@ -507,11 +507,12 @@ async fn a_misconfigured_store_stops_the_run_before_anything_runs() {
         // No cell ran, nothing was spooled.
         assert!(!stdout.contains("cells succeeded"), "{stdout}");
         assert!(
-            !spool.exists() || std::fs::read_dir(&spool).expect("dir").all(|e| {
-                std::fs::read_dir(e.expect("entry").path())
-                    .map(|mut d| d.next().is_none())
-                    .unwrap_or(true)
-            }),
+            !spool.exists()
+                || std::fs::read_dir(&spool).expect("dir").all(|e| {
+                    std::fs::read_dir(e.expect("entry").path())
+                        .map(|mut d| d.next().is_none())
+                        .unwrap_or(true)
+                }),
             "something was spooled"
         );
     }
@@ -556,7 +557,10 @@ async fn a_store_that_hangs_mid_run_leaves_results_in_the_spool_with_exit_3() {
             .list(&ArtifactKey::new("runs/hang").expect("key"))
             .await
             .expect("list");
-        if listed.iter().any(|m| m.key.as_str().ends_with("/summary.json")) {
+        if listed
+            .iter()
+            .any(|m| m.key.as_str().ends_with("/summary.json"))
+        {
             break;
         }
         assert!(Instant::now() < deadline, "the first cell never finished");

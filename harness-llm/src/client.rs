@@ -161,12 +161,13 @@ impl Client {
     }
 
     /// An idle pooled connection, or a new one.
-    async fn connection(&self, pooled: bool) -> Result<Conn, String> {
+    /// A connection, and whether it came from the pool (`pooled` allows that).
+    async fn connection(&self, pooled: bool) -> Result<(Conn, bool), String> {
         if pooled {
             let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
             while let Some(c) = idle.pop() {
                 if c.reusable() {
-                    return Ok(c);
+                    return Ok((c, true));
                 }
             }
         }
@@ -186,7 +187,7 @@ impl Client {
                     .map_err(|e| format!("TLS handshake with {}: {e}", inner.host))?,
             )),
         };
-        Ok(Conn::new(io))
+        Ok((Conn::new(io), false))
     }
 
     /// Returns a connection whose last response was read to its end.
@@ -248,6 +249,8 @@ impl Client {
             http_status: None,
             error: None,
             error_message: None,
+            scheduled_ns: None,
+            retried: false,
         };
         let deadline = Instant::now() + cfg.timeout;
         let fail = |rec: &mut RequestRecord, kind: ErrorKind, msg: String| {
@@ -266,22 +269,24 @@ impl Client {
         drop(body);
         // A pooled keep-alive connection that the server closed just as it was reused fails
         // before any response byte: a client artifact, not a server failure. Retry once on a
-        // new connection, with the clock restarted.
+        // new connection, with the clock restarted, and say so in the record. Never on a
+        // fresh connection: there the failure is the server's, and a retry could post the
+        // request twice.
         let mut retried = false;
         let (mut conn, status) = loop {
-            let mut conn = match tokio::time::timeout_at(deadline, self.connection(!retried)).await
-            {
-                Err(_) => {
-                    timed_out(&mut rec);
-                    return rec;
-                }
-                Ok(Err(msg)) => {
-                    fail(&mut rec, ErrorKind::Connect, msg);
-                    rec.end_ns = ns();
-                    return rec;
-                }
-                Ok(Ok(conn)) => conn,
-            };
+            let (mut conn, pooled) =
+                match tokio::time::timeout_at(deadline, self.connection(!retried)).await {
+                    Err(_) => {
+                        timed_out(&mut rec);
+                        return rec;
+                    }
+                    Ok(Err(msg)) => {
+                        fail(&mut rec, ErrorKind::Connect, msg);
+                        rec.end_ns = ns();
+                        return rec;
+                    }
+                    Ok(Ok(conn)) => conn,
+                };
             // The clock starts where the request is written.
             rec.start_ns = ns();
             let head = tokio::time::timeout_at(deadline, async {
@@ -294,7 +299,10 @@ impl Client {
                     timed_out(&mut rec);
                     return rec;
                 }
-                Ok(Err(e)) if !retried && !conn.answered() && stale(&e) => retried = true,
+                Ok(Err(e)) if pooled && !retried && !conn.answered() && stale(&e) => {
+                    retried = true;
+                    rec.retried = true;
+                }
                 Ok(Err(e)) => {
                     let kind = match e {
                         http1::Error::Invalid(_) => ErrorKind::MalformedStream,

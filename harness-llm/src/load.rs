@@ -298,8 +298,11 @@ pub async fn run(
                     None => None,
                 };
                 let (client, synth, spec) = (client.clone(), synth.clone(), spec.clone());
+                // The arrival's intended time: a later start is queueing in the client.
+                let scheduled = u64::try_from(at.duration_since(epoch).as_nanos()).ok();
                 tasks.spawn(async move {
-                    let rec = one(index, client, synth, spec).await;
+                    let mut rec = one(index, client, synth, spec).await;
+                    rec.scheduled_ns = scheduled;
                     drop(permit);
                     vec![rec]
                 });

@@ -229,6 +229,9 @@ impl Step for BenchmarkStep {
     }
 }
 
+/// Above this p99 of `schedule_lag` a cell's notes say the client queued its arrivals.
+const SCHEDULE_LAG_WARN_MS: f64 = 1.0;
+
 /// The SLO of the experiment, in the analytics' units.
 fn slo_of(exp: &harness_core::Experiment) -> Slo {
     Slo::new(
@@ -295,6 +298,22 @@ pub(crate) async fn store_records(
     }
     for (k, v) in summary.headline_metrics() {
         out = out.metric(k, v);
+    }
+    if let Some(lag) = summary
+        .distributions
+        .get("schedule_lag")
+        .and_then(|d| d.stat("p99"))
+        .filter(|p99| *p99 > SCHEDULE_LAG_WARN_MS)
+    {
+        out = out.note(format!(
+            "requests started up to {lag:.2} ms (p99) after their scheduled arrival: the client queued them (a concurrency cap, or a client that fell behind); ttft_from_schedule counts that wait"
+        ));
+    }
+    if summary.retried > 0 {
+        out = out.note(format!(
+            "{} requests were sent twice: the server had closed their pooled keep-alive connection before answering",
+            summary.retried
+        ));
     }
     if let Some(src) = summary.output_token_sources.get("chunks") {
         out = out.note(format!(

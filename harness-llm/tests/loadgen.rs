@@ -592,9 +592,14 @@ fn preflight_flags_a_foreign_tokenizer_and_failures() {
 }
 
 /// A server that reads each request fully, then drops the first `drop_first` connections
-/// without answering and answers the rest with a one-token stream. Returns its port and a
-/// counter of connections.
-async fn flaky_server(drop_first: usize) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+/// without answering and answers the rest with a one-token stream. With `linger`, a
+/// connection stays open after its answer and is closed, unanswered, when its next request
+/// arrives: a keep-alive connection the server gave up on just as the client reused it.
+/// Returns its port and a counter of connections.
+async fn flaky_server(
+    drop_first: usize,
+    linger: bool,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -606,42 +611,49 @@ async fn flaky_server(drop_first: usize) -> (u16, Arc<std::sync::atomic::AtomicU
         while let Ok((mut sock, _)) = listener.accept().await {
             let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
+                let mut answered = 0;
                 loop {
-                    let Ok(read) = sock.read(&mut chunk).await else {
-                        return;
-                    };
-                    if read == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..read]);
-                    let text = String::from_utf8_lossy(&buf);
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if buf.len() >= end + 4 + len {
-                            break;
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(read) = sock.read(&mut chunk).await else {
+                            return;
+                        };
+                        if read == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..read]);
+                        let text = String::from_utf8_lossy(&buf);
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + len {
+                                break;
+                            }
                         }
                     }
+                    if n < drop_first || answered > 0 {
+                        return; // closes without a response
+                    }
+                    let body = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n\
+                                data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    let _ = sock.write_all(body.as_bytes()).await;
+                    answered += 1;
+                    if !linger {
+                        return;
+                    }
                 }
-                if n < drop_first {
-                    return; // closes without a response
-                }
-                let body = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n\
-                            data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n",
-                    body.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(body.as_bytes()).await;
             });
         }
     });
@@ -667,7 +679,7 @@ async fn a_server_closing_each_connection_after_its_response_costs_no_request() 
     // The server answers once per connection and closes it without saying so (as
     // llama.cpp's server does after a few requests): the pooled connection is found closed
     // when it is next taken, and the request goes out on a new one instead of waiting.
-    let (port, conns) = flaky_server(0).await;
+    let (port, conns) = flaky_server(0, false).await;
     let client = client_for(port);
     for i in 0..3 {
         let rec = client
@@ -686,25 +698,124 @@ async fn a_server_closing_each_connection_after_its_response_costs_no_request() 
 }
 
 #[tokio::test]
-async fn a_connection_closed_before_any_response_is_retried_once_on_a_new_one() {
-    let (port, conns) = flaky_server(1).await;
-    let rec = send_one(port).await;
-    assert!(rec.ok(), "{rec:?}");
+async fn only_a_reused_connection_closed_before_any_response_is_retried_and_it_is_recorded() {
+    // The server closes the kept-alive connection when the second request arrives on it:
+    // the request is sent again on a new connection, once, and the record says so.
+    let (port, conns) = flaky_server(0, true).await;
+    let client = client_for(port);
+    let send = |i| {
+        client.send(
+            i,
+            false,
+            "a b c d".into(),
+            4,
+            1,
+            tokio::time::Instant::now(),
+        )
+    };
+    let first = send(0).await;
+    assert!(first.ok() && !first.retried, "{first:?}");
+    let second = send(1).await;
+    assert!(second.ok(), "{second:?}");
+    assert!(second.retried, "the re-sent request is marked: {second:?}");
     assert_eq!(
-        (rec.output_tokens, rec.output_token_source),
+        (second.output_tokens, second.output_token_source),
         (1, TokenSource::Usage)
     );
     assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let stats = BenchSummary::of(&[first, second], &Slo::default()).expect("stats");
+    assert_eq!(stats.retried, 1);
+    assert_eq!(stats.value("retried"), Some(1.0));
 
-    // A server that never answers is retried once, then recorded as a disconnect.
-    let (port, conns) = flaky_server(usize::MAX).await;
+    // A fresh connection closed before any response is the server's failure: never sent
+    // twice (it may have been acted on), recorded as a disconnect.
+    let (port, conns) = flaky_server(usize::MAX, false).await;
     let rec = send_one(port).await;
     assert_eq!(rec.error, Some(ErrorKind::Disconnect), "{rec:?}");
+    assert!(!rec.retried);
     assert_eq!(
         conns.load(std::sync::atomic::Ordering::SeqCst),
-        2,
-        "exactly one retry"
+        1,
+        "the POST went out once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_records_each_arrivals_schedule_and_the_queueing_it_hides() {
+    // 500 arrivals/s into one slot of a server that takes about 30 ms a request: by
+    // construction, arrivals wait for the slot, so they start long after their schedule.
+    let (report, store, run, _server) = bench_run(
+        mock(|m| {
+            m.ttft_ms = 20.0;
+            m.itl_ms = 2.0;
+        }),
+        "name: lag\nmodel: {name: m}\nconcurrency: [1]\nrequest_rate: [500]\n\
+         benchmark: {isl_osl: [[16, 4]]}\nload: {requests: 12, arrival: constant, preflight: false}\n",
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:?}");
+    let cell = &report.cells[0];
+    let records = stored_records(&store, &run, &cell.cell).await;
+    assert_eq!(records.len(), 12);
+    for (k, r) in records.iter().enumerate() {
+        let scheduled = r.scheduled_ns.expect("an open loop schedules each request");
+        // Constant arrivals 2 ms apart.
+        let due = k as u64 * 2_000_000;
+        assert!(
+            scheduled.abs_diff(due) < 1_000,
+            "request {k}: {scheduled} vs {due}"
+        );
+        assert!(
+            r.start_ns >= scheduled,
+            "request {k} started before its time"
+        );
+    }
+    // The last arrival waited behind eleven requests of at least 26 ms each.
+    let last = &records[11];
+    let lag_ms = (last.start_ns - last.scheduled_ns.expect("scheduled")) as f64 / 1e6;
+    assert!(lag_ms > 11.0 * 26.0 - 22.0, "lag {lag_ms} ms");
+    let stats: BenchSummary = store
+        .get_json(&run.layout().cell_stats(&cell.cell))
+        .await
+        .expect("stats");
+    let lag_p99 = stats.value("schedule_lag.p99").expect("schedule_lag");
+    assert!(lag_p99 > 1.0, "{lag_p99}");
+    let ttft = stats.value("ttft.p50").expect("ttft");
+    let intended = stats
+        .value("ttft_from_schedule.p50")
+        .expect("ttft_from_schedule");
+    assert!(
+        intended > ttft + 50.0,
+        "TTFT from the schedule ({intended} ms) counts the wait that TTFT ({ttft} ms) hides"
+    );
+    let summary: CellSummary = store
+        .get_json(&run.layout().cell_summary(&cell.cell))
+        .await
+        .expect("summary");
+    assert!(
+        summary
+            .notes
+            .iter()
+            .any(|n| n.contains("after their scheduled arrival")),
+        "{:?}",
+        summary.notes
+    );
+
+    // A closed loop has no schedule: no lag is made up.
+    let (report, store, run, _server) = bench_run(
+        mock(|m| m.ttft_ms = 1.0),
+        "name: closed\nmodel: {name: m}\nconcurrency: [2]\nbenchmark: {isl_osl: [[16, 4]]}\n\
+         load: {requests: 6, preflight: false}\n",
+    )
+    .await;
+    let cell = &report.cells[0];
+    let records = stored_records(&store, &run, &cell.cell).await;
+    assert!(records.iter().all(|r| r.scheduled_ns.is_none()));
+    let stats: BenchSummary = store
+        .get_json(&run.layout().cell_stats(&cell.cell))
+        .await
+        .expect("stats");
+    assert!(stats.value("schedule_lag.p99").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

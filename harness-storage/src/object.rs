@@ -11,8 +11,7 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    BackoffConfig, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    RetryConfig,
+    BackoffConfig, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
 };
 
 use crate::{Error, StoreOptions};
@@ -376,10 +375,8 @@ mod tests {
         assert_eq!(b.value("timeout").as_deref(), Some("7000ms"));
         assert_eq!(b.value("connect_timeout").as_deref(), Some("5s"));
         // A timeout from the environment or the options is the user's, not ours.
-        let b = configure(B::default(), "test://", &opts(&[]), |k| {
-            k == "timeout"
-        })
-        .expect("configure");
+        let b =
+            configure(B::default(), "test://", &opts(&[]), |k| k == "timeout").expect("configure");
         assert_ne!(b.value("timeout").as_deref(), Some("10s"));
         let b = configure(
             B::default(),
@@ -406,8 +403,7 @@ mod tests {
             &opts(&[("no_such_option", "1")]),
             |_| false,
         )
-        .err()
-        .expect("refused");
+        .expect_err("refused");
         assert!(e.to_string().contains("no_such_option"), "{e}");
     }
 }

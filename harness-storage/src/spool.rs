@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::task::AbortHandle;
 use std::time::{Duration, Instant};
+use tokio::task::AbortHandle;
 
 use async_trait::async_trait;
 use bytes::Bytes;

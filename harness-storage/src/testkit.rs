@@ -192,7 +192,9 @@ impl TcpProxy {
     /// Drops every open connection, then accepts new ones and never answers them: a server
     /// that hangs.
     pub fn freeze(&self) {
-        self.inner.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner
+            .frozen
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.drop_connections();
     }
 
@@ -210,7 +212,12 @@ impl TcpProxy {
     }
 
     fn drop_connections(&self) {
-        let accept = self.inner.accept.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let accept = self
+            .inner
+            .accept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         self.tasks().retain(|t| {
             let keep = accept.as_ref().is_some_and(|a| a.id() == t.id());
             if !keep {
@@ -263,8 +270,7 @@ impl TcpProxy {
                 tasks.push(conn.abort_handle());
             }
         });
-        *self.inner.accept.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(accept.abort_handle());
+        *self.inner.accept.lock().unwrap_or_else(|e| e.into_inner()) = Some(accept.abort_handle());
         self.tasks().push(accept.abort_handle());
     }
 }

@@ -259,6 +259,8 @@ impl Timeline {
             http_status: self.http_status.or(ok.then_some(200)),
             error,
             error_message,
+            scheduled_ns: None,
+            retried: false,
         }
     }
 }
