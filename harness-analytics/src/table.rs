@@ -194,13 +194,31 @@ pub fn records_from_batch(batch: &RecordBatch) -> Result<Vec<Record>, Error> {
         } else {
             None
         };
+        let (start, first_ns, last_ns, end) = (
+            c.start_ns.value(i),
+            opt_u64(first, i),
+            opt_u64(last, i),
+            c.end_ns.value(i),
+        );
+        // Times out of order would wrap in every latency computed from them.
+        let ordered = first_ns.is_none_or(|f| f >= start)
+            && last_ns.is_none_or(|l| l >= first_ns.unwrap_or(start))
+            && end >= start;
+        if !ordered {
+            return Err(Error::invalid(
+                format!("records row {i}"),
+                format!(
+                    "times out of order: start {start}, first token {first_ns:?}, last token {last_ns:?}, end {end} (ns)"
+                ),
+            ));
+        }
         out.push(Record {
             index: index.value(i),
             warmup: c.warmup.value(i),
-            start_ns: c.start_ns.value(i),
-            first_token_ns: opt_u64(first, i),
-            last_token_ns: opt_u64(last, i),
-            end_ns: c.end_ns.value(i),
+            start_ns: start,
+            first_token_ns: first_ns,
+            last_token_ns: last_ns,
+            end_ns: end,
             chunk_gaps_ns: gaps.values().to_vec(),
             content_chunks: chunks.value(i),
             input_tokens: c.input_tokens.value(i),

@@ -216,3 +216,124 @@ fn guidellm_reports_import_with_their_errors() {
     // guidellm's request latency ends with the response, ours with the last token.
     assert!(s.value("request_latency.max") <= i.reported.get("request_latency.max").copied());
 }
+
+/// Writes `value` as JSON into `dir/name` and returns the path.
+fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> std::path::PathBuf {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir");
+    }
+    std::fs::write(&path, serde_json::to_string(value).expect("json")).expect("write");
+    path
+}
+
+fn read_fixture(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name)).expect("read")).expect("json")
+}
+
+/// Times out of order, or contradicting each other, in each tool's export: a located error,
+/// never a panic or a wrapped subtraction.
+#[test]
+fn contradictory_timestamps_in_any_export_are_located_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let refused = |format: Format, path: &Path, wants: &[&str]| {
+        let msg = import::import(format, path)
+            .expect_err("contradictory times are refused")
+            .to_string();
+        for w in wants {
+            assert!(msg.contains(w), "`{w}` missing from: {msg}");
+        }
+    };
+
+    // genai-perf: a request's response timestamps out of order.
+    let mut g = read_fixture("genai-perf/profile_export.json");
+    let stamps = g
+        .pointer_mut("/experiments/0/requests/1/response_timestamps")
+        .and_then(|v| v.as_array_mut())
+        .expect("timestamps");
+    stamps.swap(0, 2);
+    let p = write_json(d, "genai/profile_export.json", &g);
+    refused(
+        Format::GenaiPerf,
+        &p,
+        &["profile_export.json", "request 1", "out of order"],
+    );
+
+    // inference-perf: chunk times out of order.
+    let mut i = read_fixture("inference-perf/per_request_lifecycle_metrics.json");
+    let chunks = i
+        .pointer_mut("/2/info/response_metrics/chunk_times")
+        .and_then(|v| v.as_array_mut())
+        .expect("chunk_times");
+    chunks.reverse();
+    let p = write_json(d, "ip/per_request_lifecycle_metrics.json", &i);
+    refused(
+        Format::InferencePerf,
+        &p,
+        &[
+            "per_request_lifecycle_metrics.json",
+            "request 2",
+            "out of order",
+        ],
+    );
+
+    // guidellm: the first token before the request started.
+    let mut gl = read_fixture("guidellm/benchmarks.json");
+    let r = gl
+        .pointer_mut("/benchmarks/0/requests/successful/0")
+        .expect("request");
+    let start = r["request_start_time"].as_f64().expect("start");
+    r["info"]["timings"]["first_token_iteration"] = serde_json::json!(start - 1.0);
+    let p = write_json(d, "gl/benchmarks.json", &gl);
+    refused(
+        Format::Guidellm,
+        &p,
+        &[
+            "benchmarks.json",
+            "successful request 0",
+            "before the request's start",
+        ],
+    );
+
+    // aiperf: a request latency shorter than its TTFT, on line 2.
+    let text = std::fs::read_to_string(fixture("aiperf/profile_export.jsonl")).expect("read");
+    let mut lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let at = lines
+        .iter()
+        .position(|l| {
+            l["metrics"]["time_to_first_token"]["value"]
+                .as_f64()
+                .is_some_and(|t| t > 1.0)
+        })
+        .expect("a streamed request");
+    lines[at]["metrics"]["request_latency"]["value"] = serde_json::json!(0.5);
+    let body: Vec<String> = lines
+        .iter()
+        .map(|v| serde_json::to_string(v).expect("json"))
+        .collect();
+    let p = d.join("aiperf/profile_export.jsonl");
+    std::fs::create_dir_all(p.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&p, body.join("\n")).expect("write");
+    refused(
+        Format::Aiperf,
+        &p,
+        &[
+            &format!("profile_export.jsonl:{}", at + 1),
+            "shorter than its TTFT",
+        ],
+    );
+
+    // vLLM: a start time past the clock's range.
+    let mut v = read_fixture("vllm-bench/result.json");
+    v["start_times"][0] = serde_json::json!(1e30);
+    let p = write_json(d, "vllm/result.json", &v);
+    refused(
+        Format::VllmBench,
+        &p,
+        &["result.json", "request 0", "range"],
+    );
+}

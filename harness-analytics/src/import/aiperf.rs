@@ -63,8 +63,10 @@ pub(super) fn import(path: &Path) -> Result<Imported, Error> {
         }
         let v: Value =
             serde_json::from_str(&line).map_err(|e| err(&file, Some(i + 1), e.to_string()))?;
-        let t = timeline(&v).map_err(|reason| err(&file, Some(i + 1), reason))?;
-        out.records.push(t.into_record());
+        let t = timeline(&v)
+            .and_then(Timeline::into_record)
+            .map_err(|reason| err(&file, Some(i + 1), reason))?;
+        out.records.push(t);
     }
     out.files.push(file.clone());
     if out.records.is_empty() {
@@ -176,7 +178,12 @@ fn timeline(v: &Value) -> Result<Timeline, String> {
         gaps_ns: gaps,
         chunks: None,
         latency_ns: ms("request_latency")?,
-        end_ns: end.map(|e| e.saturating_sub(start)),
+        end_ns: end
+            .map(|e| {
+                e.checked_sub(start)
+                    .ok_or("`request_end_ns` is before `request_start_ns`")
+            })
+            .transpose()?,
         input_tokens: count(&metrics, "usage_prompt_tokens")
             .or_else(|| count(&metrics, "input_sequence_length"))
             .unwrap_or(0),

@@ -166,7 +166,16 @@ fn timeline(r: &Value) -> Result<Timeline, String> {
         prompt = resp.prompt_tokens.or(prompt);
         error = resp.error.or(error);
     }
-    let end = stamps.last().map(|e| e.saturating_sub(start));
+    if let Some(w) = stamps.windows(2).find(|w| w[1] < w[0]) {
+        return Err(format!(
+            "response timestamps out of order: {} after {}",
+            w[1], w[0]
+        ));
+    }
+    let end = stamps
+        .last()
+        .map(|e| e.checked_sub(start).ok_or("a response before its request"))
+        .transpose()?;
     let error = match (error, stamps.is_empty()) {
         (Some(e), _) => Some((ErrorKind::ServerError, e)),
         (None, true) => Some((ErrorKind::Disconnect, "no response".to_owned())),

@@ -70,8 +70,9 @@ pub(super) fn import(path: &Path) -> Result<Imported, Error> {
             .unwrap_or_default();
         for (i, r) in list.iter().enumerate() {
             let t = timeline(r, failure)
+                .and_then(Timeline::into_record)
                 .map_err(|reason| err(&file, None, format!("{group} request {i}: {reason}")))?;
-            out.records.push(t.into_record());
+            out.records.push(t);
         }
     }
     if out.records.is_empty() {
@@ -138,7 +139,18 @@ fn timeline(r: &Value, failure: Option<ErrorKind>) -> Result<Timeline, String> {
     let end = time(r.get("request_end_time")).or_else(|| time(timings.get("resolve_end")));
     let first = time(timings.get("first_token_iteration"));
     let last = time(timings.get("last_token_iteration"));
-    let rel = |t: u64| t.saturating_sub(start);
+    let rel = |t: Option<u64>, what: &str| {
+        t.map(|t| {
+            t.checked_sub(start)
+                .ok_or_else(|| format!("`{what}` is before the request's start"))
+        })
+        .transpose()
+    };
+    let (first, last, end) = (
+        rel(first, "first_token_iteration")?,
+        rel(last, "last_token_iteration")?,
+        rel(end, "request_end_time")?,
+    );
     let error = failure.map(|kind| {
         let msg = r
             .pointer("/info/error")
@@ -159,10 +171,10 @@ fn timeline(r: &Value, failure: Option<ErrorKind>) -> Result<Timeline, String> {
         .and_then(|n| u32::try_from(n).ok());
     Ok(Timeline {
         start_ns: start,
-        ttft_ns: first.map(rel),
+        ttft_ns: first,
         chunks: if error.is_none() { chunks } else { Some(0) },
-        latency_ns: last.map(rel).or_else(|| end.map(rel)),
-        end_ns: end.map(rel),
+        latency_ns: last.or(end),
+        end_ns: end,
         input_tokens: count("prompt_tokens"),
         output_tokens: count("output_tokens"),
         source: Some(TokenSource::Tokenizer),

@@ -131,20 +131,27 @@ fn timeline(r: &Value) -> Result<Timeline, String> {
             .and_then(|s| s.trim().parse::<u16>().ok());
         (status, format!("{kind}: {msg}"))
     });
-    let rel = |t: u64| t.saturating_sub(start);
+    if let Some(w) = chunks.windows(2).find(|w| w[1] < w[0]) {
+        return Err(format!(
+            "`chunk_times` out of order: {} s after {} s",
+            w[1] as f64 / 1e9,
+            w[0] as f64 / 1e9
+        ));
+    }
+    let rel = |t: u64, what: &str| {
+        t.checked_sub(start)
+            .ok_or_else(|| format!("`{what}` is before the request's start"))
+    };
+    let first = chunks.first().map(|&t| rel(t, "chunk_times")).transpose()?;
+    let last = chunks.last().map(|&t| rel(t, "chunk_times")).transpose()?;
+    let end = rel(end, "end_time")?;
     Ok(Timeline {
         start_ns: start,
-        ttft_ns: chunks.first().map(|&t| rel(t)),
-        gaps_ns: chunks
-            .windows(2)
-            .map(|w| w[1].saturating_sub(w[0]))
-            .collect(),
+        ttft_ns: first,
+        gaps_ns: chunks.windows(2).map(|w| w[1] - w[0]).collect(),
         // Without chunks (not streamed) the response ends the request.
-        latency_ns: chunks
-            .last()
-            .map(|&t| rel(t))
-            .or_else(|| error.is_none().then(|| rel(end))),
-        end_ns: Some(rel(end)),
+        latency_ns: last.or_else(|| error.is_none().then_some(end)),
+        end_ns: Some(end),
         input_tokens,
         output_tokens,
         source: Some(source),

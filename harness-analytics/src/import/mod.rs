@@ -174,7 +174,7 @@ pub(crate) fn records_of(
         .enumerate()
         .map(|(i, r)| {
             timeline(r)
-                .map(Timeline::into_record)
+                .and_then(Timeline::into_record)
                 .map_err(|reason| err(file, None, format!("request {i}: {reason}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -222,18 +222,49 @@ pub(crate) struct Timeline {
 }
 
 impl Timeline {
-    pub(crate) fn into_record(self) -> Record {
-        let first = self.ttft_ns.map(|t| self.start_ns + t);
+    /// The record, or why the tool's times contradict each other (a latency shorter than
+    /// the TTFT, an end before the last token, times past the clock's range): other tools'
+    /// exports are input, and a subtraction of such times would wrap into huge numbers.
+    pub(crate) fn into_record(self) -> Result<Record, String> {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let at = |offset: u64, what: &str| {
+            self.start_ns
+                .checked_add(offset)
+                .ok_or_else(|| format!("{what} is past the clock's range"))
+        };
+        if let (Some(t), Some(l)) = (self.ttft_ns, self.latency_ns)
+            && l < t
+        {
+            return Err(format!(
+                "request latency {:.3} ms is shorter than its TTFT {:.3} ms",
+                ms(l),
+                ms(t)
+            ));
+        }
+        let first = self.ttft_ns.map(|t| at(t, "the first token")).transpose()?;
         let last = match (self.latency_ns, first) {
-            (Some(l), _) => Some(self.start_ns + l),
-            (None, Some(f)) => Some(f + self.gaps_ns.iter().sum::<u64>()),
+            (Some(l), _) => Some(at(l, "the last token")?),
+            (None, Some(f)) => Some(
+                self.gaps_ns
+                    .iter()
+                    .try_fold(f, |acc, g| acc.checked_add(*g))
+                    .ok_or("the chunk gaps add up past the clock's range")?,
+            ),
             (None, None) => None,
         };
-        let end = self
-            .end_ns
-            .map(|e| self.start_ns + e)
-            .or(last)
-            .unwrap_or(self.start_ns);
+        let end = match self.end_ns {
+            Some(e) => at(e, "the end")?,
+            None => last.unwrap_or(self.start_ns),
+        };
+        if let Some(l) = last
+            && end < l
+        {
+            return Err(format!(
+                "the response ends {:.3} ms after the start, before its last token at {:.3} ms",
+                ms(end - self.start_ns),
+                ms(l - self.start_ns)
+            ));
+        }
         let ok = self.error.is_none();
         let content_chunks = match (self.chunks, first) {
             (Some(n), _) => n,
@@ -244,13 +275,13 @@ impl Timeline {
             Some((k, m)) => (Some(k), Some(m)),
             None => (None, None),
         };
-        Record {
+        Ok(Record {
             index: 0,
             warmup: self.warmup,
             start_ns: self.start_ns,
             first_token_ns: if ok { first.or(last) } else { first },
             last_token_ns: if ok { last } else { None },
-            end_ns: end.max(self.start_ns),
+            end_ns: end,
             chunk_gaps_ns: self.gaps_ns,
             content_chunks,
             input_tokens: self.input_tokens,
@@ -261,7 +292,7 @@ impl Timeline {
             error_message,
             scheduled_ns: None,
             retried: false,
-        }
+        })
     }
 }
 
@@ -368,7 +399,8 @@ mod tests {
             source: Some(TokenSource::Usage),
             ..Timeline::default()
         }
-        .into_record();
+        .into_record()
+        .expect("record");
         assert_eq!(r.first_token_ns, Some(1_050));
         assert_eq!(r.last_token_ns, Some(1_080));
         assert_eq!(r.end_ns, 1_080);
@@ -380,9 +412,49 @@ mod tests {
             http_status: Some(500),
             ..Timeline::default()
         }
-        .into_record();
+        .into_record()
+        .expect("record");
         assert_eq!(failed.error, Some(ErrorKind::HttpStatus));
         assert_eq!(failed.last_token_ns, None);
         assert_eq!(failed.content_chunks, 0);
+    }
+
+    #[test]
+    fn contradictory_times_are_refused_not_wrapped() {
+        let base = || Timeline {
+            start_ns: 1_000,
+            output_tokens: 2,
+            ..Timeline::default()
+        };
+        let short = Timeline {
+            ttft_ns: Some(80),
+            latency_ns: Some(50),
+            ..base()
+        };
+        let e = short.into_record().expect_err("latency under TTFT");
+        assert!(e.contains("shorter than its TTFT"), "{e}");
+        let early_end = Timeline {
+            ttft_ns: Some(10),
+            latency_ns: Some(50),
+            end_ns: Some(20),
+            ..base()
+        };
+        let e = early_end
+            .into_record()
+            .expect_err("end before the last token");
+        assert!(e.contains("before its last token"), "{e}");
+        let huge = Timeline {
+            start_ns: u64::MAX - 5,
+            ttft_ns: Some(10),
+            ..base()
+        };
+        let e = huge.into_record().expect_err("overflow");
+        assert!(e.contains("clock's range"), "{e}");
+        let gaps = Timeline {
+            ttft_ns: Some(10),
+            gaps_ns: vec![u64::MAX, 1],
+            ..base()
+        };
+        assert!(gaps.into_record().is_err());
     }
 }

@@ -107,7 +107,8 @@ pub(super) fn import(path: &Path) -> Result<Imported, Error> {
                 error: message.map(|m| (classify(None, &m), m)),
                 ..Timeline::default()
             }
-            .into_record(),
+            .into_record()
+            .map_err(|reason| err(&file, None, format!("request {i}: {reason}")))?,
         );
     }
     if n == 0 {
