@@ -169,3 +169,72 @@ fn a_broken_accuracy_dataset_is_refused_before_the_run_with_file_and_line() {
         "{err}"
     );
 }
+
+#[test]
+fn accuracy_and_functional_checks_use_the_experiments_completions_endpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let exp = experiment(d, "harness-mock");
+    let out = harness(
+        d,
+        &[
+            "run",
+            exp.to_str().expect("path"),
+            "--no-progress",
+            "--set",
+            "endpoint_type=completions",
+            "--set",
+            "endpoint=/v1/completions",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let run = only_run(d);
+    let cell = d
+        .join("harness-runs/runs/checks")
+        .join(&run)
+        .join("cells/concurrency=4,isl=128,osl=32/artifacts");
+    // The same answers, asked as text completions.
+    let shown = harness(d, &["show", &run, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    assert_eq!(v["cells"][0]["metrics"]["accuracy"], 0.8);
+    let acc: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(cell.join("accuracy/accuracy.json")).expect("accuracy.json"),
+    )
+    .expect("json");
+    assert!(
+        acc["endpoint"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/v1/completions")),
+        "{}",
+        acc["endpoint"]
+    );
+    assert_eq!(acc["endpoint_type"], "completions");
+    let checks: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(cell.join("functional/functional.json")).expect("functional.json"),
+    )
+    .expect("json");
+    let names: Vec<&str> = checks
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("chat")),
+        "a completions endpoint is not asked for chat: {names:?}"
+    );
+    assert_eq!(names.len(), 7, "{names:?}");
+    assert!(
+        checks
+            .as_array()
+            .expect("checks")
+            .iter()
+            .all(|c| c["passed"] == true),
+        "{checks}"
+    );
+}

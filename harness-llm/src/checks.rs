@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use harness_core::config::EndpointType;
 use harness_core::pipeline::{StepFactory, StepSource};
 use harness_core::{Endpoint, Error, Result, Step, StepContext, StepOutput};
 use serde::{Deserialize, Serialize};
@@ -85,7 +86,12 @@ fn sse_payloads(body: &str) -> std::result::Result<Vec<Value>, String> {
 }
 
 /// Runs the functional suite against `base` (e.g. `http://127.0.0.1:8000`) for `model`.
-pub async fn functional_suite(base: &str, model: &str, parallel: usize) -> Vec<CheckResult> {
+pub async fn functional_suite(
+    base: &str,
+    model: &str,
+    kind: EndpointType,
+    parallel: usize,
+) -> Vec<CheckResult> {
     let Ok(c) = http(Duration::from_secs(60)) else {
         return vec![CheckResult {
             name: "client".into(),
@@ -97,6 +103,24 @@ pub async fn functional_suite(base: &str, model: &str, parallel: usize) -> Vec<C
     let chat = format!("{base}/v1/chat/completions");
     let completions = format!("{base}/v1/completions");
     let msg = |text: &str| json!([{ "role": "user", "content": text }]);
+    // The behaviour checks go to the experiment's API flavour.
+    let completions_only = matches!(kind, EndpointType::Completions);
+    let target = if completions_only {
+        &completions
+    } else {
+        &chat
+    };
+    let ask = |text: &str, extra: Value| -> Value {
+        let mut body = if completions_only {
+            json!({"model": model, "prompt": text})
+        } else {
+            json!({"model": model, "messages": msg(text)})
+        };
+        if let (Some(b), Value::Object(extra)) = (body.as_object_mut(), extra) {
+            b.extend(extra);
+        }
+        body
+    };
     let mut out = Vec::new();
     macro_rules! check {
         ($name:expr, $body:expr) => {{
@@ -128,39 +152,42 @@ pub async fn functional_suite(base: &str, model: &str, parallel: usize) -> Vec<C
             Err(format!("`{model}` not in {ids:?}"))
         }
     });
-    check!("chat, whole response", {
-        let (st, text) = post(
-            &c,
-            &chat,
-            &json!({"model": model, "messages": msg("Say hello."), "max_tokens": 8}),
-        )
-        .await?;
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| format!("HTTP {st}: not JSON: {e}"))?;
-        let ok = st == 200
-            && v["object"] == "chat.completion"
-            && v["choices"][0]["message"]["content"].is_string()
-            && v["usage"]["completion_tokens"].is_u64();
-        if ok {
-            Ok("chat.completion with content and usage".into())
-        } else {
-            Err(format!("HTTP {st}: {text:.200}"))
-        }
-    });
-    check!("chat, streamed", {
-        let (st, text) = post(&c, &chat, &json!({"model": model, "messages": msg("Say hello."), "max_tokens": 8, "stream": true})).await?;
-        let chunks = sse_payloads(&text)?;
-        let ok = st == 200
-            && !chunks.is_empty()
-            && chunks
-                .iter()
-                .all(|c| c["object"] == "chat.completion.chunk" && c["choices"].is_array());
-        if ok {
-            Ok(format!("{} chunks", chunks.len()))
-        } else {
-            Err(format!("HTTP {st}: {text:.200}"))
-        }
-    });
+    // A completions-only server (a base model) is not asked for chat.
+    if !completions_only {
+        check!("chat, whole response", {
+            let (st, text) = post(
+                &c,
+                &chat,
+                &json!({"model": model, "messages": msg("Say hello."), "max_tokens": 8}),
+            )
+            .await?;
+            let v: Value =
+                serde_json::from_str(&text).map_err(|e| format!("HTTP {st}: not JSON: {e}"))?;
+            let ok = st == 200
+                && v["object"] == "chat.completion"
+                && v["choices"][0]["message"]["content"].is_string()
+                && v["usage"]["completion_tokens"].is_u64();
+            if ok {
+                Ok("chat.completion with content and usage".into())
+            } else {
+                Err(format!("HTTP {st}: {text:.200}"))
+            }
+        });
+        check!("chat, streamed", {
+            let (st, text) = post(&c, &chat, &json!({"model": model, "messages": msg("Say hello."), "max_tokens": 8, "stream": true})).await?;
+            let chunks = sse_payloads(&text)?;
+            let ok = st == 200
+                && !chunks.is_empty()
+                && chunks
+                    .iter()
+                    .all(|c| c["object"] == "chat.completion.chunk" && c["choices"].is_array());
+            if ok {
+                Ok(format!("{} chunks", chunks.len()))
+            } else {
+                Err(format!("HTTP {st}: {text:.200}"))
+            }
+        });
+    }
     check!("completions, whole response", {
         let (st, text) = post(
             &c,
@@ -191,7 +218,8 @@ pub async fn functional_suite(base: &str, model: &str, parallel: usize) -> Vec<C
         }
     });
     check!("max_tokens is honoured", {
-        let (st, text) = post(&c, &chat, &json!({"model": model, "messages": msg("Count from one to one hundred."), "max_tokens": 5})).await?;
+        let body = ask("Count from one to one hundred.", json!({"max_tokens": 5}));
+        let (st, text) = post(&c, target, &body).await?;
         let v: Value =
             serde_json::from_str(&text).map_err(|e| format!("HTTP {st}: not JSON: {e}"))?;
         let n = v["usage"]["completion_tokens"]
@@ -204,13 +232,13 @@ pub async fn functional_suite(base: &str, model: &str, parallel: usize) -> Vec<C
         }
     });
     check!("stop ends the output", {
-        let body = json!({"model": model, "messages": msg("Count from one to one hundred."), "max_tokens": 16, "temperature": 0});
-        let (_, text) = post(&c, &chat, &body).await?;
+        let body = ask(
+            "Count from one to one hundred.",
+            json!({"max_tokens": 16, "temperature": 0}),
+        );
+        let (_, text) = post(&c, target, &body).await?;
         let v: Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
-        let content = v["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let content = reply_text(kind, &v).unwrap_or_default().to_owned();
         let word = content
             .split_whitespace()
             .nth(1)
@@ -219,12 +247,10 @@ pub async fn functional_suite(base: &str, model: &str, parallel: usize) -> Vec<C
             .to_owned();
         let mut stopped = body.clone();
         stopped["stop"] = json!([word]);
-        let (st, text) = post(&c, &chat, &stopped).await?;
+        let (st, text) = post(&c, target, &stopped).await?;
         let v: Value =
             serde_json::from_str(&text).map_err(|e| format!("HTTP {st}: not JSON: {e}"))?;
-        let again = v["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap_or_default();
+        let again = reply_text(kind, &v).unwrap_or_default();
         let cut = again.len() < content.len() && !again.contains(word.as_str());
         if st == 200 && cut {
             Ok(format!(
@@ -238,7 +264,7 @@ pub async fn functional_suite(base: &str, model: &str, parallel: usize) -> Vec<C
     });
     check!("invalid request gets a 4xx", {
         let r = c
-            .post(&chat)
+            .post(target)
             .header("content-type", "application/json")
             .body("{\"model\": ")
             .send()
@@ -254,8 +280,9 @@ pub async fn functional_suite(base: &str, model: &str, parallel: usize) -> Vec<C
     check!(format!("{parallel} concurrent requests succeed"), {
         let mut set = tokio::task::JoinSet::new();
         for i in 0..parallel {
-            let (c, chat, model) = (c.clone(), chat.clone(), model.to_owned());
-            set.spawn(async move { post(&c, &chat, &json!({"model": model, "messages": [{"role": "user", "content": format!("Request {i}.")}], "max_tokens": 4})).await });
+            let (c, target) = (c.clone(), target.clone());
+            let body = ask(&format!("Request {i}."), json!({"max_tokens": 4}));
+            set.spawn(async move { post(&c, &target, &body).await });
         }
         let mut failed = Vec::new();
         while let Some(r) = set.join_next().await {
@@ -339,8 +366,14 @@ impl Step for FunctionalStep {
 
     async fn run(&self, cx: &StepContext) -> Result<StepOutput> {
         let ep = endpoint(cx, &self.name)?;
-        let results =
-            functional_suite(&ep.url(""), &cx.experiment().model.name, self.parallel).await;
+        let exp = cx.experiment();
+        let results = functional_suite(
+            &ep.url(""),
+            &exp.model.name,
+            exp.endpoint_type,
+            self.parallel,
+        )
+        .await;
         let failed: Vec<&CheckResult> = results.iter().filter(|r| !r.passed).collect();
         let json = serde_json::to_vec_pretty(&results)
             .map_err(|e| Error::failed("encoding the checks", e.to_string()))?;
@@ -373,11 +406,14 @@ impl Step for FunctionalStep {
 pub enum Scorer {
     /// The reply, trimmed, equals `expected` (case-insensitive).
     Exact,
-    /// The reply matches the regular expression `expected`.
+    /// The reply matches the regular expression `expected` (the `regex` crate's syntax,
+    /// case-insensitive, anywhere in the reply unless anchored); a pattern that does not
+    /// compile is refused when the dataset is read.
     Regex,
     /// The first number in the reply is within `tolerance` of `expected`.
     Numeric,
-    /// The first standalone letter A-E in the reply equals `expected`.
+    /// The option the reply chooses (see its parsing below: "answer: B", "(B)", or the first
+    /// standalone capital A to E that is not the article "A") equals `expected`.
     Choice,
 }
 
@@ -405,7 +441,7 @@ impl Item {
         let reply = reply.trim();
         Ok(match self.scorer {
             Scorer::Exact => reply.eq_ignore_ascii_case(self.expected.trim()),
-            Scorer::Regex => regex_lite_match(&self.expected, reply)?,
+            Scorer::Regex => compile(&self.expected)?.is_match(reply),
             Scorer::Numeric => {
                 let want: f64 = self
                     .expected
@@ -421,28 +457,21 @@ impl Item {
     }
 }
 
-/// A minimal matcher: `^`/`$` anchors and `|` alternatives of literal text, case-insensitive
-/// (enough for answer checks without a regex engine).
-fn regex_lite_match(pattern: &str, text: &str) -> std::result::Result<bool, String> {
-    if pattern.chars().any(|c| "[](){}*+?\\.".contains(c)) {
-        return Err(format!(
-            "regex `{pattern}`: only literal alternatives with ^, $ and | are supported"
-        ));
+/// The text of a whole (not streamed) reply of the API flavour `kind`.
+fn reply_text(kind: EndpointType, v: &Value) -> Option<&str> {
+    match kind {
+        EndpointType::Completions => v["choices"][0]["text"].as_str(),
+        _ => v["choices"][0]["message"]["content"].as_str(),
     }
-    let text = text.to_lowercase();
-    Ok(pattern.split('|').any(|alt| {
-        let alt = alt.to_lowercase();
-        let (start, alt) = alt
-            .strip_prefix('^')
-            .map_or((false, alt.as_str()), |a| (true, a));
-        let (end, alt) = alt.strip_suffix('$').map_or((false, alt), |a| (true, a));
-        match (start, end) {
-            (true, true) => text == alt,
-            (true, false) => text.starts_with(alt),
-            (false, true) => text.ends_with(alt),
-            (false, false) => text.contains(alt),
-        }
-    }))
+}
+
+/// `pattern` compiled as a case-insensitive regular expression (the `regex` crate's
+/// syntax), found anywhere in the reply unless anchored.
+fn compile(pattern: &str) -> std::result::Result<regex::Regex, String> {
+    regex::RegexBuilder::new(pattern)
+        .case_insensitive(true)
+        .build()
+        .map_err(|e| format!("`expected` is not a regular expression: {e}"))
 }
 
 fn first_number(s: &str) -> Option<f64> {
@@ -460,10 +489,40 @@ fn first_number(s: &str) -> Option<f64> {
     None
 }
 
+/// The option letter (A to E) a reply chooses. An explicit form wins: "answer: B", "the
+/// answer is (B)", "B)" or "(b)"; else the first standalone capital letter A to E, where an
+/// "A" followed by a lower-case word is the article ("A good answer is B" chooses B). A
+/// lone lower-case letter is not an option, so "a" the article never is.
 fn first_choice(s: &str) -> Option<String> {
-    s.split(|c: char| !c.is_ascii_alphanumeric())
-        .find(|w| w.len() == 1 && matches!(w.chars().next(), Some('A'..='E' | 'a'..='e')))
-        .map(str::to_uppercase)
+    static EXPLICIT: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    let explicit = EXPLICIT.get_or_init(|| {
+        regex::Regex::new(
+            r"(?:(?i:answer)\s*(?:(?i:is)\s*)?[:\-]?\s*\(?([A-E])\b\)?)|\(([A-Ea-e])\)|(?m:^\s*([A-E])\))",
+        )
+        .ok()
+    });
+    if let Some(c) = explicit
+        .as_ref()
+        .and_then(|re| re.captures(s))
+        .and_then(|c| c.iter().skip(1).flatten().next())
+    {
+        return Some(c.as_str().to_uppercase());
+    }
+    let bytes = s.as_bytes();
+    let standalone = |i: usize| {
+        (i == 0 || !bytes[i - 1].is_ascii_alphanumeric())
+            && bytes.get(i + 1).is_none_or(|b| !b.is_ascii_alphanumeric())
+    };
+    (0..bytes.len())
+        .filter(|&i| matches!(bytes[i], b'A'..=b'E') && standalone(i))
+        .find(|&i| {
+            // "A good one": the article, not option A.
+            let article = bytes[i] == b'A'
+                && bytes.get(i + 1) == Some(&b' ')
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_lowercase);
+            !article
+        })
+        .map(|i| char::from(bytes[i]).to_string())
 }
 
 /// Reads a dataset (JSON lines of [`Item`]).
@@ -481,12 +540,26 @@ pub fn load_items(path: &std::path::Path) -> std::result::Result<Vec<Item>, Stri
     {
         let item: Item =
             serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
-        if item.scorer == Scorer::Numeric && item.expected.trim().parse::<f64>().is_err() {
-            return Err(format!(
-                "{}:{}: a numeric item needs a number as `expected`",
-                path.display(),
-                i + 1
-            ));
+        let at = |reason: String| format!("{}:{}: {reason}", path.display(), i + 1);
+        match item.scorer {
+            Scorer::Numeric if item.expected.trim().parse::<f64>().is_err() => {
+                return Err(at("a numeric item needs a number as `expected`".into()));
+            }
+            Scorer::Regex => {
+                compile(&item.expected).map_err(at)?;
+            }
+            Scorer::Choice
+                if !matches!(
+                    item.expected.trim(),
+                    "A" | "B" | "C" | "D" | "E" | "a" | "b" | "c" | "d" | "e"
+                ) =>
+            {
+                return Err(at(format!(
+                    "a choice item needs a letter A to E as `expected`, not `{}`",
+                    item.expected
+                )));
+            }
+            _ => {}
         }
         out.push(item);
     }
@@ -595,7 +668,9 @@ impl Step for AccuracyStep {
             .map_err(|e| Error::failed("reading the dataset", e.to_string()))?
             .map_err(|e| Error::invalid("accuracy dataset", e))?;
         let c = http(cx.experiment().load.request_timeout.get())?;
-        let url = ep.url("/v1/chat/completions");
+        // The experiment's endpoint and API flavour, as the load generator uses them.
+        let url = ep.url(&cx.experiment().endpoint);
+        let kind = cx.experiment().endpoint_type;
         let model = cx.experiment().model.name.clone();
         let sem = Arc::new(tokio::sync::Semaphore::new(self.concurrency));
         let mut set = tokio::task::JoinSet::new();
@@ -609,11 +684,14 @@ impl Step for AccuracyStep {
             );
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await;
-                let body = json!({"model": model, "messages": [{"role": "user", "content": item.prompt}], "max_tokens": max_tokens, "temperature": 0});
+                let body = match kind {
+                    EndpointType::Completions => json!({"model": model, "prompt": item.prompt, "max_tokens": max_tokens, "temperature": 0}),
+                    _ => json!({"model": model, "messages": [{"role": "user", "content": item.prompt}], "max_tokens": max_tokens, "temperature": 0}),
+                };
                 let reply = match post(&c, &url, &body).await {
                     Ok((200, text)) => serde_json::from_str::<Value>(&text)
                         .ok()
-                        .and_then(|v| v["choices"][0]["message"]["content"].as_str().map(str::to_owned))
+                        .and_then(|v| reply_text(kind, &v).map(str::to_owned))
                         .ok_or_else(|| format!("no content in {text:.120}")),
                     Ok((st, text)) => Err(format!("HTTP {st}: {text:.120}")),
                     Err(e) => Err(e),
@@ -643,7 +721,7 @@ impl Step for AccuracyStep {
         let n = items.len();
         let (lo, hi) = wilson(correct, n);
         let accuracy = correct as f64 / n as f64;
-        let doc = json!({"items": n, "correct": correct, "errors": errors, "accuracy": accuracy, "ci95": [lo, hi], "results": rows});
+        let doc = json!({"endpoint": url, "endpoint_type": kind, "items": n, "correct": correct, "errors": errors, "accuracy": accuracy, "ci95": [lo, hi], "results": rows});
         let json = serde_json::to_vec_pretty(&doc)
             .map_err(|e| Error::failed("encoding accuracy", e.to_string()))?;
         let key = cx
@@ -693,7 +771,12 @@ mod tests {
             item("^yes|^sure", Scorer::Regex, 0.0).score("Sure thing"),
             Ok(true)
         );
-        assert!(item("a+b", Scorer::Regex, 0.0).score("x").is_err());
+        // A real regular expression: classes, repetition, groups.
+        let re = item(r"\b(?:forty[- ]two|42)\b", Scorer::Regex, 0.0);
+        assert_eq!(re.score("It is Forty-two."), Ok(true));
+        assert_eq!(re.score("It is 420."), Ok(false));
+        assert_eq!(item("a+b", Scorer::Regex, 0.0).score("xaaab"), Ok(true));
+        assert!(item("(unclosed", Scorer::Regex, 0.0).score("x").is_err());
         assert_eq!(
             item("42", Scorer::Numeric, 0.0).score("The answer is 42."),
             Ok(true)
@@ -709,6 +792,53 @@ mod tests {
             Ok(true)
         );
         assert_eq!(item("B", Scorer::Choice, 0.0).score("C"), Ok(false));
+        // Tricky replies: articles, lower case, explicit forms, option lists.
+        for (reply, chosen) in [
+            ("a good answer is B", "B"),
+            ("A good answer is B", "B"),
+            ("A", "A"),
+            ("A.", "A"),
+            ("A) Paris", "A"),
+            ("I think it's (c).", "C"),
+            ("Answer: D", "D"),
+            ("answer is E, clearly", "E"),
+            ("Options A and C are wrong; the answer is B.", "B"),
+            ("B is right, not A", "B"),
+        ] {
+            assert_eq!(
+                first_choice(reply).as_deref(),
+                Some(chosen),
+                "`{reply}` chooses {chosen}"
+            );
+        }
+        for reply in ["a cat", "I do not know", "e.g. nothing"] {
+            assert_eq!(first_choice(reply), None, "`{reply}` chooses nothing");
+        }
+    }
+
+    #[test]
+    fn datasets_with_bad_patterns_or_answers_are_refused_at_their_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("items.jsonl");
+        for (line, wants) in [
+            (
+                r#"{"prompt": "p", "expected": "(unclosed", "scorer": "regex"}"#,
+                "regular expression",
+            ),
+            (
+                r#"{"prompt": "p", "expected": "Z", "scorer": "choice"}"#,
+                "letter A to E",
+            ),
+            (
+                r#"{"prompt": "p", "expected": "many", "scorer": "numeric"}"#,
+                "number",
+            ),
+        ] {
+            let good = r#"{"prompt": "q", "expected": "yes", "scorer": "exact"}"#;
+            std::fs::write(&path, format!("{good}\n{line}\n")).expect("write");
+            let e = load_items(&path).expect_err("refused");
+            assert!(e.contains("items.jsonl:2") && e.contains(wants), "{e}");
+        }
     }
 
     #[test]
