@@ -200,3 +200,123 @@ fn bad_results_and_missing_exports_are_reported() {
         "{all}"
     );
 }
+
+/// aiperf measures what the experiment says or refuses it: the dataset and the API key
+/// reach it, and a built-in tokenizer it cannot use is a located error at load time.
+#[test]
+fn aiperf_gets_the_dataset_and_api_key_and_refuses_a_builtin_tokenizer() {
+    let aiperf = deps().join("aiperf/bin/aiperf");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let steps = format!(
+        "steps:\n  - kind: aiperf\n    program: {}\n    args: [--no-server-metrics]\n",
+        aiperf.display()
+    );
+
+    // A tiktoken encoding: aiperf would count tokens with another tokenizer.
+    let body = std::fs::read_to_string(experiment(d, "builtin", &steps)).expect("read");
+    let tokenizer_line = body
+        .lines()
+        .find(|l| l.starts_with("tokenizer:"))
+        .expect("tokenizer line")
+        .to_owned();
+    let builtin = body.replace(&tokenizer_line, "tokenizer: {name: cl100k_base}");
+    let p = d.join("builtin.yaml");
+    std::fs::write(&p, builtin).expect("write");
+    let out = harness(d, &["validate", p.to_str().expect("path")]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("builtin.yaml:9")
+            && err.contains("steps[0].tokenizer")
+            && err.contains("cl100k_base"),
+        "{err}"
+    );
+
+    // A dataset and an API key from the environment.
+    let data = d.join("prompts.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"harness-dataset-prompt-one\", \"output_tokens\": 3}\n\
+         {\"prompt\": \"harness-dataset-prompt-two\"}\n",
+    )
+    .expect("write");
+    let body = std::fs::read_to_string(experiment(d, "data", &steps))
+        .expect("read")
+        .replace(
+            "load: {requests: 40,",
+            &format!(
+                "load: {{api_key_env: BENCH_TEST_KEY, dataset: {}, requests: 40,",
+                data.display()
+            ),
+        );
+    let p = d.join("data.yaml");
+    std::fs::write(&p, body).expect("write");
+    let key = "sk-bench-test-key-5e1f0a";
+    let out = harness_with_env(
+        d,
+        &["run", p.to_str().expect("path"), "--no-progress"],
+        &[("BENCH_TEST_KEY", std::ffi::OsStr::new(key))],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let runs = d.join("harness-runs/runs/data");
+    let run = std::fs::read_dir(&runs)
+        .expect("runs")
+        .next()
+        .expect("a run")
+        .expect("entry")
+        .path();
+    let out_dir = run.join("cells").join(CELL).join("artifacts/aiperf/out");
+    // What aiperf sent: our prompts, with their output lengths, and the bearer key.
+    let inputs = std::fs::read_to_string(out_dir.join("inputs.json")).unwrap_or_else(|e| {
+        let listed: Vec<_> = std::fs::read_dir(&out_dir)
+            .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        panic!("inputs.json: {e}; {listed:?}")
+    });
+    assert!(
+        inputs.contains("harness-dataset-prompt-one")
+            && inputs.contains("harness-dataset-prompt-two"),
+        "{inputs:.400}"
+    );
+    let a = stats(&run);
+    assert_eq!(a["succeeded"], 40);
+    // The first prompt asks for 3 tokens, the second for the cell's 16.
+    let osl = &a["distributions"]["output_sequence_length"];
+    assert_eq!(
+        (osl["min"].as_f64(), osl["max"].as_f64()),
+        (Some(3.0), Some(16.0)),
+        "{osl}"
+    );
+    // The key reached aiperf but no stored object.
+    for entry in walk(&run) {
+        let bytes = std::fs::read(&entry).expect("read");
+        assert!(
+            !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+            "the API key is in {}",
+            entry.display()
+        );
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

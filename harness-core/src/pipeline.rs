@@ -134,6 +134,8 @@ pub struct StepSource<'a> {
     pub index: usize,
     /// The step's line and column in the file, when known.
     pub position: Option<(usize, usize)>,
+    /// The experiment the step belongs to, for parameters that depend on other sections.
+    pub experiment: &'a Experiment,
 }
 
 impl StepSource<'_> {
@@ -217,6 +219,7 @@ impl StepRegistry {
                 file,
                 index,
                 position: exp.step_positions.get(index).copied(),
+                experiment: exp,
             };
             let factory = self.kinds.get(spec.kind.as_str()).ok_or_else(|| {
                 source.error(

@@ -101,6 +101,11 @@ impl Dataset {
         Ok(Dataset { entries })
     }
 
+    /// The prompts in order, each with its own output length when the file gives one.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, Option<u32>)> {
+        self.entries.iter().map(|(p, o)| (p.as_str(), *o))
+    }
+
     /// How many prompts.
     pub fn len(&self) -> usize {
         self.entries.len()

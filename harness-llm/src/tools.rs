@@ -119,10 +119,15 @@ impl ResultHook for ImportHook {
 /// `--warmup-request-count`, `--concurrency-ramp-duration`/`--request-rate-ramp-duration`
 /// (`load.ramp`), `--extra-inputs k:v` for each of `load.extra_body` (so
 /// `ignore_eos` and `min_tokens` reach the server), `--header` for `load.headers`,
-/// `--request-timeout-seconds`, `--random-seed`, and `--tokenizer` (the step's
+/// `--request-timeout-seconds`, `--random-seed`, `--api-key` (the value of the variable
+/// `load.api_key_env` names, read when the cell runs), `load.dataset` as a `single_turn`
+/// `--input-file` (converted: `prompt` becomes `text`, `output_tokens` `output_length`, the
+/// cell's OSL where a line has none; taken in order), and `--tokenizer` (the step's
 /// `tokenizer`, else the folder of the experiment's `tokenizer.path`, else the model name).
-/// Token counts come from the server's usage (`--use-server-token-count`), as harness' own
-/// load generator counts them. `args` are appended as given.
+/// A built-in `tokenizer.name` (tiktoken's) has no aiperf equivalent and is refused when
+/// the experiment is loaded, rather than quietly measured with another tokenizer. Token
+/// counts come from the server's usage (`--use-server-token-count`), as harness' own load
+/// generator counts them. `args` are appended as given.
 ///
 /// ```yaml
 /// - kind: aiperf
@@ -163,6 +168,18 @@ impl AiperfStep {
             if p.program.as_deref().is_some_and(|s| s.trim().is_empty()) {
                 return Err(source.error("program", "is empty"));
             }
+            let exp = source.experiment;
+            if p.tokenizer.is_none()
+                && let Some(name) = exp.tokenizer.as_ref().and_then(|t| t.name.as_deref())
+                && exp.tokenizer.as_ref().is_none_or(|t| t.path.is_none())
+            {
+                return Err(source.error(
+                    "tokenizer",
+                    format!(
+                        "aiperf cannot use the built-in tokenizer `{name}` (tokenizer.name); give this step a `tokenizer` (a Hugging Face id or folder) or the experiment a tokenizer.path, so aiperf counts tokens as the experiment does"
+                    ),
+                ));
+            }
             Ok(Arc::new(AiperfStep::new(p)) as Arc<dyn Step>)
         })
     }
@@ -173,6 +190,17 @@ impl AiperfStep {
     /// When the cell lacks `isl`/`osl` or both `concurrency` and `request_rate`, or there
     /// is no endpoint.
     pub fn args(&self, cx: &StepContext, out: &str) -> Result<Vec<String>> {
+        self.args_with(cx, out, None)
+    }
+
+    /// As [`AiperfStep::args`], with `input_file` the experiment's dataset converted to
+    /// aiperf's `single_turn` format.
+    fn args_with(
+        &self,
+        cx: &StepContext,
+        out: &str,
+        input_file: Option<&std::path::Path>,
+    ) -> Result<Vec<String>> {
         let exp = cx.experiment();
         let cell = cx
             .cell()
@@ -207,13 +235,17 @@ impl AiperfStep {
             }
             .into(),
         );
-        arg("--isl", need("isl")?.to_string());
-        arg("--osl", need("osl")?.to_string());
-        if let Some(sd) = load.isl_stddev {
-            arg("--isl-stddev", sd.to_string());
-        }
-        if let Some(sd) = load.osl_stddev {
-            arg("--osl-stddev", sd.to_string());
+        // A dataset brings its own prompts and output lengths (aiperf refuses the
+        // synthetic shaping with one).
+        if input_file.is_none() {
+            arg("--isl", need("isl")?.to_string());
+            arg("--osl", need("osl")?.to_string());
+            if let Some(sd) = load.isl_stddev {
+                arg("--isl-stddev", sd.to_string());
+            }
+            if let Some(sd) = load.osl_stddev {
+                arg("--osl-stddev", sd.to_string());
+            }
         }
         let concurrency = int("concurrency");
         let rate = cell.param("request_rate").and_then(|v| v.as_f64());
@@ -266,6 +298,20 @@ impl AiperfStep {
             load.request_timeout.get().as_secs_f64().to_string(),
         );
         arg("--random-seed", load.seed.to_string());
+        if let Some(var) = &load.api_key_env {
+            let key = std::env::var(var).map_err(|_| {
+                Error::invalid(
+                    "load.api_key_env",
+                    format!("the API key variable `{var}` is not set"),
+                )
+            })?;
+            arg("--api-key", key);
+        }
+        if let Some(file) = input_file {
+            arg("--input-file", file.display().to_string());
+            arg("--custom-dataset-type", "single_turn".into());
+            arg("--dataset-sampling-strategy", "sequential".into());
+        }
         let tokenizer = self
             .params
             .tokenizer
@@ -303,10 +349,63 @@ impl Step for AiperfStep {
             .program
             .clone()
             .unwrap_or_else(|| "aiperf".into());
+        let input = match &cx.experiment().load.dataset {
+            Some(path) => Some(single_turn_file(path, cx).await?),
+            None => None,
+        };
         let mut run = vec![program];
-        run.extend(self.args(cx, "{out}")?);
+        run.extend(self.args_with(cx, "{out}", input.as_ref().map(|f| f.path()))?);
         let step = CommandStep::new("aiperf", run)?
             .results(Arc::new(ImportHook::new(Format::Aiperf, None)));
         step.run(cx).await
     }
+}
+
+/// A file removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The experiment's dataset in aiperf's `single_turn` JSON lines: `text`, and
+/// `output_length` (the line's own, else the cell's OSL).
+async fn single_turn_file(path: &std::path::Path, cx: &StepContext) -> Result<Scratch> {
+    let osl = cx
+        .cell()
+        .and_then(|c| c.param("osl"))
+        .and_then(|v| v.as_i64())
+        .and_then(|v| u32::try_from(v).ok());
+    let source = path.to_owned();
+    let body = tokio::task::spawn_blocking(move || {
+        let data = crate::load::Dataset::load(&source)?;
+        let mut out = String::new();
+        for (prompt, own) in data.entries() {
+            let line = serde_json::json!({"text": prompt, "output_length": own.or(osl)});
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+        Ok::<_, String>(out)
+    })
+    .await
+    .map_err(|e| Error::failed("converting the dataset for aiperf", e.to_string()))?
+    .map_err(|e| Error::invalid("load.dataset", e))?;
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = Scratch(std::env::temp_dir().join(format!(
+        "harness-aiperf-input-{}-{n}.jsonl",
+        std::process::id()
+    )));
+    tokio::fs::write(file.path(), body)
+        .await
+        .map_err(|e| Error::io(format!("writing {}", file.path().display()), e))?;
+    Ok(file)
 }
