@@ -140,6 +140,25 @@ fn check_fixture(case: &Expected, path: &Path) {
             case.contains
         );
         assert!(!c.message.is_empty(), "{}: has a message", case.file);
+        // The experiment's terms, never the parser's or Rust's.
+        for jargon in [
+            "Option<",
+            "u32",
+            "u64",
+            "f64",
+            "usize",
+            "struct ",
+            "scalar",
+            "weak recursion",
+            "deserialize",
+            "sequence",
+        ] {
+            assert!(
+                !text.contains(jargon),
+                "{}: `{jargon}` in: {text}",
+                case.file
+            );
+        }
     }
 }
 

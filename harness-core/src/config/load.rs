@@ -88,6 +88,99 @@ fn bare_message(e: &serde_saphyr::Error) -> String {
     }
 }
 
+/// The parser's message in the experiment's terms: no Rust types, no serde advice, and a
+/// hint for a key written without its colon (the proposal's own `isl_osl`). `line` is the
+/// text of the line the error points at.
+pub(crate) fn plain_message(raw: &str, line: Option<&str>) -> String {
+    const WHOLE: &[(&str, &str)] = &[
+        (
+            "recursive references require weak recursion types",
+            "an alias refers to itself (an anchor used inside its own value)",
+        ),
+        ("expected string scalar", "expected text"),
+        (
+            "expected mapping start",
+            "expected a section of `key: value` lines",
+        ),
+        ("expected sequence start", "expected a list"),
+    ];
+    const WORDS: &[(&str, &str)] = &[
+        ("a nonzero u32", "a whole number of at least 1"),
+        ("a nonzero u64", "a whole number of at least 1"),
+        ("invalid u64", "expected a whole number"),
+        ("invalid u32", "expected a whole number"),
+        ("invalid u16", "expected a whole number"),
+        ("invalid f64", "expected a number"),
+        ("u128", "a whole number"),
+        ("u64", "a whole number"),
+        ("u32", "a whole number"),
+        ("u16", "a whole number"),
+        ("u8", "a whole number"),
+        ("usize", "a whole number"),
+        ("i64", "a whole number"),
+        ("f64", "a number"),
+        ("f32", "a number"),
+        ("a string", "text"),
+        ("a boolean", "true or false"),
+        ("sequence", "list"),
+        ("unit value", "nothing"),
+    ];
+    let mut out = if let Some(rest) = raw.strip_prefix("cannot deserialize null into ") {
+        let what = if rest.starts_with("string") {
+            "text"
+        } else {
+            "a value"
+        };
+        format!("expected {what}, found nothing")
+    } else {
+        WHOLE
+            .iter()
+            .find(|(from, _)| raw.contains(from))
+            .map_or_else(|| raw.to_owned(), |(_, to)| (*to).to_owned())
+    };
+    for (from, to) in WORDS {
+        out = replace_word(&out, from, to);
+    }
+    // `struct Load`, `map`: a section.
+    while let Some(at) = out.find("struct ") {
+        let end = out[at + 7..]
+            .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .map_or(out.len(), |e| at + 7 + e);
+        out.replace_range(at..end, "a section");
+    }
+    out = replace_word(&out, "map", "a section");
+    if let Some(line) = line {
+        let word = line.trim();
+        if !word.is_empty()
+            && !word.starts_with('-')
+            && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            out.push_str(&format!(" (did you mean \"{word}:\"?)"));
+        }
+    }
+    out
+}
+
+/// `text` with `from` replaced where it stands as a whole word.
+fn replace_word(text: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(from) {
+        let before = rest[..i].chars().next_back();
+        let after = rest[i + from.len()..].chars().next();
+        let edge = |c: Option<char>| c.is_none_or(|c| !c.is_ascii_alphanumeric() && c != '_');
+        out.push_str(&rest[..i]);
+        out.push_str(if edge(before) && edge(after) {
+            to
+        } else {
+            from
+        });
+        rest = &rest[i + from.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl Experiment {
     /// Reads and validates an experiment file.
     ///
@@ -180,11 +273,18 @@ impl Experiment {
                 })
             });
         let exp = parsed.map_err(|e| {
-            let mut err = ConfigError::new(file, field.borrow().clone(), bare_message(&e));
+            let raw = bare_message(&e);
+            let line = e.location().map(|l| l.line() as usize);
+            let message = plain_message(&raw, line.and_then(|l| text.lines().nth(l - 1)));
+            let mut err = ConfigError::new(file, field.borrow().clone(), message.clone());
             if let Some(loc) = e.location() {
                 err = err.at(loc.line() as usize, loc.column() as usize);
             }
-            err.snippet = Some(e.to_string().replace("<input>", file));
+            err.snippet = Some(
+                e.to_string()
+                    .replace("<input>", file)
+                    .replace(&raw, &message),
+            );
             Error::from(err)
         })?;
         let mut exp = exp;
