@@ -26,31 +26,37 @@ use crate::store::{ArtifactKey, ArtifactMeta, ArtifactStore};
 /// redacted file still parses.
 pub const REDACTED: &str = "<redacted>";
 
-/// Values shorter than this are not treated as secrets: replacing `true` or `1` everywhere
-/// would garble every file and hide nothing.
-const MIN_SECRET_LEN: usize = 6;
+/// Values shorter than this are not treated as secrets: replacing `true`, `us-east-1` or a
+/// port everywhere would garble every file and hide nothing.
+const MIN_SECRET_LEN: usize = 8;
 
-/// Whether a setting, header or environment variable of this name holds a secret:
-/// `Authorization`, `x-api-key`, `AWS_SECRET_ACCESS_KEY`, `access_key_id`, `password`, ...
+/// Whether a setting, header or environment variable of this name holds a secret, judged by
+/// its words (split at `_`, `-`, `.`): a word `secret`, `password`, `passwd`, `credential(s)`,
+/// `authorization`, `cookie` or `apikey` anywhere (`AWS_SECRET_ACCESS_KEY`, `Authorization`);
+/// a last word `key`, `token` or `pat` (`x-api-key`, `HF_TOKEN`, `account_key`); or `access
+/// key` (`access_key_id`). Tokenizer settings (`TOKENIZER_PATH`) and counts (`max_tokens`)
+/// are not secrets.
 pub fn is_secret_name(name: &str) -> bool {
-    let n = name.to_ascii_lowercase().replace('-', "_");
-    [
+    let lower = name.to_ascii_lowercase();
+    let words: Vec<&str> = lower
+        .split(['_', '-', '.'])
+        .filter(|w| !w.is_empty())
+        .collect();
+    let anywhere = [
         "secret",
-        "token",
         "password",
         "passwd",
         "credential",
+        "credentials",
         "authorization",
-        "api_key",
-        "apikey",
-        "access_key",
-        "account_key",
-        "sas_key",
-        "private_key",
         "cookie",
-    ]
-    .iter()
-    .any(|s| n.contains(s))
+        "apikey",
+    ];
+    words.iter().any(|w| anywhere.contains(w))
+        || words
+            .last()
+            .is_some_and(|w| ["key", "token", "pat"].contains(w))
+        || words.windows(2).any(|p| p == ["access", "key"])
 }
 
 /// A set of secret values.
@@ -62,7 +68,7 @@ pub struct Secrets {
 
 impl Secrets {
     /// Adds a secret value (and its JSON-escaped form when that differs). Values shorter
-    /// than six characters are ignored.
+    /// than eight characters are ignored.
     pub fn add(&mut self, value: impl Into<String>) {
         let value = value.into();
         if value.len() < MIN_SECRET_LEN {
@@ -128,13 +134,23 @@ impl Secrets {
         }
     }
 
-    /// `data` with every secret replaced, or `None` when it holds none.
+    /// `data` with every whole occurrence of a secret replaced, or `None` when it holds
+    /// none. Whole: a secret that begins (ends) with a letter or digit is not replaced
+    /// where a letter or digit comes right before (after) it, so `12345678` stays inside a
+    /// timestamp and `abcdefgh` inside a longer word.
     pub fn redact_bytes(&self, data: &[u8]) -> Option<Vec<u8>> {
         let mut out: Option<Vec<u8>> = None;
         for secret in &self.values {
             let current = out.as_deref().unwrap_or(data);
             let finder = memchr::memmem::Finder::new(secret.as_bytes());
-            let mut hits = finder.find_iter(current).peekable();
+            let word = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+            let (first, last) = (secret.as_bytes().first(), secret.as_bytes().last());
+            let whole = |hit: &usize| {
+                let before = hit.checked_sub(1).and_then(|i| current.get(i));
+                let after = current.get(hit + secret.len());
+                !(word(first) && word(before)) && !(word(last) && word(after))
+            };
+            let mut hits = finder.find_iter(current).filter(whole).peekable();
             if hits.peek().is_none() {
                 continue;
             }
@@ -272,9 +288,51 @@ mod tests {
         ] {
             assert!(is_secret_name(n), "{n}");
         }
-        for n in ["endpoint", "region", "allow_http", "Content-Type", "PATH"] {
+        for n in [
+            "GITHUB_TOKEN",
+            "OPENAI_API_KEY",
+            "AWS_SESSION_TOKEN",
+            "azure_storage_account_key",
+            "client_secret",
+            "Cookie",
+            "DB_PASSWORD",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+        ] {
+            assert!(is_secret_name(n), "{n}");
+        }
+        for n in [
+            "endpoint",
+            "region",
+            "allow_http",
+            "Content-Type",
+            "PATH",
+            "TOKENIZER_PATH",
+            "HARNESS_TOKENIZER",
+            "max_tokens",
+            "token_source",
+            "KEYBOARD",
+            "monkey",
+        ] {
             assert!(!is_secret_name(n), "{n}");
         }
+    }
+
+    #[test]
+    fn only_whole_occurrences_of_long_enough_values_are_replaced() {
+        let mut s = Secrets::default();
+        s.add("12345678");
+        s.add("abcdefgh");
+        s.add("seven77");
+        // Inside a longer number or word: not the secret.
+        assert_eq!(s.redact_str("t=1765123456789012"), "t=1765123456789012");
+        assert_eq!(s.redact_str("xabcdefghx"), "xabcdefghx");
+        // Standing alone, quoted, after `=` or a space: the secret.
+        assert_eq!(
+            s.redact_str("pin=12345678, \"abcdefgh\" and abcdefgh."),
+            format!("pin={REDACTED}, \"{REDACTED}\" and {REDACTED}.")
+        );
+        // Under eight characters: never a secret.
+        assert_eq!(s.redact_str("seven77"), "seven77");
     }
 
     #[test]
