@@ -130,7 +130,12 @@ async fn summaries(store: &dyn ArtifactStore, info: &RunInfo) -> Result<Vec<Cell
 }
 
 /// `harness show`.
-pub(crate) async fn show(store: &dyn ArtifactStore, run: &str, json: bool) -> Result<(), Error> {
+pub(crate) async fn show(
+    store: &dyn ArtifactStore,
+    run: &str,
+    json: bool,
+    wide: bool,
+) -> Result<(), Error> {
     let info = catalog::find_run(store, run).await?;
     let cells = summaries(store, &info).await?;
     if json {
@@ -177,10 +182,15 @@ pub(crate) async fn show(store: &dyn ArtifactStore, run: &str, json: bool) -> Re
         say!("reproduces  {r}");
     }
     say!("stored at   {}/{}", store.describe(), info.layout.root());
-    say!(
-        "{}",
-        table::summary_table(&table::stored_rows(m, &cells), &cells)
-    );
+    let rows = table::stored_rows(m, &cells);
+    if wide {
+        say!("{}", table::summary_table(&rows, &cells));
+    } else {
+        say!(
+            "{}",
+            table::headline_table(&rows, &cells, table::terminal_width())
+        );
+    }
     Ok(())
 }
 

@@ -85,6 +85,10 @@ enum Command {
         /// Do not draw progress bars.
         #[arg(long)]
         no_progress: bool,
+        /// Print every column of the summary table (attempts, time, all headline metrics,
+        /// errors), not only those that fit the terminal.
+        #[arg(long)]
+        wide: bool,
         #[command(flatten)]
         workflow: WorkflowArgs,
     },
@@ -108,6 +112,9 @@ enum Command {
         /// Print the manifest and cell summaries as JSON.
         #[arg(long)]
         json: bool,
+        /// Print every column of the summary table, not only those that fit the terminal.
+        #[arg(long)]
+        wide: bool,
     },
     /// Run a stored run's resolved experiment again, as a new run that records which run it
     /// reproduces.
@@ -454,6 +461,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
             resume,
             store,
             no_progress,
+            wide,
             workflow,
         } => {
             let progress = progress_reporter(no_progress, verbose, format);
@@ -464,6 +472,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
                 &store,
                 &workflow,
                 progress,
+                wide,
             )
             .await;
         }
@@ -490,10 +499,15 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
             )
             .await?;
         }
-        Command::Show { run, store, json } => {
+        Command::Show {
+            run,
+            store,
+            json,
+            wide,
+        } => {
             plain_logs();
             let store = open_plain_store(&store, None)?;
-            catalog::show(store.as_ref(), &run, json).await?;
+            catalog::show(store.as_ref(), &run, json, wide).await?;
         }
         Command::Report { run, store } => {
             plain_logs();
@@ -1089,6 +1103,7 @@ async fn run(
     store_args: &StoreArgs,
     workflow: &WorkflowArgs,
     progress: Arc<progress::ProgressReporter>,
+    wide: bool,
 ) -> Result<ExitCode, Error> {
     if resume.is_some() && workflow.run_id.is_some() {
         return Err(Error::invalid(
@@ -1150,6 +1165,7 @@ async fn run(
                     args: store_args,
                     progress,
                     workflow,
+                    wide,
                 },
             )
             .await
@@ -1175,6 +1191,7 @@ async fn run(
                     args: store_args,
                     progress,
                     workflow,
+                    wide,
                 },
             )
             .await
@@ -1216,6 +1233,7 @@ async fn reproduce(
             args: store_args,
             progress,
             workflow: &WorkflowArgs::default(),
+            wide: false,
         },
     )
     .await
@@ -1228,6 +1246,8 @@ struct Target<'a> {
     args: &'a StoreArgs,
     progress: Arc<progress::ProgressReporter>,
     workflow: &'a WorkflowArgs,
+    /// Every column of the summary table.
+    wide: bool,
 }
 
 /// Runs a prepared run and prints its table.
@@ -1244,6 +1264,7 @@ async fn execute(
         args: store_args,
         progress,
         workflow,
+        wide,
     } = target;
     let plan = exp.plan()?;
     let file = provenance
@@ -1307,10 +1328,15 @@ async fn execute(
     let summaries = harness_core::runner::load_summaries(store.as_ref(), run_cx.layout())
         .await
         .unwrap_or_default();
-    say!(
-        "{}",
-        table::summary_table(&table::report_rows(&report), &summaries)
-    );
+    let rows = table::report_rows(&report);
+    if wide {
+        say!("{}", table::summary_table(&rows, &summaries));
+    } else {
+        say!(
+            "{}",
+            table::headline_table(&rows, &summaries, table::terminal_width())
+        );
+    }
     for e in report
         .setup_error
         .iter()

@@ -2,7 +2,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use comfy_table::{Cell, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::{
+    Cell, CellAlignment, ContentArrangement, LineStyle, Table, TableStyle,
+    presets::UTF8_FULL_CONDENSED,
+};
 use harness_core::{CellId, CellStatus, CellSummary, Manifest, RunReport};
 
 /// The most metric columns shown; every metric is in the stored summaries.
@@ -17,6 +20,133 @@ const CHECKS: [(&str, &str); 3] = [
     ("functional.failed", "checks failed"),
     ("accuracy", "accuracy"),
 ];
+
+/// The headline columns of the default table in display order, with the rank that decides
+/// which stay when the terminal is too narrow for all (lowest kept first). Units go on the
+/// header's second line, so no column is wider than its numbers need.
+const HEADLINE: [(&str, &str, u8); 11] = [
+    ("requests", "requests", 6),
+    ("errors", "errors", 5),
+    ("request_throughput", "req/s", 0),
+    ("output_token_throughput", "out tok/s", 1),
+    ("ttft.p50", "TTFT p50\nms", 4),
+    ("ttft.p99", "TTFT p99\nms", 2),
+    ("itl.p50", "ITL p50\nms", 7),
+    ("itl.p99", "ITL p99\nms", 3),
+    ("functional.passed", "checks\nok", 8),
+    ("functional.failed", "checks\nfailed", 9),
+    ("accuracy", "accuracy", 10),
+];
+
+/// Spaces between two columns of the default table.
+const GAP: usize = 2;
+
+/// The default table's look: a rule under the header, columns apart by [`GAP`] spaces.
+const COMPACT: TableStyle = TableStyle::new().header_separator(LineStyle::none().fill('─'));
+
+/// The default table: cell, status and the headline metrics that fit in `width` columns
+/// (all of them when `width` is `None`, as when stdout is not a terminal), never wrapped
+/// or cut; and below it, one line per failed cell with its error. `--wide` gives
+/// [`summary_table`] instead.
+pub(crate) fn headline_table(
+    rows: &[Row<'_>],
+    summaries: &[CellSummary],
+    width: Option<usize>,
+) -> String {
+    let by_id: BTreeMap<_, _> = summaries.iter().map(|s| (&s.cell, s)).collect();
+    // Candidate columns: header, per-row text, rank.
+    let mut columns: Vec<(String, Vec<String>, u8)> = Vec::new();
+    for (metric, header, rank) in HEADLINE {
+        let values: Vec<Option<String>> = rows
+            .iter()
+            .map(|r| {
+                by_id
+                    .get(r.cell)
+                    .and_then(|s| s.metrics.get(metric))
+                    .map(|v| format_metric(*v))
+            })
+            .collect();
+        if values.iter().all(Option::is_none) {
+            continue;
+        }
+        let values: Vec<String> = values.into_iter().map(Option::unwrap_or_default).collect();
+        columns.push((header.to_owned(), values, rank));
+    }
+    let ids: Vec<String> = rows.iter().map(|r| r.cell.to_string()).collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| status_text(r.status)).collect();
+    let render = |keep: &[bool]| -> String {
+        let mut table = Table::new();
+        table
+            .load_style(COMPACT)
+            .set_content_arrangement(ContentArrangement::Disabled);
+        let kept = || {
+            columns
+                .iter()
+                .zip(keep)
+                .filter(|(_, k)| **k)
+                .map(|(c, _)| c)
+        };
+        let mut header = vec![Cell::new("cell"), Cell::new("status")];
+        header.extend(kept().map(|c| Cell::new(&c.0).set_alignment(CellAlignment::Right)));
+        table.set_header(header);
+        for (row, (id, status)) in ids.iter().zip(&statuses).enumerate() {
+            let mut cells = vec![Cell::new(id), Cell::new(status)];
+            cells.extend(kept().map(|c| Cell::new(&c.1[row]).set_alignment(CellAlignment::Right)));
+            table.add_row(cells);
+        }
+        // GAP spaces after each column but the last.
+        let last = table.column_count().saturating_sub(1);
+        for (i, column) in table.column_iter_mut().enumerate() {
+            column.set_padding((0, if i == last { 0 } else { GAP as u16 }));
+        }
+        table
+            .lines()
+            .map(|l| l.trim_end().to_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let fits = |text: &str| width.is_none_or(|w| text.lines().all(|l| l.chars().count() <= w));
+    // Keep columns by rank while the table still fits.
+    let mut order: Vec<usize> = (0..columns.len()).collect();
+    order.sort_by_key(|&i| columns[i].2);
+    let mut keep = vec![false; columns.len()];
+    let mut out = render(&keep);
+    for i in order {
+        keep[i] = true;
+        let wider = render(&keep);
+        if fits(&wider) {
+            out = wider;
+        } else {
+            keep[i] = false;
+        }
+    }
+    let hidden = keep.iter().filter(|k| !**k).count();
+    if hidden > 0 {
+        out.push_str(&format!(
+            "\n({hidden} more columns with --wide; every metric in `harness show RUN --json`)"
+        ));
+    }
+    for r in rows.iter().filter(|r| r.error.is_some()) {
+        out.push_str(&format!(
+            "\n{}: {} after {} attempt{}: {}",
+            r.cell,
+            status_text(r.status),
+            r.attempts,
+            if r.attempts == 1 { "" } else { "s" },
+            short(r.error.unwrap_or_default(), 300)
+        ));
+    }
+    out
+}
+
+/// The width to fit the default table in: the terminal's when stdout is one.
+pub(crate) fn terminal_width() -> Option<usize> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    Table::new().width().map(usize::from)
+}
 
 fn status_text(s: CellStatus) -> &'static str {
     match s {
@@ -148,5 +278,143 @@ fn format_metric(v: f64) -> String {
         format!("{v:.1}")
     } else {
         format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The quickstart's six cells, one failed, with the numbers of a real run.
+    fn cells() -> (Vec<CellId>, Vec<CellSummary>) {
+        let mut ids = Vec::new();
+        let mut summaries = Vec::new();
+        let rows = [
+            (
+                "concurrency=1,isl=128,osl=32",
+                12.092,
+                387.0,
+                20.576,
+                20.857,
+            ),
+            (
+                "concurrency=4,isl=128,osl=32",
+                48.271,
+                1544.7,
+                20.393,
+                21.358,
+            ),
+            (
+                "concurrency=16,isl=128,osl=32",
+                188.1,
+                6020.1,
+                21.147,
+                23.346,
+            ),
+            ("concurrency=1,isl=512,osl=64", 6.808, 435.7, 20.646, 21.064),
+            (
+                "concurrency=4,isl=512,osl=64",
+                27.185,
+                1739.9,
+                20.431,
+                21.142,
+            ),
+            (
+                "concurrency=16,isl=512,osl=64",
+                107.1,
+                6857.5,
+                21.073,
+                23.802,
+            ),
+        ];
+        for (i, (id, rps, tps, p50, p99)) in rows.into_iter().enumerate() {
+            let failed = i == 5;
+            let v = serde_json::json!({
+                "format": 1,
+                "cell": id,
+                "params": [],
+                "status": if failed { "failed" } else { "succeeded" },
+                "attempts": if failed { 2 } else { 1 },
+                "duration_s": 3.97,
+                "metrics": if failed { serde_json::json!({}) } else { serde_json::json!({
+                    "requests": 48.0, "errors": 0.0, "request_throughput": rps,
+                    "output_token_throughput": tps, "ttft.p50": p50, "ttft.p99": p99,
+                    "itl.p50": 1.996, "itl.p99": 2.019, "request_latency.p50": 82.3,
+                    "output_token_throughput_per_user.p50": 501.0,
+                })},
+                "notes": [],
+                "steps": [],
+                "error": if failed {
+                    serde_json::json!({"step": "benchmark", "kind": "failed",
+                        "message": "benchmark: all 48 requests failed ({\"connect\": 48}); first: connect to 127.0.0.1:8000: Connection refused (os error 111)"})
+                } else { serde_json::Value::Null },
+            });
+            summaries.push(serde_json::from_value::<CellSummary>(v).expect("summary"));
+            ids.push(CellId::new(id).expect("id"));
+        }
+        (ids, summaries)
+    }
+
+    /// Compares with `tests/snapshots/<name>`; `HARNESS_UPDATE_SNAPSHOTS=1` rewrites it.
+    fn snapshot(name: &str, text: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/snapshots")
+            .join(name);
+        if std::env::var_os("HARNESS_UPDATE_SNAPSHOTS").is_some() {
+            std::fs::write(&path, text).expect("write snapshot");
+        }
+        let want = std::fs::read_to_string(&path).expect("snapshot");
+        assert_eq!(text, want, "{name} changed");
+    }
+
+    #[test]
+    fn the_default_table_fits_80_and_120_columns_without_cutting_anything() {
+        let (ids, summaries) = cells();
+        let rows: Vec<Row<'_>> = ids
+            .iter()
+            .zip(&summaries)
+            .map(|(id, s)| Row {
+                cell: id,
+                status: s.status,
+                attempts: s.attempts,
+                error: s.error.as_ref().map(|e| e.message.as_str()),
+            })
+            .collect();
+        for width in [80, 120] {
+            let text = headline_table(&rows, &summaries, Some(width));
+            // The table, then a hint and the errors, which wrap as prose.
+            let end = text
+                .find("\n(")
+                .or_else(|| text.find("\nconcurrency=16,isl=512,osl=64: "))
+                .unwrap_or(text.len());
+            let (table, below) = text.split_at(end);
+            for line in table.lines() {
+                assert!(line.chars().count() <= width, "{width}: `{line}`");
+            }
+            // Every cell id and every number whole, on one line each.
+            for (id, s) in ids.iter().zip(&summaries) {
+                let line = table
+                    .lines()
+                    .find(|l| l.starts_with(id.as_str()))
+                    .unwrap_or_else(|| panic!("{width}: no line for {id}"));
+                if let Some(v) = s.metrics.get("ttft.p99") {
+                    assert!(line.contains(&format_metric(*v)), "{width}: `{line}`");
+                }
+            }
+            assert!(below.contains("concurrency=16,isl=512,osl=64: FAILED after 2 attempts"));
+            snapshot(&format!("summary-table-{width}.txt"), &text);
+        }
+        // Unbounded (not a terminal): every headline column.
+        let all = headline_table(&rows, &summaries, None);
+        for h in [
+            "requests",
+            "errors",
+            "req/s",
+            "out tok/s",
+            "TTFT p50",
+            "ITL p50",
+        ] {
+            assert!(all.contains(h), "{all}");
+        }
     }
 }

@@ -174,7 +174,7 @@ fn run_sweeps_the_quickstart_stores_the_run_and_prints_the_table() {
         "the run says where its report is: {stdout}"
     );
     assert!(
-        stdout.contains("TTFT p50 ms") && stdout.contains("out tok/s"),
+        stdout.contains("TTFT p50") && stdout.contains("out tok/s"),
         "{stdout}"
     );
     assert!(!stderr.contains("WARN"), "{stderr}");

@@ -148,7 +148,9 @@ impl Secrets {
             let whole = |hit: &usize| {
                 let before = hit.checked_sub(1).and_then(|i| current.get(i));
                 let after = current.get(hit + secret.len());
-                !(word(first) && word(before)) && !(word(last) && word(after))
+                let glued_before = word(first) && word(before);
+                let glued_after = word(last) && word(after);
+                !(glued_before || glued_after)
             };
             let mut hits = finder.find_iter(current).filter(whole).peekable();
             if hits.peek().is_none() {
