@@ -48,6 +48,8 @@ fn batch(n: usize) -> RecordBatch {
         .zip(&ttft)
         .map(|(s, t)| s + (t * 1e6) as u64)
         .collect();
+    // An open loop: each request scheduled a little before it started.
+    let scheduled: Vec<u64> = start.iter().map(|s| s.saturating_sub(500)).collect();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(UInt64Array::from_iter_values(0..n as u64)),
         Arc::new(BooleanArray::from(vec![false; n])),
@@ -68,6 +70,8 @@ fn batch(n: usize) -> RecordBatch {
         Arc::new(Float64Array::from(ttft)),
         Arc::new(Float64Array::from(latency)),
         Arc::new(Float64Array::from(itl)),
+        Arc::new(UInt64Array::from(scheduled)),
+        Arc::new(BooleanArray::from(vec![false; n])),
     ];
     RecordBatch::try_new(records_schema(), columns).expect("batch")
 }

@@ -183,14 +183,7 @@ pub(crate) async fn show(
     }
     say!("stored at   {}/{}", store.describe(), info.layout.root());
     let rows = table::stored_rows(m, &cells);
-    if wide {
-        say!("{}", table::summary_table(&rows, &cells));
-    } else {
-        say!(
-            "{}",
-            table::headline_table(&rows, &cells, table::terminal_width())
-        );
-    }
+    say!("{}", table::cells_table(&rows, &cells, wide));
     Ok(())
 }
 

@@ -1329,14 +1329,7 @@ async fn execute(
         .await
         .unwrap_or_default();
     let rows = table::report_rows(&report);
-    if wide {
-        say!("{}", table::summary_table(&rows, &summaries));
-    } else {
-        say!(
-            "{}",
-            table::headline_table(&rows, &summaries, table::terminal_width())
-        );
-    }
+    say!("{}", table::cells_table(&rows, &summaries, wide));
     for e in report
         .setup_error
         .iter()

@@ -139,8 +139,18 @@ pub(crate) fn headline_table(
     out
 }
 
+/// The table a run ends with and `harness show` prints: [`headline_table`] fitted to the
+/// terminal, or every column with `wide`.
+pub(crate) fn cells_table(rows: &[Row<'_>], summaries: &[CellSummary], wide: bool) -> String {
+    if wide {
+        summary_table(rows, summaries).to_string()
+    } else {
+        headline_table(rows, summaries, terminal_width())
+    }
+}
+
 /// The width to fit the default table in: the terminal's when stdout is one.
-pub(crate) fn terminal_width() -> Option<usize> {
+fn terminal_width() -> Option<usize> {
     use std::io::IsTerminal;
     if !std::io::stdout().is_terminal() {
         return None;

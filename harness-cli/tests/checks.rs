@@ -19,6 +19,12 @@ fn experiment(dir: &Path, model: &str) -> PathBuf {
     p
 }
 
+/// The functional checks a cell stored (`artifacts/functional/functional.json`).
+fn functional_checks(cell_artifacts: &Path) -> Vec<serde_json::Value> {
+    let path = cell_artifacts.join("functional/functional.json");
+    serde_json::from_slice(&std::fs::read(&path).expect("functional.json")).expect("json")
+}
+
 fn only_run(dir: &Path) -> String {
     let runs: Vec<_> = std::fs::read_dir(dir.join("harness-runs/runs/checks"))
         .expect("runs")
@@ -95,18 +101,8 @@ fn benchmark_functional_and_accuracy_in_one_run() {
         wrong.contains(&"Milan") && wrong.contains(&"(C)"),
         "{wrong:?}"
     );
-    let checks: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(cell.join("functional/functional.json")).expect("functional.json"),
-    )
-    .expect("json");
-    assert!(
-        checks
-            .as_array()
-            .expect("checks")
-            .iter()
-            .all(|c| c["passed"] == true),
-        "{checks}"
-    );
+    let checks = functional_checks(&cell);
+    assert!(checks.iter().all(|c| c["passed"] == true), "{checks:?}");
 
     // `harness show` prints the table with the checks' columns.
     let shown = harness(d, &["show", &run]);
@@ -214,27 +210,12 @@ fn accuracy_and_functional_checks_use_the_experiments_completions_endpoint() {
         acc["endpoint"]
     );
     assert_eq!(acc["endpoint_type"], "completions");
-    let checks: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(cell.join("functional/functional.json")).expect("functional.json"),
-    )
-    .expect("json");
-    let names: Vec<&str> = checks
-        .as_array()
-        .expect("checks")
-        .iter()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
+    let checks = functional_checks(&cell);
+    let names: Vec<&str> = checks.iter().filter_map(|c| c["name"].as_str()).collect();
     assert!(
         !names.iter().any(|n| n.starts_with("chat")),
         "a completions endpoint is not asked for chat: {names:?}"
     );
     assert_eq!(names.len(), 7, "{names:?}");
-    assert!(
-        checks
-            .as_array()
-            .expect("checks")
-            .iter()
-            .all(|c| c["passed"] == true),
-        "{checks}"
-    );
+    assert!(checks.iter().all(|c| c["passed"] == true), "{checks:?}");
 }

@@ -209,6 +209,28 @@ async fn ls_show_reproduce_and_push_to_s3_read_back_identical() {
     );
 }
 
+/// `harness run EXP --store URL` against the S3 server at `addr`, in the background.
+fn run_in_background(
+    dir: &Path,
+    exp: &Path,
+    url: &str,
+    addr: std::net::SocketAddr,
+) -> tokio::task::JoinHandle<Output> {
+    let mut args = vec![
+        "run".to_owned(),
+        exp.display().to_string(),
+        "--no-progress".into(),
+        "--store".into(),
+        url.to_owned(),
+    ];
+    args.extend(store_opts(addr));
+    let dir = dir.to_owned();
+    tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        harness(&dir, &args, &[]).await
+    })
+}
+
 /// Every object under `prefix` of `store`, with its bytes.
 async fn everything(store: &dyn ArtifactStore) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -329,19 +351,7 @@ async fn an_s3_outage_mid_run_spools_results_and_uploads_every_cell_once() {
     let exp = d.join("outage.yaml");
     std::fs::write(&exp, body).expect("write");
 
-    let mut args = vec![
-        "run".to_owned(),
-        exp.display().to_string(),
-        "--no-progress".into(),
-        "--store".into(),
-        "s3://out".into(),
-    ];
-    args.extend(store_opts(proxy.addr()));
-    let dd = d.clone();
-    let run = tokio::spawn(async move {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        harness(&dd, &args, &[]).await
-    });
+    let run = run_in_background(&d, &exp, "s3://out", proxy.addr());
 
     // Cut the server off once the first cell is stored, and bring it back 1.5 s later, while
     // the remaining cells (about 3 s) still run.
@@ -536,19 +546,7 @@ async fn a_store_that_hangs_mid_run_leaves_results_in_the_spool_with_exit_3() {
     let body = body.replace("concurrency: [1, 2]", "concurrency: [1, 2, 3, 4]");
     let exp = d.join("hang.yaml");
     std::fs::write(&exp, body).expect("write");
-    let mut args = vec![
-        "run".to_owned(),
-        exp.display().to_string(),
-        "--no-progress".into(),
-        "--store".into(),
-        "s3://hang".into(),
-    ];
-    args.extend(store_opts(proxy.addr()));
-    let dd = d.clone();
-    let run = tokio::spawn(async move {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        harness(&dd, &args, &[]).await
-    });
+    let run = run_in_background(&d, &exp, "s3://hang", proxy.addr());
     // Hang the server once the first cell is stored, until the run has ended.
     let direct = s3("s3://hang", moto.addr());
     let deadline = Instant::now() + Duration::from_secs(60);
