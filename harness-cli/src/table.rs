@@ -33,10 +33,13 @@ const HEADLINE: [(&str, &str, u8); 11] = [
     ("ttft.p99", "TTFT p99\nms", 2),
     ("itl.p50", "ITL p50\nms", 7),
     ("itl.p99", "ITL p99\nms", 3),
-    ("functional.passed", "checks\nok", 8),
-    ("functional.failed", "checks\nfailed", 9),
+    ("functional.passed", "checks ok", 8),
+    ("functional.failed", "checks failed", 9),
     ("accuracy", "accuracy", 10),
 ];
+
+/// The cell's wall time, shown last and dropped first.
+const TIME: (&str, u8) = ("time (s)", 11);
 
 /// Spaces between two columns of the default table.
 const GAP: usize = 2;
@@ -71,6 +74,17 @@ pub(crate) fn headline_table(
         }
         let values: Vec<String> = values.into_iter().map(Option::unwrap_or_default).collect();
         columns.push((header.to_owned(), values, rank));
+    }
+    let times: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            by_id
+                .get(r.cell)
+                .map_or(String::new(), |s| format!("{:.2}", s.duration_s))
+        })
+        .collect();
+    if times.iter().any(|t| !t.is_empty()) {
+        columns.push((TIME.0.to_owned(), times, TIME.1));
     }
     let ids: Vec<String> = rows.iter().map(|r| r.cell.to_string()).collect();
     let statuses: Vec<&str> = rows.iter().map(|r| status_text(r.status)).collect();
@@ -122,8 +136,9 @@ pub(crate) fn headline_table(
     }
     let hidden = keep.iter().filter(|k| !**k).count();
     if hidden > 0 {
+        let plural = if hidden == 1 { "" } else { "s" };
         out.push_str(&format!(
-            "\n({hidden} more columns with --wide; every metric in `harness show RUN --json`)"
+            "\n({hidden} more column{plural} with --wide; every metric in `harness show RUN --json`)"
         ));
     }
     for r in rows.iter().filter(|r| r.error.is_some()) {
