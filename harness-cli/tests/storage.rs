@@ -209,6 +209,20 @@ async fn ls_show_reproduce_and_push_to_s3_read_back_identical() {
     );
 }
 
+/// How many files there are under `dir` (0 when it does not exist).
+fn files_under(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() { files_under(&p) } else { 1 }
+        })
+        .sum()
+}
+
 /// `harness run EXP --store URL` against the S3 server at `addr`, in the background.
 fn run_in_background(
     dir: &Path,
@@ -516,15 +530,7 @@ async fn a_misconfigured_store_stops_the_run_before_anything_runs() {
         );
         // No cell ran, nothing was spooled.
         assert!(!stdout.contains("cells succeeded"), "{stdout}");
-        assert!(
-            !spool.exists()
-                || std::fs::read_dir(&spool).expect("dir").all(|e| {
-                    std::fs::read_dir(e.expect("entry").path())
-                        .map(|mut d| d.next().is_none())
-                        .unwrap_or(true)
-                }),
-            "something was spooled"
-        );
+        assert_eq!(files_under(&spool), 0, "something was spooled");
     }
     assert!(
         everything(s3("s3://conf", moto.addr()).as_ref())
@@ -532,6 +538,38 @@ async fn a_misconfigured_store_stops_the_run_before_anything_runs() {
             .is_empty(),
         "the probe object was left behind or a run was written"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_refuses_the_credentials_stops_the_run_with_exit_2() {
+    // moto checking signatures: the keys below are unknown to it, so every request is 403.
+    let moto = MotoServer::start_with_auth().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let extra = format!(
+        "storage:\n  url: s3://locked/team\n  spool: {}\n",
+        d.join("spool").display()
+    );
+    let exp = experiment(d, "locked", &extra);
+    let env = s3_env(moto.addr(), true);
+    let out = harness(
+        d,
+        &["run", exp.to_str().expect("path"), "--no-progress"],
+        &env_refs(&env),
+    )
+    .await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("s3://locked/team") && stderr.contains("cannot be used"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("403") || stderr.to_lowercase().contains("denied"),
+        "the refusal is named: {stderr}"
+    );
+    assert!(!stdout.contains("cells succeeded"), "{stdout}");
+    assert_eq!(files_under(&d.join("spool")), 0, "something was spooled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,19 @@ impl MotoServer {
     /// # Panics
     /// When moto is not installed (run `scripts/test-deps.sh`) or does not start in 30 s.
     pub async fn start() -> MotoServer {
+        Self::start_with_env(&[]).await
+    }
+
+    /// Starts moto checking every request's credentials, as S3 does: requests signed with
+    /// keys it does not know get `403 InvalidAccessKeyId`.
+    ///
+    /// # Panics
+    /// As [`MotoServer::start`].
+    pub async fn start_with_auth() -> MotoServer {
+        Self::start_with_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]).await
+    }
+
+    async fn start_with_env(env: &[(&str, &str)]) -> MotoServer {
         let bin = moto_server_path();
         assert!(
             bin.exists(),
@@ -50,6 +63,7 @@ impl MotoServer {
         );
         let port = free_port().await;
         let child = Command::new(&bin)
+            .envs(env.iter().copied())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
