@@ -75,6 +75,23 @@ pub(crate) fn headline_table(
         let values: Vec<String> = values.into_iter().map(Option::unwrap_or_default).collect();
         columns.push((header.to_owned(), values, rank));
     }
+    // A pipeline without the load generator (checks of its own): its metrics instead.
+    if columns.is_empty() {
+        let present: BTreeSet<&String> = summaries.iter().flat_map(|s| s.metrics.keys()).collect();
+        for (i, metric) in present.into_iter().enumerate() {
+            let values = rows
+                .iter()
+                .map(|r| {
+                    by_id
+                        .get(r.cell)
+                        .and_then(|s| s.metrics.get(metric))
+                        .map_or(String::new(), |v| format_metric(*v))
+                })
+                .collect();
+            let rank = u8::try_from(12 + i).unwrap_or(u8::MAX);
+            columns.push((metric.clone(), values, rank));
+        }
+    }
     let times: Vec<String> = rows
         .iter()
         .map(|r| {
