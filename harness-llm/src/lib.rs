@@ -27,3 +27,15 @@ pub mod step;
 pub mod tools;
 
 pub use step::{BenchmarkStep, deployment_steps, mock_workload};
+
+/// Makes ring the process's default TLS crypto provider unless one is installed already:
+/// reqwest is built without a provider of its own (so the workspace compiles one, not two)
+/// and needs a default before a client is built. The checks call it; so may a program that
+/// builds reqwest clients itself.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider is the default already: fine, it is used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

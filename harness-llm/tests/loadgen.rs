@@ -79,6 +79,7 @@ fn chat(server: &MockServer, timeout: Duration, conc: usize) -> Client {
 
 /// The body of the mock's answer to `GET path`.
 async fn get_text(server: &MockServer, path: &str) -> String {
+    harness_llm::install_crypto_provider();
     reqwest::get(format!("{}{path}", server.url()))
         .await
         .expect("get")
@@ -958,6 +959,7 @@ async fn the_mock_answers_from_its_lookup_file_and_honours_stop() {
     )
     .expect("write");
     let server = start(mock(|m| m.answers = Some(answers.clone()))).await;
+    harness_llm::install_crypto_provider();
     let http = reqwest::Client::new();
     let ask = |body: serde_json::Value| {
         let http = http.clone();

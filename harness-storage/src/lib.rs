@@ -172,6 +172,7 @@ pub fn open(url: &str) -> Result<Arc<dyn ArtifactStore>, Error> {
 /// # Errors
 /// As [`open`].
 pub fn open_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn ArtifactStore>, Error> {
+    install_crypto_provider();
     Ok(Arc::new(ObjectArtifactStore::open_with(url, options)?))
 }
 
@@ -248,6 +249,18 @@ pub async fn check(
         .await
         .map_err(|e| unusable("deleting the probe object", e))?;
     Ok(())
+}
+
+/// Makes ring the process's default TLS crypto provider unless one is installed already.
+/// The HTTP clients of the cloud stores (reqwest, built without a provider of its own so
+/// that the workspace compiles one, not two) need it before they are built; [`open_with`]
+/// calls it, and so may a program that builds reqwest clients itself.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider is the default already: fine, it is used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// Whether `url` names a remote store (s3, gs, az), whose outages the spool covers.

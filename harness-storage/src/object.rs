@@ -165,6 +165,7 @@ impl ObjectArtifactStore {
     /// # Errors
     /// As [`crate::open`].
     pub fn open_with(url: &str, options: &StoreOptions) -> Result<Self, Error> {
+        crate::install_crypto_provider();
         let (scheme, rest) = match url.split_once("://") {
             Some((s, r)) => (s, r),
             None => ("file", url),

@@ -88,6 +88,8 @@ impl App {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
+        // One TLS crypto provider for every HTTP client of the process, steps' included.
+        harness_llm::install_crypto_provider();
         let mut command = Cli::command();
         if let Some(name) = &self.name {
             command = command.bin_name(name.clone());
