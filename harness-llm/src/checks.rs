@@ -40,6 +40,7 @@ fn endpoint(cx: &StepContext, step: &str) -> Result<Arc<Endpoint>> {
 }
 
 fn http(timeout: Duration) -> Result<reqwest::Client> {
+    crate::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(timeout)
         .build()
@@ -667,61 +668,18 @@ impl Step for AccuracyStep {
             .await
             .map_err(|e| Error::failed("reading the dataset", e.to_string()))?
             .map_err(|e| Error::invalid("accuracy dataset", e))?;
-        let c = http(cx.experiment().load.request_timeout.get())?;
         // The experiment's endpoint and API flavour, as the load generator uses them.
-        let url = ep.url(&cx.experiment().endpoint);
-        let kind = cx.experiment().endpoint_type;
-        let model = cx.experiment().model.name.clone();
-        let sem = Arc::new(tokio::sync::Semaphore::new(self.concurrency));
-        let mut set = tokio::task::JoinSet::new();
-        for (i, item) in items.iter().cloned().enumerate() {
-            let (c, url, model, sem, max_tokens) = (
-                c.clone(),
-                url.clone(),
-                model.clone(),
-                sem.clone(),
-                self.max_tokens,
-            );
-            set.spawn(async move {
-                let _permit = sem.acquire_owned().await;
-                let body = match kind {
-                    EndpointType::Completions => json!({"model": model, "prompt": item.prompt, "max_tokens": max_tokens, "temperature": 0}),
-                    _ => json!({"model": model, "messages": [{"role": "user", "content": item.prompt}], "max_tokens": max_tokens, "temperature": 0}),
-                };
-                let reply = match post(&c, &url, &body).await {
-                    Ok((200, text)) => serde_json::from_str::<Value>(&text)
-                        .ok()
-                        .and_then(|v| reply_text(kind, &v).map(str::to_owned))
-                        .ok_or_else(|| format!("no content in {text:.120}")),
-                    Ok((st, text)) => Err(format!("HTTP {st}: {text:.120}")),
-                    Err(e) => Err(e),
-                };
-                (i, item, reply)
-            });
-        }
-        let mut rows = Vec::new();
-        let (mut correct, mut errors) = (0usize, 0usize);
-        while let Some(joined) = set.join_next().await {
-            let (i, item, reply) =
-                joined.map_err(|e| Error::failed("accuracy request", e.to_string()))?;
-            let (ok, reply, note) = match reply {
-                Ok(r) => match item.score(&r) {
-                    Ok(ok) => (ok, r, None),
-                    Err(e) => (false, r, Some(e)),
-                },
-                Err(e) => {
-                    errors += 1;
-                    (false, String::new(), Some(e))
-                }
-            };
-            correct += usize::from(ok);
-            rows.push(json!({"index": i, "prompt": item.prompt, "expected": item.expected, "scorer": item.scorer, "reply": reply, "correct": ok, "error": note}));
-        }
-        rows.sort_by_key(|r| r["index"].as_u64());
-        let n = items.len();
-        let (lo, hi) = wilson(correct, n);
-        let accuracy = correct as f64 / n as f64;
-        let doc = json!({"endpoint": url, "endpoint_type": kind, "items": n, "correct": correct, "errors": errors, "accuracy": accuracy, "ci95": [lo, hi], "results": rows});
+        let exp = cx.experiment();
+        let target = Target::new(ep.url(""), &exp.model.name)
+            .endpoint_type(exp.endpoint_type)
+            .path(&exp.endpoint)
+            .timeout(exp.load.request_timeout.get());
+        let report = accuracy(&target, &items, self.max_tokens, self.concurrency).await?;
+        let n = report.items.len();
+        let (lo, hi) = report.ci95;
+        let doc = json!({"endpoint": target.url(), "endpoint_type": target.kind, "items": n,
+            "correct": report.correct, "errors": report.errors, "accuracy": report.accuracy,
+            "ci95": [lo, hi], "results": report.items});
         let json = serde_json::to_vec_pretty(&doc)
             .map_err(|e| Error::failed("encoding accuracy", e.to_string()))?;
         let key = cx
@@ -730,18 +688,318 @@ impl Step for AccuracyStep {
             .await?;
         let mut out = StepOutput::new()
             .artifact(key)
-            .metric("accuracy", accuracy)
+            .metric("accuracy", report.accuracy)
             .metric("accuracy.ci95_low", lo)
             .metric("accuracy.ci95_high", hi)
             .metric("accuracy.items", n as f64)
-            .metric("accuracy.request_errors", errors as f64);
-        if errors > 0 {
+            .metric("accuracy.request_errors", report.errors as f64);
+        if report.errors > 0 {
             out = out.note(format!(
-                "accuracy: {errors} of {n} requests failed and count as wrong"
+                "accuracy: {} of {n} requests failed and count as wrong",
+                report.errors
             ));
         }
         Ok(out)
     }
+}
+
+/// Where checks send their requests, for test suites that call [`functional`] and
+/// [`accuracy`] directly: the server's base URL, the model, the API path and flavour.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use harness_llm::checks::{Target, accuracy, functional, load_items};
+/// let target = Target::new("http://127.0.0.1:8000", "my-model");
+/// functional(&target, 4).await?.all_passed()?;
+/// let items = load_items(std::path::Path::new("tests/data/accuracy.jsonl"))?;
+/// accuracy(&target, &items, 32, 4).await?.at_least(0.75)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Target {
+    base: String,
+    model: String,
+    path: String,
+    kind: EndpointType,
+    timeout: Duration,
+}
+
+impl Target {
+    /// Chat completions of `model` at `base_url` (`http://host:port`), 60 s per request.
+    pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
+        Target {
+            base: base_url.into().trim_end_matches('/').to_owned(),
+            model: model.into(),
+            path: "/v1/chat/completions".into(),
+            kind: EndpointType::Chat,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The API flavour; a `completions` target is asked for text completions only.
+    #[must_use]
+    pub fn endpoint_type(mut self, kind: EndpointType) -> Self {
+        if kind == EndpointType::Completions && self.path == "/v1/chat/completions" {
+            self.path = "/v1/completions".into();
+        }
+        self.kind = kind;
+        self
+    }
+
+    /// The API path the accuracy questions go to (default: the flavour's usual one).
+    #[must_use]
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// The longest one request may take.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The URL the accuracy questions go to.
+    pub fn url(&self) -> String {
+        format!("{}{}", self.base, self.path)
+    }
+}
+
+/// A check that did not hold, in words: which check, which item, what was expected and
+/// what came back. Its `Debug` is the same text, so `.unwrap()` and a test returning
+/// `Result` print it readably.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CheckFailure {
+    message: String,
+}
+
+impl std::fmt::Display for CheckFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::fmt::Debug for CheckFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CheckFailure {}
+
+/// The outcome of [`functional`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionalReport {
+    /// Every check, in order.
+    pub checks: Vec<CheckResult>,
+}
+
+impl FunctionalReport {
+    /// The checks that failed.
+    pub fn failed(&self) -> impl Iterator<Item = &CheckResult> {
+        self.checks.iter().filter(|c| !c.passed)
+    }
+
+    /// `Ok` when every check passed; else a failure naming each failed check and what it saw.
+    ///
+    /// # Errors
+    /// [`CheckFailure`] listing the failed checks.
+    pub fn all_passed(&self) -> std::result::Result<(), CheckFailure> {
+        let failed: Vec<String> = self
+            .failed()
+            .map(|c| format!("  `{}`: {}", c.name, c.detail))
+            .collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(CheckFailure {
+            message: format!(
+                "{} of {} functional checks failed:\n{}",
+                failed.len(),
+                self.checks.len(),
+                failed.join("\n")
+            ),
+        })
+    }
+}
+
+/// The functional checks of the OpenAI API against `target` (see [`FunctionalStep`]):
+/// the model is listed, the flavour's whole and streamed shapes, `max_tokens`, `stop`, a
+/// bad request gets a 4xx, `parallel` concurrent requests succeed.
+///
+/// # Errors
+/// Only when no HTTP client can be built; failed checks are in the report.
+pub async fn functional(target: &Target, parallel: usize) -> Result<FunctionalReport> {
+    Ok(FunctionalReport {
+        checks: functional_suite(&target.base, &target.model, target.kind, parallel.max(1)).await,
+    })
+}
+
+/// One accuracy item's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ItemResult {
+    /// Its position in the dataset, from 0.
+    pub index: usize,
+    /// The prompt.
+    pub prompt: String,
+    /// The expected answer.
+    pub expected: String,
+    /// How it was scored.
+    pub scorer: Scorer,
+    /// The model's reply (empty when the request failed).
+    pub reply: String,
+    /// Whether the reply was right.
+    pub correct: bool,
+    /// Why it could not be scored: the request failed, or the item could not be read.
+    pub error: Option<String>,
+}
+
+/// The outcome of [`accuracy`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccuracyReport {
+    /// Every item, in dataset order.
+    pub items: Vec<ItemResult>,
+    /// Right answers.
+    pub correct: usize,
+    /// Requests that failed (counted as wrong).
+    pub errors: usize,
+    /// `correct / items`.
+    pub accuracy: f64,
+    /// The 95% Wilson interval of the accuracy.
+    pub ci95: (f64, f64),
+}
+
+impl AccuracyReport {
+    /// `Ok` when the accuracy is at least `min`; else a failure listing each wrong item with
+    /// what was expected and what came back.
+    ///
+    /// # Errors
+    /// [`CheckFailure`] naming the accuracy, the bound and the wrong items.
+    pub fn at_least(&self, min: f64) -> std::result::Result<(), CheckFailure> {
+        if self.accuracy >= min {
+            return Ok(());
+        }
+        let wrong: Vec<String> = self
+            .items
+            .iter()
+            .filter(|i| !i.correct)
+            .map(|i| {
+                let got = match &i.error {
+                    Some(e) if i.reply.is_empty() => format!("no reply ({e})"),
+                    _ => format!("{:?}", i.reply),
+                };
+                format!(
+                    "  item {} ({:?}, {}): expected {:?}, got {got}",
+                    i.index,
+                    i.prompt.chars().take(60).collect::<String>(),
+                    serde_json::to_value(&i.scorer)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    i.expected
+                )
+            })
+            .collect();
+        Err(CheckFailure {
+            message: format!(
+                "accuracy {:.3} ({} of {}) is below {min}; wrong items:\n{}",
+                self.accuracy,
+                self.correct,
+                self.items.len(),
+                wrong.join("\n")
+            ),
+        })
+    }
+
+    /// `Ok` when every item is right; see [`AccuracyReport::at_least`].
+    ///
+    /// # Errors
+    /// As [`AccuracyReport::at_least`].
+    pub fn all_correct(&self) -> std::result::Result<(), CheckFailure> {
+        self.at_least(1.0)
+    }
+}
+
+/// Asks `target` each item's prompt (greedy, at most `max_tokens`, `concurrency` at a time)
+/// and scores the replies.
+///
+/// # Errors
+/// Only when no HTTP client can be built; failed requests are wrong items in the report.
+pub async fn accuracy(
+    target: &Target,
+    items: &[Item],
+    max_tokens: u32,
+    concurrency: usize,
+) -> Result<AccuracyReport> {
+    let c = http(target.timeout)?;
+    let url = target.url();
+    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, item) in items.iter().cloned().enumerate() {
+        let (c, url, model, sem, kind) = (
+            c.clone(),
+            url.clone(),
+            target.model.clone(),
+            sem.clone(),
+            target.kind,
+        );
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let body = match kind {
+                EndpointType::Completions => json!({"model": model, "prompt": item.prompt, "max_tokens": max_tokens, "temperature": 0}),
+                _ => json!({"model": model, "messages": [{"role": "user", "content": item.prompt}], "max_tokens": max_tokens, "temperature": 0}),
+            };
+            let reply = match post(&c, &url, &body).await {
+                Ok((200, text)) => serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| reply_text(kind, &v).map(str::to_owned))
+                    .ok_or_else(|| format!("no content in {text:.120}")),
+                Ok((st, text)) => Err(format!("HTTP {st}: {text:.120}")),
+                Err(e) => Err(e),
+            };
+            (i, item, reply)
+        });
+    }
+    let mut rows = Vec::with_capacity(items.len());
+    let (mut correct, mut errors) = (0usize, 0usize);
+    while let Some(joined) = set.join_next().await {
+        let (index, item, reply) =
+            joined.map_err(|e| Error::failed("accuracy request", e.to_string()))?;
+        let (ok, reply, error) = match reply {
+            Ok(r) => match item.score(&r) {
+                Ok(ok) => (ok, r, None),
+                Err(e) => (false, r, Some(e)),
+            },
+            Err(e) => {
+                errors += 1;
+                (false, String::new(), Some(e))
+            }
+        };
+        correct += usize::from(ok);
+        rows.push(ItemResult {
+            index,
+            prompt: item.prompt,
+            expected: item.expected,
+            scorer: item.scorer,
+            reply,
+            correct: ok,
+            error,
+        });
+    }
+    rows.sort_by_key(|r| r.index);
+    let n = rows.len();
+    Ok(AccuracyReport {
+        items: rows,
+        correct,
+        errors,
+        accuracy: if n == 0 {
+            0.0
+        } else {
+            correct as f64 / n as f64
+        },
+        ci95: wilson(correct, n),
+    })
 }
 
 #[cfg(test)]
