@@ -39,6 +39,8 @@
 //! assert_eq!(report.status, RunStatus::Succeeded);
 //! # Ok(()) }
 //! ```
+//!
+#![doc = include_str!("guide.md")]
 
 pub mod backend;
 pub mod config;
@@ -68,7 +70,12 @@ pub use local::LocalBackend;
 pub use pipeline::{Pipeline, PipelineBuilder, StepRegistry};
 pub use plan::{Cell, CellId, ParamValue, Plan};
 pub use runner::{CellReport, RunMode, RunReport, Runner};
-pub use step::{Resources, RunContext, Step, StepContext, StepOutput, step_fn};
+pub use step::{
+    Resources, RunContext, RunContextBuilder, Step, StepContext, StepOutput, step_fn,
+};
+/// The attribute that makes `async fn` in [`Step`] and [`Backend`] implementations work;
+/// re-exported so step authors need no dependency of their own.
+pub use async_trait::async_trait;
 pub use store::{
     ArtifactKey, ArtifactMeta, ArtifactStore, ArtifactStoreExt, MemoryStore, RunLayout, ScopedStore,
 };

@@ -149,6 +149,63 @@ struct RunShared {
     resources: Resources,
 }
 
+/// Builds a [`RunContext`]; see [`RunContext::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct RunContextBuilder {
+    run_id: String,
+    experiment: Arc<Experiment>,
+    backend: Option<Arc<dyn Backend>>,
+    store: Option<Arc<dyn ArtifactStore>>,
+    cancel: CancellationToken,
+    provenance: Option<Provenance>,
+}
+
+impl RunContextBuilder {
+    /// Where workloads run (default: a [`LocalBackend`](crate::LocalBackend)).
+    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Where the run is stored (default: a [`MemoryStore`](crate::MemoryStore)).
+    pub fn store(mut self, store: Arc<dyn ArtifactStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The token that cancels the run (default: a new one).
+    pub fn cancel(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// Where the run came from, for its manifest.
+    pub fn provenance(mut self, provenance: Provenance) -> Self {
+        self.provenance = Some(provenance);
+        self
+    }
+
+    /// The context.
+    ///
+    /// # Errors
+    /// As [`RunContext::new`], and when the default local backend cannot be made.
+    pub fn build(self) -> Result<RunContext> {
+        let backend: Arc<dyn Backend> = match self.backend {
+            Some(b) => b,
+            None => Arc::new(crate::LocalBackend::new()?),
+        };
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(crate::MemoryStore::new()));
+        let run = RunContext::new(self.run_id, self.experiment, backend, store, self.cancel)?;
+        Ok(match self.provenance {
+            Some(p) => run.with_provenance(p),
+            None => run,
+        })
+    }
+}
+
 impl RunContext {
     /// The context of run `run_id` of `experiment`.
     ///
@@ -183,6 +240,34 @@ impl RunContext {
             }),
             cancel,
         })
+    }
+
+    /// A builder with defaults: a [`LocalBackend`](crate::LocalBackend), a
+    /// [`MemoryStore`](crate::MemoryStore) and a fresh cancellation token, each replaceable.
+    ///
+    /// ```
+    /// # fn main() -> harness_core::Result<()> {
+    /// use std::sync::Arc;
+    /// use harness_core::{Experiment, MemoryStore, RunContext};
+    /// let exp = Arc::new(Experiment::from_yaml_str(
+    ///     "name: e\nmodel: {name: m}\nconcurrency: [1]\nbenchmark: {isl_osl: [[8, 8]]}\n",
+    ///     "e.yaml",
+    /// )?);
+    /// let run = RunContext::builder("r1", exp)
+    ///     .store(Arc::new(MemoryStore::new()))
+    ///     .build()?;
+    /// assert_eq!(run.layout().root().as_str(), "runs/e/r1");
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(run_id: impl Into<String>, experiment: Arc<Experiment>) -> RunContextBuilder {
+        RunContextBuilder {
+            run_id: run_id.into(),
+            experiment,
+            backend: None,
+            store: None,
+            cancel: CancellationToken::new(),
+            provenance: None,
+        }
     }
 
     /// Records where the run came from in its manifest.
