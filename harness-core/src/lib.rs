@@ -59,6 +59,9 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+/// The attribute that makes `async fn` in [`Step`] and [`Backend`] implementations work;
+/// re-exported so step authors need no dependency of their own.
+pub use async_trait::async_trait;
 pub use backend::{
     Backend, BackendExt, Endpoint, Readiness, Shard, Workload, WorkloadSpec, WorkloadStatus,
 };
@@ -70,12 +73,7 @@ pub use local::LocalBackend;
 pub use pipeline::{Pipeline, PipelineBuilder, StepRegistry};
 pub use plan::{Cell, CellId, ParamValue, Plan};
 pub use runner::{CellReport, RunMode, RunReport, Runner};
-pub use step::{
-    Resources, RunContext, RunContextBuilder, Step, StepContext, StepOutput, step_fn,
-};
-/// The attribute that makes `async fn` in [`Step`] and [`Backend`] implementations work;
-/// re-exported so step authors need no dependency of their own.
-pub use async_trait::async_trait;
+pub use step::{Resources, RunContext, RunContextBuilder, Step, StepContext, StepOutput, step_fn};
 pub use store::{
     ArtifactKey, ArtifactMeta, ArtifactStore, ArtifactStoreExt, MemoryStore, RunLayout, ScopedStore,
 };

@@ -3,8 +3,8 @@
 //!
 //! A resource without a phase is picked up once: its experiment is checked (an invalid one
 //! gets phase `Invalid` and the reason in `.status.message`), then run through the
-//! [`RunFn`] the caller provides (the CLI's is `harness run` on the Kubernetes backend, cells
-//! in the cluster). Events of the run update `.status` as they happen: `cellsDone`,
+//! [`Runs`] implementation the caller provides (the `harness` program's `App`, which runs it
+//! as `harness run` does; a test may give a closure, [`RunFn`]). Events of the run update `.status` as they happen: `cellsDone`,
 //! `cellsFailed`, `currentCell`; the end sets `Succeeded`, `PartiallyFailed` or `Failed`.
 
 use std::sync::{Arc, Mutex};
@@ -46,10 +46,24 @@ impl std::fmt::Debug for RunRequest {
 /// Runs an experiment; returns how the run ended.
 pub type RunFn = Arc<dyn Fn(RunRequest) -> BoxFuture<'static, Result<RunStatus>> + Send + Sync>;
 
+/// What runs the operator's experiments: the program itself (`harness::App` implements it),
+/// or a closure ([`RunFn`]).
+pub trait Runs: Send + Sync + 'static {
+    /// Runs the request's experiment with its run id, store and reporter; returns how the
+    /// run ended.
+    fn run(&self, request: RunRequest) -> BoxFuture<'static, Result<RunStatus>>;
+}
+
+impl Runs for RunFn {
+    fn run(&self, request: RunRequest) -> BoxFuture<'static, Result<RunStatus>> {
+        self(request)
+    }
+}
+
 /// The controller of [`DynamoBenchmark`] resources in one namespace.
 pub struct Operator {
     api: Api<DynamoBenchmark>,
-    run: RunFn,
+    run: Arc<dyn Runs>,
     tasks: Mutex<tokio::task::JoinSet<()>>,
 }
 
@@ -93,10 +107,10 @@ fn run_id() -> String {
 
 impl Operator {
     /// An operator for `namespace` that runs experiments with `run`.
-    pub fn new(client: kube::Client, namespace: &str, run: RunFn) -> Self {
+    pub fn new(client: kube::Client, namespace: &str, run: impl Runs) -> Self {
         Operator {
             api: Api::namespaced(client, namespace),
-            run,
+            run: Arc::new(run),
             tasks: Mutex::new(tokio::task::JoinSet::new()),
         }
     }
@@ -185,7 +199,7 @@ impl Operator {
                         store,
                         reporter: reporter.clone(),
                     };
-                    let result = run(request).await;
+                    let result = run.run(request).await;
                     drop(reporter);
                     let _ = updates.await;
                     let (phase, message) = match result {

@@ -78,6 +78,10 @@ enum Command {
     Ls {
         #[command(flatten)]
         store: StoreArgs,
+        /// The spool folder of a remote store, to mark runs whose results wait there (default
+        /// `./harness-spool`, as `storage.spool`).
+        #[arg(long, value_name = "DIR")]
+        spool: Option<String>,
         /// Only runs of this experiment.
         #[arg(long)]
         experiment: Option<String>,
@@ -397,7 +401,7 @@ async fn dispatch(app: &App, cli: Cli) -> Result<ExitCode, Error> {
             plain_logs();
             let client = kube_client().await?;
             let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
-            let operator = harness_k8s::operator::Operator::new(client, &ns, operator_run_fn(app));
+            let operator = harness_k8s::operator::Operator::new(client, &ns, app.clone());
             let cancel = CancellationToken::new();
             let stop = cancel.clone();
             tokio::spawn(async move {
@@ -483,11 +487,12 @@ async fn dispatch(app: &App, cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Ls {
             store,
+            spool,
             experiment,
             json,
         } => {
             plain_logs();
-            let (store, spool) = listed_store(&store).await?;
+            let (store, spool) = listed_store(&store, spool).await?;
             catalog::ls(
                 store.as_ref(),
                 spool.as_deref(),
@@ -798,10 +803,12 @@ async fn backend_for(
 
 /// How the operator runs a `DynamoBenchmark`: as `harness run` would, with the resource's
 /// store, reporting to the operator.
-fn operator_run_fn(app: &App) -> harness_k8s::operator::RunFn {
-    let app = app.clone();
-    Arc::new(move |req: harness_k8s::operator::RunRequest| {
-        let app = app.clone();
+impl harness_k8s::operator::Runs for App {
+    fn run(
+        &self,
+        req: harness_k8s::operator::RunRequest,
+    ) -> futures::future::BoxFuture<'static, Result<RunStatus, Error>> {
+        let app = self.clone();
         Box::pin(async move {
             let args = StoreArgs {
                 store: req.store.clone(),
@@ -838,7 +845,7 @@ fn operator_run_fn(app: &App) -> harness_k8s::operator::RunFn {
             }
             Ok(report.status)
         })
-    })
+    }
 }
 
 /// A task's pipeline in a workflow (`--here`): the cells' own steps in this process against
@@ -1020,9 +1027,11 @@ fn spool_url(storage: &harness_core::config::Storage, store: &dyn ArtifactStore)
 /// exists (runs whose objects wait there are listed, and say so).
 async fn listed_store(
     args: &StoreArgs,
+    spool: Option<String>,
 ) -> Result<(Arc<dyn ArtifactStore>, Option<Arc<dyn ArtifactStore>>), Error> {
     let store = open_plain_store(args, None)?;
-    let storage = harness_core::config::Storage::default();
+    let mut storage = harness_core::config::Storage::default();
+    storage.spool = spool;
     let folder = spool_url(&storage, store.as_ref());
     if !harness_storage::is_remote(&store_url(args, None)) || !Path::new(&folder).is_dir() {
         return Ok((store, None));
