@@ -3,8 +3,8 @@
 //! reporting the metric `echo.ok` (1 or 0).
 //!
 //! ```sh
-//! cargo run -p examples --example custom_harness -- run my-experiment.yaml
-//! cargo run -p examples --example custom_harness -- show RUN --json
+//! cargo run -p examples --bin custom_harness -- run my-experiment.yaml
+//! cargo run -p examples --bin custom_harness -- show RUN --json
 //! ```
 //!
 //! An experiment names the kind like any built-in one, and its parameters get located

@@ -6,18 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The example's binary, built by `cargo test` with the other targets.
+/// The example's binary, built by cargo before this test.
 fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary");
-    // target/<profile>/deps/custom_harness-<hash> -> target/<profile>/examples/custom_harness
-    let dir = exe.parent().and_then(Path::parent).expect("target folder");
-    let bin = dir.join("examples/custom_harness");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it with `cargo build -p examples --examples`",
-        bin.display()
-    );
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_custom_harness"))
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {

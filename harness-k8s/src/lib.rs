@@ -7,7 +7,7 @@
 //! * [`incluster`]: cells run as Jobs next to the model (`harness agent`), results written
 //!   to the run's object store and folded into the run.
 //! * [`crd`] and [`operator`]: the `DynamoBenchmark` custom resource and its controller.
-//! * [`testkit`] (feature `testkit`): a fake API server behind a real `kube::Client`, with
+//! * `testkit` (feature `testkit`): a fake API server behind a real `kube::Client`, with
 //!   simulated controllers, for tests.
 //!
 //! The client is injected, so the same code runs against a cluster (`kube::Client::try_default`)

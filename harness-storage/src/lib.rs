@@ -1,4 +1,4 @@
-//! Run storage for harness: an [`ArtifactStore`](harness_core::ArtifactStore) over
+//! Run storage for harness: an [`ArtifactStore`] over
 //! [`object_store`](https://docs.rs/object_store), opened by URL, a local spool that keeps a
 //! run going through an outage of its remote store, and the run catalog.
 //!
@@ -15,7 +15,7 @@
 //! `endpoint`, `region`, `allow_http`, `access_key_id`. Two options are harness's own:
 //! `retries` (default 3) and `retry_timeout` (default `10s`): a store that does not answer
 //! fails within seconds, not the minutes object_store waits by default. Credentials are
-//! never logged and never part of [`ArtifactStore::describe`](harness_core::ArtifactStore::describe).
+//! never logged and never part of [`ArtifactStore::describe`].
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

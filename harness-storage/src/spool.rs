@@ -1,14 +1,14 @@
 //! Keeping a run going while its remote store is down: [`SpoolingStore`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
 use std::time::{Duration, Instant};
-use tokio::task::AbortHandle;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use harness_core::{ArtifactKey, ArtifactMeta, ArtifactStore, Error, Result};
+use tokio::task::AbortHandle;
 
 /// How often the remote store is probed while it is down.
 const DEFAULT_PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -44,7 +44,7 @@ struct Inner {
     probe_every: Duration,
     state: Mutex<State>,
     /// Objects uploaded from the spool so far, by flushes and the background probe.
-    uploaded: std::sync::atomic::AtomicUsize,
+    uploaded: AtomicUsize,
     /// Held while an object goes into or out of the spool, so an upload never races a newer
     /// spooled copy of the same key.
     moving: tokio::sync::Mutex<()>,
@@ -111,16 +111,14 @@ impl SpoolingStore {
                 probe_every: DEFAULT_PROBE_EVERY,
                 state: Mutex::new(state),
                 moving: tokio::sync::Mutex::new(()),
-                uploaded: std::sync::atomic::AtomicUsize::new(0),
+                uploaded: AtomicUsize::new(0),
             }),
             prober: Mutex::new(None),
         })
     }
 
-    /// How often to probe the remote while it is down (default 5 s).
-    ///
-    /// # Panics
-    /// When called after the store was shared (it is a builder step).
+    /// How often to probe the remote while it is down (default 5 s). A builder step: call
+    /// it on the new store, before the store is used.
     #[must_use]
     pub fn probe_every(mut self, every: Duration) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
@@ -147,9 +145,7 @@ impl SpoolingStore {
     /// How many objects this store has uploaded from the spool so far, in the background
     /// and by [`SpoolingStore::flush`].
     pub fn uploaded(&self) -> usize {
-        self.inner
-            .uploaded
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.uploaded.load(Ordering::Relaxed)
     }
 
     /// Whether the remote is known to be down (writes go to the spool).
@@ -347,8 +343,7 @@ impl Inner {
         } else {
             self.remote.put(key, data).await.map_err(Upload::Remote)?;
         }
-        self.uploaded
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.uploaded.fetch_add(1, Ordering::Relaxed);
         let _moving = self.moving.lock().await;
         if self.state().spooled.get(key) != Some(&generation) {
             return Ok(Some(len));

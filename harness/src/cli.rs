@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use clap::{Parser, Subcommand, ValueEnum};
-
-use crate::app::App;
-use crate::exit::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_SPOOLED};
-use crate::{catalog, progress, table};
 use harness_core::journal::Manifest;
 use harness_core::{
     ArtifactStore, Backend, CancellationToken, Error, Experiment, LocalBackend, Pipeline,
     RunContext, RunMode, RunStatus, Runner, Stage, TracingReporter,
 };
+
+use crate::app::App;
+use crate::exit::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_SPOOLED};
+use crate::{catalog, progress, table};
 
 /// Benchmark LLM inference deployments: one YAML experiment, a sweep of cells, stored runs.
 #[derive(Debug, Parser)]

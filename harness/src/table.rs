@@ -57,9 +57,8 @@ pub(crate) fn headline_table(
     width: Option<usize>,
 ) -> String {
     let by_id: BTreeMap<_, _> = summaries.iter().map(|s| (&s.cell, s)).collect();
-    // Candidate columns: header, per-row text, rank.
-    let mut columns: Vec<(String, Vec<String>, u8)> = Vec::new();
-    for (metric, header, rank) in HEADLINE {
+    // A metric's text per row, or nothing when no cell has it.
+    let column = |metric: &str| -> Option<Vec<String>> {
         let values: Vec<Option<String>> = rows
             .iter()
             .map(|r| {
@@ -69,27 +68,24 @@ pub(crate) fn headline_table(
                     .map(|v| format_metric(*v))
             })
             .collect();
-        if values.iter().all(Option::is_none) {
-            continue;
-        }
-        let values: Vec<String> = values.into_iter().map(Option::unwrap_or_default).collect();
-        columns.push((header.to_owned(), values, rank));
-    }
+        values
+            .iter()
+            .any(Option::is_some)
+            .then(|| values.into_iter().map(Option::unwrap_or_default).collect())
+    };
+    // Candidate columns: header, per-row text, rank.
+    let mut columns: Vec<(String, Vec<String>, u8)> = HEADLINE
+        .iter()
+        .filter_map(|(metric, header, rank)| Some(((*header).to_owned(), column(metric)?, *rank)))
+        .collect();
     // A pipeline without the load generator (checks of its own): its metrics instead.
     if columns.is_empty() {
         let present: BTreeSet<&String> = summaries.iter().flat_map(|s| s.metrics.keys()).collect();
         for (i, metric) in present.into_iter().enumerate() {
-            let values = rows
-                .iter()
-                .map(|r| {
-                    by_id
-                        .get(r.cell)
-                        .and_then(|s| s.metrics.get(metric))
-                        .map_or(String::new(), |v| format_metric(*v))
-                })
-                .collect();
             let rank = u8::try_from(12 + i).unwrap_or(u8::MAX);
-            columns.push((metric.clone(), values, rank));
+            if let Some(values) = column(metric) {
+                columns.push((metric.clone(), values, rank));
+            }
         }
     }
     let times: Vec<String> = rows
