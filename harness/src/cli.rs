@@ -163,6 +163,7 @@ enum Command {
     /// Run one cell's steps against an endpoint and write the results into an existing
     /// run: what the in-cluster Job of a cell runs (the experiment comes from
     /// `$HARNESS_EXPERIMENT`, JSON, or `--experiment`).
+    #[cfg(feature = "kubernetes")]
     Agent {
         /// The run id.
         #[arg(long)]
@@ -184,10 +185,12 @@ enum Command {
         store: StoreArgs,
     },
     /// Kubernetes: print the manifests of a run without our controller, or the CRD.
+    #[cfg(feature = "kubernetes")]
     #[command(subcommand)]
     K8s(K8sCommand),
     /// Kubernetes: the controller of `DynamoBenchmark` resources: runs each new one and
     /// writes its progress and run id into `.status`.
+    #[cfg(feature = "kubernetes")]
     Operator {
         /// The namespace to watch (default: the client's).
         #[arg(long)]
@@ -200,6 +203,7 @@ enum Command {
     Mock(MockArgs),
 }
 
+#[cfg(feature = "kubernetes")]
 #[derive(Debug, Subcommand)]
 enum K8sCommand {
     /// Print the `DynamoBenchmark` CustomResourceDefinition (generated from the code).
@@ -352,6 +356,7 @@ async fn dispatch(app: &App, cli: Cli) -> Result<ExitCode, Error> {
             print!("{}", harness_core::config::DEFAULT_EXPERIMENT);
         }
         Command::Mock(_) => {} // handled before the runtime starts
+        #[cfg(feature = "kubernetes")]
         Command::Agent {
             run,
             cell,
@@ -388,12 +393,14 @@ async fn dispatch(app: &App, cli: Cli) -> Result<ExitCode, Error> {
             )
             .await;
         }
+        #[cfg(feature = "kubernetes")]
         Command::K8s(K8sCommand::Crd) => {
             use kube::CustomResourceExt;
             let crd = harness_k8s::crd::DynamoBenchmark::crd();
             let v = serde_json::to_value(&crd).map_err(|e| Error::failed("CRD", e.to_string()))?;
             say!("{}", harness_k8s::incluster::to_yaml(&[v])?.trim_end());
         }
+        #[cfg(feature = "kubernetes")]
         Command::Operator {
             namespace,
             interval,
@@ -413,6 +420,7 @@ async fn dispatch(app: &App, cli: Cli) -> Result<ExitCode, Error> {
                 .run(std::time::Duration::from_secs(interval.max(1)), &cancel)
                 .await;
         }
+        #[cfg(feature = "kubernetes")]
         Command::K8s(K8sCommand::Render {
             experiment,
             sets,
@@ -739,21 +747,7 @@ pub(crate) fn build_pipeline(
     }
     let own_cell_steps = exp.steps.iter().any(|s| s.stage == Stage::Cell);
     if exp.backend.in_cluster() {
-        // The cell's steps run in the agent; here only the Job that runs them.
-        let built = builder.build()?;
-        let mut b = Pipeline::builder();
-        for stage in [Stage::Setup, Stage::Teardown] {
-            for s in built.steps(stage) {
-                b = b.add(stage, s.step.clone(), s.timeout);
-            }
-        }
-        return b
-            .add(
-                Stage::Cell,
-                Arc::new(harness_k8s::InClusterStep::new(store_url)),
-                None,
-            )
-            .build();
+        return in_cluster_pipeline(builder, store_url);
     }
     // Without per-cell steps of its own, an experiment benchmarks each cell.
     if !own_cell_steps {
@@ -767,6 +761,46 @@ pub(crate) fn build_pipeline(
 }
 
 /// A Kubernetes client from the kubeconfig or the pod's service account.
+/// The pipeline of an in-cluster run: the cell's steps run in the agent; here only the Job
+/// that runs them, between the setup and teardown steps of `builder`.
+#[cfg(feature = "kubernetes")]
+fn in_cluster_pipeline(
+    builder: harness_core::PipelineBuilder,
+    store_url: &str,
+) -> Result<Pipeline, Error> {
+    let built = builder.build()?;
+    let mut b = Pipeline::builder();
+    for stage in [Stage::Setup, Stage::Teardown] {
+        for s in built.steps(stage) {
+            b = b.add(stage, s.step.clone(), s.timeout);
+        }
+    }
+    b.add(
+        Stage::Cell,
+        Arc::new(harness_k8s::InClusterStep::new(store_url)),
+        None,
+    )
+    .build()
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn in_cluster_pipeline(
+    _builder: harness_core::PipelineBuilder,
+    _store_url: &str,
+) -> Result<Pipeline, Error> {
+    Err(without_kubernetes("backend.in_cluster"))
+}
+
+/// The error for an experiment that needs Kubernetes in a program built without it.
+#[cfg(not(feature = "kubernetes"))]
+fn without_kubernetes(field: &str) -> Error {
+    Error::invalid(
+        field,
+        "this program was built without Kubernetes support (the `harness` crate's `kubernetes` feature)",
+    )
+}
+
+#[cfg(feature = "kubernetes")]
 async fn kube_client() -> Result<kube::Client, Error> {
     kube::Client::try_default().await.map_err(|e| {
         Error::failed(
@@ -784,6 +818,12 @@ async fn backend_for(
     local: &LocalBackend,
 ) -> Result<Arc<dyn Backend>, Error> {
     Ok(match exp.backend.kind {
+        #[cfg(not(feature = "kubernetes"))]
+        harness_core::config::BackendKind::Kubernetes => {
+            let _ = (run_id, store_url);
+            return Err(without_kubernetes("backend.kind"));
+        }
+        #[cfg(feature = "kubernetes")]
         harness_core::config::BackendKind::Kubernetes => {
             if exp.backend.in_cluster() && !harness_storage::is_remote(store_url) {
                 tracing::warn!(
@@ -803,6 +843,7 @@ async fn backend_for(
 
 /// How the operator runs a `DynamoBenchmark`: as `harness run` would, with the resource's
 /// store, reporting to the operator.
+#[cfg(feature = "kubernetes")]
 impl harness_k8s::operator::Runs for App {
     fn run(
         &self,
@@ -878,6 +919,7 @@ fn here_pipeline(
     b.build()
 }
 
+#[cfg(feature = "kubernetes")]
 /// `harness agent`: one cell's steps, results into an existing run.
 async fn agent(
     app: &App,
@@ -1448,4 +1490,29 @@ fn watch_signals(
         backend.kill_all_now();
         std::process::exit(i32::from(EXIT_INTERRUPTED));
     })
+}
+
+#[cfg(all(test, not(feature = "kubernetes")))]
+mod without_kubernetes_tests {
+    use super::*;
+
+    /// Built without the `kubernetes` feature, an experiment that needs a cluster is refused
+    /// with a message that says why, naming the field.
+    #[test]
+    fn a_kubernetes_experiment_is_refused_naming_the_feature() {
+        let exp = Experiment::from_yaml_str(
+            "name: k\nmodel: {name: m}\nconcurrency: [1]\nbenchmark: {isl_osl: [[8, 8]]}\n\
+             deployment: {url: \"http://model:8000\"}\n\
+             backend: {kind: kubernetes, in_cluster: true}\n",
+            "k.yaml",
+        )
+        .expect("experiment");
+        let err = build_pipeline(&App::default(), &exp, "k.yaml", "s3://b")
+            .expect_err("no Kubernetes in this build");
+        let text = err.to_string();
+        assert!(
+            text.contains("backend.in_cluster") && text.contains("`kubernetes` feature"),
+            "{text}"
+        );
+    }
 }

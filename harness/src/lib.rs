@@ -5,7 +5,9 @@
 //! is `App::default().main()`.
 //!
 //! The workspace's crates are re-exported: [`core`] (steps, backends, the runner), [`llm`]
-//! (the load generator, checks and tool steps), [`analytics`], [`storage`] and [`k8s`].
+//! (the load generator, checks and tool steps), [`analytics`], [`storage`] and `k8s` (with
+//! the default feature `kubernetes`, which also brings the Kubernetes backend, the agent, the
+//! operator and `harness k8s`).
 
 /// `println!` that ends the process quietly when stdout is closed (`harness ls | head`)
 /// instead of panicking.
@@ -25,6 +27,7 @@ mod table;
 pub use app::{App, AppBuilder};
 pub use harness_analytics as analytics;
 pub use harness_core as core;
+#[cfg(feature = "kubernetes")]
 pub use harness_k8s as k8s;
 pub use harness_llm as llm;
 pub use harness_storage as storage;
