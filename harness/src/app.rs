@@ -18,10 +18,20 @@ use crate::cli::Cli;
 ///
 /// ```no_run
 /// use std::process::ExitCode;
-/// # fn my_check_factory() -> harness::core::pipeline::StepFactory { unimplemented!() }
+/// use std::sync::Arc;
+/// use harness::core::pipeline::StepFactory;
+/// use harness::core::{Step, StepOutput, step_fn};
+///
 /// fn main() -> ExitCode {
+///     // `steps: [{kind: my-check}]`: a step that reports one metric.
+///     let my_check: StepFactory = Arc::new(|spec, _source| {
+///         let step = step_fn(spec.step_name(), |_| async {
+///             Ok(StepOutput::new().metric("my.ok", 1.0))
+///         });
+///         Ok(Arc::new(step) as Arc<dyn Step>)
+///     });
 ///     match harness::App::builder()
-///         .step_kind("my-check", my_check_factory())
+///         .step_kind("my-check", my_check)
 ///         .build()
 ///     {
 ///         Ok(app) => app.main(),

@@ -1170,7 +1170,7 @@ async fn run(
         .unwrap_or_default();
     let (store, spool) = open_run_store(store_args, &storage).await?;
     let file = path.map(|p| p.display().to_string());
-    match resume {
+    let (exp, mode, run_id, provenance) = match resume {
         Some(run) => {
             let info = harness_storage::catalog::find_run(store.as_ref(), &run)
                 .await
@@ -1203,21 +1203,12 @@ async fn run(
                 exp = exp.with_overrides(sets)?;
             }
             let provenance = info.manifest.provenance.clone();
-            execute(
+            (
                 exp,
                 RunMode::Resume,
                 info.manifest.run_id.clone(),
                 provenance,
-                Target {
-                    app,
-                    store,
-                    spool,
-                    args: store_args,
-                    view: view.clone(),
-                    workflow,
-                },
             )
-            .await
         }
         None => {
             let (exp, input) =
@@ -1229,23 +1220,19 @@ async fn run(
             let mut provenance = harness_core::Provenance::default();
             provenance.experiment_file = file;
             provenance.git = git;
-            execute(
-                exp,
-                RunMode::New { input: Some(input) },
-                workflow.run_id.clone().unwrap_or_else(new_run_id),
-                provenance,
-                Target {
-                    app,
-                    store,
-                    spool,
-                    args: store_args,
-                    view: view.clone(),
-                    workflow,
-                },
-            )
-            .await
+            let run_id = workflow.run_id.clone().unwrap_or_else(new_run_id);
+            (exp, RunMode::New { input: Some(input) }, run_id, provenance)
         }
-    }
+    };
+    let target = Target {
+        app,
+        store,
+        spool,
+        args: store_args,
+        view,
+        workflow,
+    };
+    execute(exp, mode, run_id, provenance, target).await
 }
 
 /// `harness reproduce`: the stored resolved experiment of a run, run again as a new run.
