@@ -172,7 +172,6 @@ pub fn open(url: &str) -> Result<Arc<dyn ArtifactStore>, Error> {
 /// # Errors
 /// As [`open`].
 pub fn open_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn ArtifactStore>, Error> {
-    install_crypto_provider();
     Ok(Arc::new(ObjectArtifactStore::open_with(url, options)?))
 }
 
@@ -253,7 +252,7 @@ pub async fn check(
 
 /// Makes ring the process's default TLS crypto provider unless one is installed already.
 /// The HTTP clients of the cloud stores (reqwest, built without a provider of its own so
-/// that the workspace compiles one, not two) need it before they are built; [`open_with`]
+/// that the workspace compiles one, not two) need it before they are built; opening a store
 /// calls it, and so may a program that builds reqwest clients itself.
 pub fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();

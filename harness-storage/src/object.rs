@@ -375,10 +375,12 @@ mod tests {
         );
         assert_eq!(b.value("timeout").as_deref(), Some("7000ms"));
         assert_eq!(b.value("connect_timeout").as_deref(), Some("5s"));
-        // A timeout from the environment or the options is the user's, not ours.
+        // A timeout from the environment or the options is the user's, not ours: the
+        // builder keeps what it had.
         let b =
             configure(B::default(), "test://", &opts(&[]), |k| k == "timeout").expect("configure");
-        assert_ne!(b.value("timeout").as_deref(), Some("10s"));
+        assert_eq!(b.value("timeout"), B::default().value("timeout"));
+        assert_ne!(b.value("timeout").as_deref(), Some("10000ms"));
         let b = configure(
             B::default(),
             "test://",

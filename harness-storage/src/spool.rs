@@ -150,7 +150,7 @@ impl SpoolingStore {
 
     /// Whether the remote is known to be down (writes go to the spool).
     pub fn is_down(&self) -> bool {
-        self.inner.state().down_since.is_some()
+        self.inner.is_down()
     }
 
     /// Marks the remote down after `e` and starts the background probe if it is not running.

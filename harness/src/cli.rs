@@ -1287,7 +1287,6 @@ struct Target<'a> {
 }
 
 /// How a run is shown: its progress, and the table at the end.
-#[derive(Clone)]
 struct View {
     progress: Arc<progress::ProgressReporter>,
     /// Every column of the summary table.
