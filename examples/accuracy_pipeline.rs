@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use harness::{App, RunOptions};
 use harness_core::{Experiment, Step};
 use harness_llm::checks::AccuracyStep;
 
@@ -21,13 +22,19 @@ async fn main() -> Result<(), harness_core::BoxError> {
          benchmark: {{isl_osl: [[16, 8]]}}\n\
          deployment: {{mock: {{ttft_ms: 1, itl_ms: 1, answers: {data}/accuracy-mock-answers.jsonl}}}}\n"
     );
-    let exp = Arc::new(Experiment::from_yaml_str(&yaml, "accuracy_pipeline")?);
+    let exp = Experiment::from_yaml_str(&yaml, "accuracy_pipeline")?;
     let step = AccuracyStep::new(format!("{data}/accuracy.jsonl"))
         .max_tokens(32)
         .concurrency(8);
-    let steps: Vec<Arc<dyn Step>> = vec![Arc::new(step)];
+    let step: Arc<dyn Step> = Arc::new(step);
     let dir = std::env::temp_dir().join("harness-example-accuracy");
-    let (report, _run) = examples::run_against_mock(exp, steps, &dir).await?;
+    // Run it as `harness run` would (the mock deployment served in this process), with the
+    // step on every cell instead of the default benchmark.
+    let options = RunOptions::new()
+        .store(format!("file://{}", dir.display()))
+        .cell_step(step);
+    let outcome = App::default().run(exp, options).await?;
+    let (report, _run) = (outcome.report, outcome.run);
 
     let cell = &report.cells[0];
     let m = |k: &str| cell.metrics.get(k).copied().unwrap_or(f64::NAN);

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use harness::{App, RunOptions};
 use harness_core::{Experiment, Step};
 use harness_llm::tools::{AiperfParams, AiperfStep};
 
@@ -26,15 +27,21 @@ async fn main() -> Result<(), harness_core::BoxError> {
          tokenizer: {{path: {data}/tokenizer/tokenizer.json}}\n\
          load: {{requests: 24, extra_body: {{ignore_eos: true}}}}\n"
     );
-    let exp = Arc::new(Experiment::from_yaml_str(&yaml, "aiperf_sweep")?);
+    let exp = Experiment::from_yaml_str(&yaml, "aiperf_sweep")?;
     let step = AiperfStep::new(AiperfParams {
         program: Some(program),
         args: vec!["--no-server-metrics".into()],
         ..AiperfParams::default()
     });
-    let steps: Vec<Arc<dyn Step>> = vec![Arc::new(step)];
+    let step: Arc<dyn Step> = Arc::new(step);
     let dir = std::env::temp_dir().join("harness-example-aiperf");
-    let (report, _run) = examples::run_against_mock(exp, steps, &dir).await?;
+    // Run it as `harness run` would (the mock deployment served in this process), with the
+    // step on every cell instead of the default benchmark.
+    let options = RunOptions::new()
+        .store(format!("file://{}", dir.display()))
+        .cell_step(step);
+    let outcome = App::default().run(exp, options).await?;
+    let (report, _run) = (outcome.report, outcome.run);
 
     for cell in &report.cells {
         let m = |k: &str| cell.metrics.get(k).copied().unwrap_or(f64::NAN);

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use harness::{App, RunOptions};
 use harness_core::{ArtifactStoreExt, Experiment, Step};
 use harness_llm::checks::FunctionalStep;
 
@@ -20,13 +21,16 @@ deployment: {mock: {ttft_ms: 2, itl_ms: 1}}
 
 #[tokio::main]
 async fn main() -> Result<(), harness_core::BoxError> {
-    let exp = Arc::new(Experiment::from_yaml_str(
-        EXPERIMENT,
-        "functional_pipeline",
-    )?);
-    let steps: Vec<Arc<dyn Step>> = vec![Arc::new(FunctionalStep::new().parallel(32))];
+    let exp = Experiment::from_yaml_str(EXPERIMENT, "functional_pipeline")?;
+    let step: Arc<dyn Step> = Arc::new(FunctionalStep::new().parallel(32));
     let dir = std::env::temp_dir().join("harness-example-functional");
-    let (report, run) = examples::run_against_mock(exp, steps, &dir).await?;
+    // Run it as `harness run` would (the mock deployment served in this process), with the
+    // step on every cell instead of the default benchmark.
+    let options = RunOptions::new()
+        .store(format!("file://{}", dir.display()))
+        .cell_step(step);
+    let outcome = App::default().run(exp, options).await?;
+    let (report, run) = (outcome.report, outcome.run);
 
     let cell = &report.cells[0];
     // The step stored its table as an artifact of the cell: read it back.

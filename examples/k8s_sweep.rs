@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use harness_core::steps::deployment_steps;
+use harness_core::steps::DeploymentSteps;
 use harness_core::{CancellationToken, Experiment, Pipeline, RunContext, RunMode, Runner};
 use harness_k8s::{InClusterStep, K8sBackend};
 
@@ -63,7 +63,7 @@ async fn main() -> Result<(), harness_core::BoxError> {
         K8sBackend::new(client, exp.backend.namespace()).label("harness.dev/run", &run_id),
     );
     let pipeline = Pipeline::builder()
-        .deployment(deployment_steps(&exp)?)
+        .deployment(DeploymentSteps::for_experiment(&exp, None)?)
         .per_cell(InClusterStep::new(&store_url))
         .build()?;
     let store = harness_storage::open(&store_url)?;

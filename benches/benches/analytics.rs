@@ -14,7 +14,8 @@ use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field};
 use criterion::{Criterion, criterion_group, criterion_main};
 use harness_analytics::schema::records_schema;
-use harness_analytics::{CellStats, Distribution, Slo};
+use harness_analytics::{CellStats, Distribution};
+use harness_core::config::Slo;
 
 /// A records batch of `n` successful requests with one chunk gap each, built column by
 /// column (as an importer or the parquet reader would hand it over).
@@ -84,7 +85,8 @@ fn bench(c: &mut Criterion) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if smoke { 100_000 } else { 10_000_000 });
     let b = batch(n);
-    let slo = Slo::new(Some(40.0), Some(11.0), None);
+    let ms = std::time::Duration::from_millis;
+    let slo = Slo::new(Some(ms(40)), Some(ms(11)), None);
     let mut g = c.benchmark_group("analytics");
     g.sample_size(10);
     g.bench_function(format!("cell_stats_{n}_records"), |bench| {

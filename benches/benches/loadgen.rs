@@ -14,8 +14,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness_analytics::{CellStats as BenchSummary, Slo};
+use harness_analytics::CellStats as BenchSummary;
 use harness_core::CancellationToken;
+use harness_core::config::Slo;
 use harness_core::config::{EndpointType, MockDeployment};
 use harness_llm::client::{Client, ClientConfig};
 use harness_llm::load::{self, LoadSpec};
@@ -453,7 +454,7 @@ async fn mock_get(port: u16, path: &str) -> String {
 async fn per_request(
     synth: &PromptSynth,
     spec: &LoadSpec,
-    recs: &[harness_llm::client::RequestRecord],
+    recs: &[harness_llm::client::Record],
     epoch_ns: Option<u64>,
     port: u16,
 ) -> Wire {

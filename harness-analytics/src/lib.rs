@@ -27,7 +27,8 @@
 //! `.std`, `.p1`, `.p5`, `.p10`, `.p25`, `.p50`, `.p75`, `.p90`, `.p95`, `.p99`.
 //!
 //! ```
-//! use harness_analytics::{CellStats, Slo, record::{Record, TokenSource}};
+//! use harness_core::config::Slo;
+//! use harness_analytics::{CellStats, record::{Record, TokenSource}};
 //! let rec = Record::succeeded(0, 0, 20_000_000, 60_000_000, 5, TokenSource::Usage);
 //! let stats = CellStats::of(&[rec], &Slo::default())?;
 //! assert_eq!(stats.value("ttft.p50"), Some(20.0));
@@ -47,7 +48,7 @@ mod stats;
 pub mod table;
 
 pub use dist::{Distribution, PERCENTILES, STATS, percentile_sorted};
-pub use stats::{CellStats, Slo};
+pub use stats::CellStats;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

@@ -7,39 +7,13 @@ use std::collections::BTreeMap;
 use arrow_array::cast::AsArray;
 use arrow_array::types::UInt64Type;
 use arrow_array::{Array, RecordBatch};
+use harness_core::config::Slo;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::dist::Distribution;
 use crate::record::Record;
 use crate::table::{RecordColumns, records_batch};
-
-/// Service-level objectives for goodput, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct Slo {
-    /// Time to first token.
-    pub ttft_ms: Option<f64>,
-    /// Inter-token latency.
-    pub itl_ms: Option<f64>,
-    /// Request latency.
-    pub request_latency_ms: Option<f64>,
-}
-
-impl Slo {
-    /// Objectives from optional limits in milliseconds.
-    pub fn new(ttft_ms: Option<f64>, itl_ms: Option<f64>, request_latency_ms: Option<f64>) -> Self {
-        Slo {
-            ttft_ms,
-            itl_ms,
-            request_latency_ms,
-        }
-    }
-
-    fn is_set(&self) -> bool {
-        self.ttft_ms.is_some() || self.itl_ms.is_some() || self.request_latency_ms.is_some()
-    }
-}
 
 /// The statistics of one cell.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,11 +115,11 @@ impl Scalars {
             if slo.is_set() {
                 // A request with one output token has no ITL; it meets an ITL objective.
                 let itl_ok = slo
-                    .itl_ms
+                    .itl_ms()
                     .is_none_or(|l| value(c.itl_ms, i).is_none_or(|x| x <= l));
                 if itl_ok
-                    && within(slo.ttft_ms, value(c.ttft_ms, i))
-                    && within(slo.request_latency_ms, value(c.latency_ms, i))
+                    && within(slo.ttft_ms(), value(c.ttft_ms, i))
+                    && within(slo.request_latency_ms(), value(c.latency_ms, i))
                 {
                     out.good += 1;
                 }

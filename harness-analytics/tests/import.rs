@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use harness_analytics::CellStats;
 use harness_analytics::import::{self, Format, Imported};
 use harness_analytics::record::{ErrorKind, TokenSource};
-use harness_analytics::{CellStats, Slo};
+use harness_core::config::Slo;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -4,12 +4,13 @@
 use std::path::Path;
 
 use arrow_array::RecordBatch;
+use harness_analytics::CellStats;
 use harness_analytics::io::{from_parquet, to_parquet};
 use harness_analytics::record::{ErrorKind, Record, TokenSource};
 use harness_analytics::schema::{ParamType, SCHEMA_VERSION, records_schema, summary_schema};
 use harness_analytics::table::{CellRow, records_batch, records_from_batch, summary_batch};
-use harness_analytics::{CellStats, Slo};
 use harness_core::ParamValue;
+use harness_core::config::Slo;
 
 /// A schema as stable JSON: name, type, nullability and metadata of every field.
 fn describe(schema: &arrow_schema::Schema) -> serde_json::Value {
@@ -122,7 +123,7 @@ fn records_round_trip_through_parquet_with_units_and_version() {
     assert_eq!(field.metadata().get("unit").map(String::as_str), Some("ms"));
     assert_eq!(records_from_batch(&back).expect("records"), records);
 
-    let slo = Slo::new(Some(25.0), None, None);
+    let slo = Slo::new(Some(std::time::Duration::from_millis(25)), None, None);
     let direct = CellStats::of(&records, &slo).expect("stats");
     let from_file = CellStats::of_batch(&back, &slo).expect("stats");
     assert_eq!(direct, from_file);

@@ -52,7 +52,10 @@ fn cluster() -> FakeApiServer {
 fn in_cluster_pipeline(exp: &Experiment, store_url: &str) -> Pipeline {
     let program = std::path::PathBuf::from(env!("CARGO_BIN_EXE_harness"));
     Pipeline::builder()
-        .deployment(harness_llm::deployment_steps(exp, &program).expect("deployment"))
+        .deployment(
+            harness_core::steps::DeploymentSteps::for_experiment(exp, Some(&program))
+                .expect("deployment"),
+        )
         .per_cell(InClusterStep::new(store_url))
         .build()
         .expect("pipeline")

@@ -361,7 +361,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn name(&self) -> &str;
     /// What `workload` deployed, for the run's records (images, GPU requests, replicas, as
     /// the backend knows them); `Null` when it has nothing to add.
-    async fn describe(&self, _workload: &Workload) -> Result<serde_json::Value> {
+    async fn details(&self, _workload: &Workload) -> Result<serde_json::Value> {
         Ok(serde_json::Value::Null)
     }
 }

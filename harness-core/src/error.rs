@@ -111,6 +111,16 @@ impl Error {
         }
     }
 
+    /// A [`Error::Failed`] caused by `source`, which is kept (its message is the reason).
+    pub fn failed_from(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        let source = source.into();
+        Error::Failed {
+            context: context.into(),
+            reason: source.to_string(),
+            source: Some(source),
+        }
+    }
+
     /// A [`Error::Transient`] from any error.
     pub fn transient(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Error::Transient {

@@ -246,9 +246,7 @@ impl Runner {
                     plan: plan.cells().iter().map(|c| c.id.clone()).collect(),
                     host: tokio::task::spawn_blocking(HostInfo::current)
                         .await
-                        .map_err(|e| {
-                            Error::failed("reading the host's description", e.to_string())
-                        })?,
+                        .map_err(|e| Error::failed_from("reading the host's description", e))?,
                     created_at: timestamp(SystemTime::now()),
                     status: RunStatus::Running,
                     sessions: vec![Session {
@@ -267,7 +265,7 @@ impl Runner {
                     teardown_errors: Vec::new(),
                 };
                 let data = serde_json::to_vec_pretty(&manifest)
-                    .map_err(|e| Error::failed("encoding the manifest", e.to_string()))?;
+                    .map_err(|e| Error::failed_from("encoding the manifest", e))?;
                 store
                     .put_if_absent(&layout.manifest(), Bytes::from(data))
                     .await?;

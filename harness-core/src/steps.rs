@@ -23,16 +23,16 @@ use crate::step::{Step, StepContext, StepOutput};
 /// step stores the workload's log as the artifact `<step>/workload.log`, then tears it down;
 /// it runs even when deploying failed midway.
 #[derive(Debug, Clone)]
-pub struct Deployment {
+pub struct ManagedWorkload {
     spec: WorkloadSpec,
     ready_timeout: Duration,
     slot: Arc<Mutex<Option<Workload>>>,
 }
 
-impl Deployment {
+impl ManagedWorkload {
     /// A deployment of `spec` that must become ready within `ready_timeout`.
     pub fn new(spec: WorkloadSpec, ready_timeout: Duration) -> Self {
-        Deployment {
+        ManagedWorkload {
             spec,
             ready_timeout,
             slot: Arc::default(),
@@ -54,9 +54,9 @@ impl Deployment {
     }
 }
 
-/// Launches a [`Deployment`] and waits until it is ready.
+/// Launches a [`ManagedWorkload`] and waits until it is ready.
 #[derive(Debug)]
-pub struct DeployStep(Deployment);
+pub struct DeployStep(ManagedWorkload);
 
 #[async_trait]
 impl Step for DeployStep {
@@ -80,10 +80,10 @@ impl Step for DeployStep {
             .await?;
         let mut out = StepOutput::new().metric("deploy.ready_s", start.elapsed().as_secs_f64());
         // What was deployed (images, GPUs, replicas), kept with the run.
-        let deployed = cx.backend().describe(&workload).await?;
+        let deployed = cx.backend().details(&workload).await?;
         if !deployed.is_null() {
             let json = serde_json::to_vec_pretty(&deployed)
-                .map_err(|e| Error::failed("encoding the deployment", e.to_string()))?;
+                .map_err(|e| Error::failed_from("encoding the deployment", e))?;
             out = out.artifact(cx.artifacts().put("deployed.json", json.into()).await?);
         }
         if let Some(ep) = endpoint {
@@ -94,9 +94,9 @@ impl Step for DeployStep {
     }
 }
 
-/// Collects the log of a [`Deployment`] and tears it down.
+/// Collects the log of a [`ManagedWorkload`] and tears it down.
 #[derive(Debug)]
-pub struct UndeployStep(Deployment);
+pub struct UndeployStep(ManagedWorkload);
 
 #[async_trait]
 impl Step for UndeployStep {
@@ -179,63 +179,85 @@ pub struct DeploymentSteps {
     pub teardown: Option<Arc<dyn Step>>,
 }
 
-/// The setup and teardown steps for an experiment's `deployment` section.
-///
-/// # Errors
-/// [`Error::InvalidInput`] when the deployment's URL is invalid.
-pub fn deployment_steps(exp: &Experiment) -> Result<DeploymentSteps> {
-    let ready = exp.policy.ready_timeout.get();
-    match &exp.deployment {
-        DeploymentConfig::Url { url, health, .. } => Ok(DeploymentSteps {
-            setup: Arc::new(WaitReadyStep::new(
-                Endpoint::new(url)?,
-                health.clone(),
-                ready,
-            )),
-            teardown: None,
-        }),
-        DeploymentConfig::Command(c) => {
-            let readiness = match &c.health {
-                Some(path) => Readiness::Http { path: path.clone() },
-                None => Readiness::Tcp,
-            };
-            let mut spec = WorkloadSpec::process("deployment", c.command.clone())
-                .serving(c.port.unwrap_or(0), readiness);
-            for (k, v) in &c.env {
-                spec = spec.env(k, v);
+impl DeploymentSteps {
+    /// Steps of your own: `setup` shares the deployment's [`Endpoint`] in the run's
+    /// resources; `teardown`, when given, runs at the end even when setup failed.
+    pub fn new(setup: Arc<dyn Step>, teardown: Option<Arc<dyn Step>>) -> Self {
+        DeploymentSteps { setup, teardown }
+    }
+
+    /// The setup and teardown steps for an experiment's `deployment` section. A mock
+    /// deployment (`deployment: {mock: ...}`) runs `<mock_program> mock` as a process (see
+    /// [`MockDeployment::command`](crate::config::MockDeployment::command)); the `harness`
+    /// program serves it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the deployment's URL is invalid, its manifests cannot
+    /// be read, or it is a mock and `mock_program` is `None`.
+    pub fn for_experiment(exp: &Experiment, mock_program: Option<&Path>) -> Result<Self> {
+        let ready = exp.policy.ready_timeout.get();
+        match &exp.deployment {
+            DeploymentConfig::Url { url, health, .. } => Ok(DeploymentSteps {
+                setup: Arc::new(WaitReadyStep::new(
+                    Endpoint::new(url)?,
+                    health.clone(),
+                    ready,
+                )),
+                teardown: None,
+            }),
+            DeploymentConfig::Command(c) => {
+                let readiness = match &c.health {
+                    Some(path) => Readiness::Http { path: path.clone() },
+                    None => Readiness::Tcp,
+                };
+                let mut spec = WorkloadSpec::process("deployment", c.command.clone())
+                    .serving(c.port.unwrap_or(0), readiness);
+                for (k, v) in &c.env {
+                    spec = spec.env(k, v);
+                }
+                if let Some(dir) = &c.cwd {
+                    spec = spec.cwd(dir);
+                }
+                Ok(DeploymentSteps::for_workload(spec, ready))
             }
-            if let Some(dir) = &c.cwd {
-                spec = spec.cwd(dir);
+            DeploymentConfig::Manifests { manifests, .. } => {
+                let yaml = exp
+                    .deployment
+                    .manifests_yaml()
+                    .unwrap_or_else(|| Ok(String::new()))
+                    .map_err(|e| {
+                        Error::invalid(
+                            "deployment.manifests",
+                            format!("cannot read `{manifests}`: {e}"),
+                        )
+                    })?;
+                let spec =
+                    WorkloadSpec::manifests("deployment", yaml).serving(0, Readiness::Running);
+                Ok(DeploymentSteps::for_workload(spec, ready))
             }
-            Ok(DeploymentSteps::for_workload(spec, ready))
-        }
-        DeploymentConfig::Manifests { manifests, .. } => {
-            let yaml = exp
-                .deployment
-                .manifests_yaml()
-                .unwrap_or_else(|| Ok(String::new()))
-                .map_err(|e| {
+            DeploymentConfig::Mock(cfg) => {
+                let program = mock_program.ok_or_else(|| {
                     Error::invalid(
-                        "deployment.manifests",
-                        format!("cannot read `{manifests}`: {e}"),
+                        "deployment.mock",
+                        "starting the mock needs the program that serves it (`harness mock`): \
+                         pass it to DeploymentSteps::for_experiment",
                     )
                 })?;
-            let spec = WorkloadSpec::manifests("deployment", yaml).serving(0, Readiness::Running);
-            Ok(DeploymentSteps::for_workload(spec, ready))
+                let spec = WorkloadSpec::process("mock", cfg.command(program)).serving(
+                    0,
+                    Readiness::Http {
+                        path: "/health".into(),
+                    },
+                );
+                Ok(DeploymentSteps::for_workload(spec, ready))
+            }
         }
-        DeploymentConfig::Mock(_) => Err(Error::NotSupported {
-            what: "starting the mock deployment from harness-core; \
-                   `harness_llm::deployment_steps` starts it"
-                .into(),
-        }),
     }
-}
 
-impl DeploymentSteps {
     /// Steps that launch `spec` through the backend, wait up to `ready_timeout`, and tear
     /// it down at the end.
     pub fn for_workload(spec: WorkloadSpec, ready_timeout: Duration) -> Self {
-        let d = Deployment::new(spec, ready_timeout);
+        let d = ManagedWorkload::new(spec, ready_timeout);
         DeploymentSteps {
             setup: Arc::new(d.deploy_step()),
             teardown: Some(Arc::new(d.teardown_step())),
@@ -404,7 +426,7 @@ async fn out_dir(cx: &StepContext, step: &str) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("harness-out-{}-{n}-{safe}", std::process::id()));
     tokio::fs::create_dir_all(&dir)
         .await
-        .map_err(|e| Error::failed(format!("creating {}", dir.display()), e.to_string()))?;
+        .map_err(|e| Error::failed_from(format!("creating {}", dir.display()), e))?;
     Ok(dir)
 }
 
@@ -446,7 +468,7 @@ async fn keep_files(cx: &StepContext, dir: &Path, mut out: StepOutput) -> Result
     let d = dir.to_path_buf();
     let files = tokio::task::spawn_blocking(move || files_under(&d))
         .await
-        .map_err(|e| Error::failed("listing the command's files", e.to_string()))?;
+        .map_err(|e| Error::failed_from("listing the command's files", e))?;
     for (rel, path, len) in files {
         if len > MAX_KEPT_FILE {
             out = out.note(format!("{rel} ({len} bytes) is too big to keep"));
@@ -454,7 +476,7 @@ async fn keep_files(cx: &StepContext, dir: &Path, mut out: StepOutput) -> Result
         }
         let bytes = tokio::fs::read(&path)
             .await
-            .map_err(|e| Error::failed(format!("reading {}", path.display()), e.to_string()))?;
+            .map_err(|e| Error::failed_from(format!("reading {}", path.display()), e))?;
         out = out.artifact(
             cx.artifacts()
                 .put(&format!("out/{rel}"), bytes.into())

@@ -147,7 +147,7 @@ pub trait ArtifactStoreExt: ArtifactStore {
     /// Writes `value` as pretty JSON.
     async fn put_json<T: Serialize + Sync>(&self, key: &ArtifactKey, value: &T) -> Result<()> {
         let data = serde_json::to_vec_pretty(value)
-            .map_err(|e| Error::failed(format!("encoding `{key}` as JSON"), e.to_string()))?;
+            .map_err(|e| Error::failed_from(format!("encoding `{key}` as JSON"), e))?;
         self.put(key, Bytes::from(data)).await
     }
 
@@ -155,7 +155,7 @@ pub trait ArtifactStoreExt: ArtifactStore {
     async fn get_json<T: for<'de> Deserialize<'de>>(&self, key: &ArtifactKey) -> Result<T> {
         let data = self.get(key).await?;
         serde_json::from_slice(&data)
-            .map_err(|e| Error::failed(format!("decoding `{key}` as JSON"), e.to_string()))
+            .map_err(|e| Error::failed_from(format!("decoding `{key}` as JSON"), e))
     }
 
     /// Whether `key` exists.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness_core::steps::deployment_steps;
+use harness_core::steps::DeploymentSteps;
 use harness_core::testkit::{BackendFixtures, backend_conformance, run_new};
 use harness_core::*;
 
@@ -185,7 +185,8 @@ async fn run_with(
     extra_cell_steps: Vec<Arc<dyn Step>>,
 ) -> (RunReport, MemoryStore) {
     let store = MemoryStore::new();
-    let mut b = Pipeline::builder().deployment(deployment_steps(exp).expect("deployment steps"));
+    let mut b = Pipeline::builder()
+        .deployment(DeploymentSteps::for_experiment(exp, None).expect("deployment steps"));
     for s in extra_cell_steps {
         b = b.add(Stage::Cell, s, None);
     }

@@ -309,7 +309,7 @@ fn kube_error(what: &str, e: kube::Error) -> Error {
             what: format!("{what}: {}", s.message),
         },
         kube::Error::Api(s) if s.code >= 500 || s.code == 429 => Error::transient(what, e),
-        kube::Error::Api(_) => Error::failed(what, e.to_string()),
+        kube::Error::Api(_) => Error::failed_from(what, e),
         _ => Error::transient(what, e),
     }
 }
@@ -644,8 +644,8 @@ impl Backend for K8sBackend {
             .get(name)
             .await
             .map_err(|e| kube_error(&format!("reading {} {name}", ar.kind), e))?;
-        let value = serde_json::to_value(&obj)
-            .map_err(|e| Error::failed("reading the object", e.to_string()))?;
+        let value =
+            serde_json::to_value(&obj).map_err(|e| Error::failed_from("reading the object", e))?;
         let state = object_state(&ar.kind, &value, l.endpoint.clone());
         if (matches!(state, WorkloadStatus::Pending) || ar.kind == "Job")
             && let Some(reason) = self.pod_failure(&workload.id).await?
@@ -717,7 +717,7 @@ impl Backend for K8sBackend {
         "kubernetes"
     }
 
-    async fn describe(&self, workload: &Workload) -> Result<serde_json::Value> {
+    async fn details(&self, workload: &Workload) -> Result<serde_json::Value> {
         let objects = self.deployed(workload);
         let gpus: u64 = objects
             .iter()

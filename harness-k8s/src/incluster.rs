@@ -235,7 +235,7 @@ pub fn to_yaml(objects: &[Value]) -> Result<String> {
         .iter()
         .map(|o| {
             serde_saphyr::to_string(o)
-                .map_err(|e| Error::failed("writing manifests as YAML", e.to_string()))
+                .map_err(|e| Error::failed_from("writing manifests as YAML", e))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(docs.join("---\n"))
@@ -360,7 +360,7 @@ async fn merge_shards(cx: &StepContext, cell: &Cell, clients: u32) -> Result<Ste
             harness_analytics::table::records_from_batch(&batch)
         })
         .await
-        .map_err(|e| Error::failed("reading shard records", e.to_string()))??;
+        .map_err(|e| Error::failed_from("reading shard records", e))??;
         all.extend(records);
     }
     if found == 0 {
@@ -375,18 +375,14 @@ async fn merge_shards(cx: &StepContext, cell: &Cell, clients: u32) -> Result<Ste
         r.index = i as u64;
     }
     let exp = cx.experiment();
-    let slo = harness_analytics::Slo::new(
-        exp.slo.ttft.map(|d| d.get().as_secs_f64() * 1e3),
-        exp.slo.itl.map(|d| d.get().as_secs_f64() * 1e3),
-        exp.slo.request_latency.map(|d| d.get().as_secs_f64() * 1e3),
-    );
+    let slo = exp.slo.clone();
     let (stats, parquet) = tokio::task::spawn_blocking(move || {
         let batch = harness_analytics::table::records_batch(&all)?;
         let stats = harness_analytics::CellStats::of_batch(&batch, &slo)?;
         Ok::<_, harness_analytics::Error>((stats, harness_analytics::io::to_parquet(&batch)?))
     })
     .await
-    .map_err(|e| Error::failed("merging shard records", e.to_string()))??;
+    .map_err(|e| Error::failed_from("merging shard records", e))??;
     let records_key = layout.cell_records(&cell.id);
     cx.store().put(&records_key, parquet).await?;
     let stats_key = layout.cell_stats(&cell.id);

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness_core::steps::deployment_steps;
+use harness_core::steps::DeploymentSteps;
 use harness_core::{
     Endpoint, Experiment, MemoryStore, Pipeline, RunStatus, StepOutput, step_fn, testkit::run_new,
 };
@@ -66,7 +66,7 @@ async fn run_on(
 /// A pipeline whose cells record the endpoint they were given.
 fn pipeline(exp: &Experiment, seen: Arc<Mutex<Vec<String>>>) -> Pipeline {
     Pipeline::builder()
-        .deployment(deployment_steps(exp).expect("deployment steps"))
+        .deployment(DeploymentSteps::for_experiment(exp, None).expect("deployment steps"))
         .per_cell(step_fn("probe", move |cx| {
             let seen = seen.clone();
             async move {

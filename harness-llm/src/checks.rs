@@ -44,7 +44,7 @@ fn http(timeout: Duration) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(timeout)
         .build()
-        .map_err(|e| Error::failed("http client", e.to_string()))
+        .map_err(|e| Error::failed_from("http client", e))
 }
 
 async fn post(
@@ -377,7 +377,7 @@ impl Step for FunctionalStep {
         .await;
         let failed: Vec<&CheckResult> = results.iter().filter(|r| !r.passed).collect();
         let json = serde_json::to_vec_pretty(&results)
-            .map_err(|e| Error::failed("encoding the checks", e.to_string()))?;
+            .map_err(|e| Error::failed_from("encoding the checks", e))?;
         let key = cx
             .artifacts()
             .put("functional.json", Bytes::from(json))
@@ -437,18 +437,17 @@ impl Item {
     /// Whether `reply` is right.
     ///
     /// # Errors
-    /// A bad regular expression or a non-numeric `expected` for `numeric`.
-    pub fn score(&self, reply: &str) -> std::result::Result<bool, String> {
+    /// [`crate::Error::Invalid`] for a bad regular expression or a non-numeric `expected`
+    /// for `numeric`.
+    pub fn score(&self, reply: &str) -> crate::Result<bool> {
         let reply = reply.trim();
         Ok(match self.scorer {
             Scorer::Exact => reply.eq_ignore_ascii_case(self.expected.trim()),
             Scorer::Regex => compile(&self.expected)?.is_match(reply),
             Scorer::Numeric => {
-                let want: f64 = self
-                    .expected
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("expected `{}` is not a number", self.expected))?;
+                let want: f64 = self.expected.trim().parse().map_err(|_| {
+                    crate::Error::invalid(format!("expected `{}`", self.expected), "not a number")
+                })?;
                 first_number(reply).is_some_and(|got| (got - want).abs() <= self.tolerance)
             }
             Scorer::Choice => {
@@ -468,11 +467,11 @@ fn reply_text(kind: EndpointType, v: &Value) -> Option<&str> {
 
 /// `pattern` compiled as a case-insensitive regular expression (the `regex` crate's
 /// syntax), found anywhere in the reply unless anchored.
-fn compile(pattern: &str) -> std::result::Result<regex::Regex, String> {
+fn compile(pattern: &str) -> crate::Result<regex::Regex> {
     regex::RegexBuilder::new(pattern)
         .case_insensitive(true)
         .build()
-        .map_err(|e| format!("`expected` is not a regular expression: {e}"))
+        .map_err(|e| crate::Error::invalid("`expected`", format!("not a regular expression: {e}")))
 }
 
 fn first_number(s: &str) -> Option<f64> {
@@ -547,7 +546,7 @@ pub fn load_items(path: &std::path::Path) -> std::result::Result<Vec<Item>, Stri
                 return Err(at("a numeric item needs a number as `expected`".into()));
             }
             Scorer::Regex => {
-                compile(&item.expected).map_err(at)?;
+                compile(&item.expected).map_err(|e| at(e.to_string()))?;
             }
             Scorer::Choice
                 if !matches!(
@@ -666,7 +665,7 @@ impl Step for AccuracyStep {
         let path = self.dataset.clone();
         let items = tokio::task::spawn_blocking(move || load_items(&path))
             .await
-            .map_err(|e| Error::failed("reading the dataset", e.to_string()))?
+            .map_err(|e| Error::failed_from("reading the dataset", e))?
             .map_err(|e| Error::invalid("accuracy dataset", e))?;
         // The experiment's endpoint and API flavour, as the load generator uses them.
         let exp = cx.experiment();
@@ -681,7 +680,7 @@ impl Step for AccuracyStep {
             "correct": report.correct, "errors": report.errors, "accuracy": report.accuracy,
             "ci95": [lo, hi], "results": report.items});
         let json = serde_json::to_vec_pretty(&doc)
-            .map_err(|e| Error::failed("encoding accuracy", e.to_string()))?;
+            .map_err(|e| Error::failed_from("encoding accuracy", e))?;
         let key = cx
             .artifacts()
             .put("accuracy.json", Bytes::from(json))
@@ -964,12 +963,11 @@ pub async fn accuracy(
     let mut rows = Vec::with_capacity(items.len());
     let (mut correct, mut errors) = (0usize, 0usize);
     while let Some(joined) = set.join_next().await {
-        let (index, item, reply) =
-            joined.map_err(|e| Error::failed("accuracy request", e.to_string()))?;
+        let (index, item, reply) = joined.map_err(|e| Error::failed_from("accuracy request", e))?;
         let (ok, reply, error) = match reply {
             Ok(r) => match item.score(&r) {
                 Ok(ok) => (ok, r, None),
-                Err(e) => (false, r, Some(e)),
+                Err(e) => (false, r, Some(e.to_string())),
             },
             Err(e) => {
                 errors += 1;
@@ -1018,38 +1016,55 @@ mod tests {
     #[test]
     fn scorers() {
         assert_eq!(
-            item("Paris", Scorer::Exact, 0.0).score(" paris \n"),
-            Ok(true)
+            item("Paris", Scorer::Exact, 0.0).score(" paris \n").ok(),
+            Some(true)
         );
         assert_eq!(
-            item("Paris", Scorer::Exact, 0.0).score("It is Paris"),
-            Ok(false)
+            item("Paris", Scorer::Exact, 0.0).score("It is Paris").ok(),
+            Some(false)
         );
         assert_eq!(
-            item("^yes|^sure", Scorer::Regex, 0.0).score("Sure thing"),
-            Ok(true)
+            item("^yes|^sure", Scorer::Regex, 0.0)
+                .score("Sure thing")
+                .ok(),
+            Some(true)
         );
         // A real regular expression: classes, repetition, groups.
         let re = item(r"\b(?:forty[- ]two|42)\b", Scorer::Regex, 0.0);
-        assert_eq!(re.score("It is Forty-two."), Ok(true));
-        assert_eq!(re.score("It is 420."), Ok(false));
-        assert_eq!(item("a+b", Scorer::Regex, 0.0).score("xaaab"), Ok(true));
+        assert_eq!(re.score("It is Forty-two.").ok(), Some(true));
+        assert_eq!(re.score("It is 420.").ok(), Some(false));
+        assert_eq!(
+            item("a+b", Scorer::Regex, 0.0).score("xaaab").ok(),
+            Some(true)
+        );
         assert!(item("(unclosed", Scorer::Regex, 0.0).score("x").is_err());
         assert_eq!(
-            item("42", Scorer::Numeric, 0.0).score("The answer is 42."),
-            Ok(true)
+            item("42", Scorer::Numeric, 0.0)
+                .score("The answer is 42.")
+                .ok(),
+            Some(true)
         );
         assert_eq!(
-            item("3.14", Scorer::Numeric, 0.01).score("about 3.141"),
-            Ok(true)
+            item("3.14", Scorer::Numeric, 0.01)
+                .score("about 3.141")
+                .ok(),
+            Some(true)
         );
-        assert_eq!(item("3.14", Scorer::Numeric, 0.0).score("3.2"), Ok(false));
-        assert_eq!(item("-7", Scorer::Numeric, 0.0).score("-7"), Ok(true));
         assert_eq!(
-            item("B", Scorer::Choice, 0.0).score("The answer is (B) because"),
-            Ok(true)
+            item("3.14", Scorer::Numeric, 0.0).score("3.2").ok(),
+            Some(false)
         );
-        assert_eq!(item("B", Scorer::Choice, 0.0).score("C"), Ok(false));
+        assert_eq!(
+            item("-7", Scorer::Numeric, 0.0).score("-7").ok(),
+            Some(true)
+        );
+        assert_eq!(
+            item("B", Scorer::Choice, 0.0)
+                .score("The answer is (B) because")
+                .ok(),
+            Some(true)
+        );
+        assert_eq!(item("B", Scorer::Choice, 0.0).score("C").ok(), Some(false));
         // Tricky replies: articles, lower case, explicit forms, option lists.
         for (reply, chosen) in [
             ("a good answer is B", "B"),

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, RequestRecord};
+use crate::client::{Client, Record};
 use crate::clock::Clock;
 use crate::prompts::PromptSynth;
 
@@ -61,10 +61,13 @@ impl Dataset {
     /// Reads a JSON-lines file (blocking).
     ///
     /// # Errors
-    /// A message naming the file and line of the first bad entry, or an empty file.
-    pub fn load(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    /// [`Error::Invalid`](crate::Error::Invalid) naming the file and line of the first bad
+    /// entry, or an empty file; [`Error::Read`](crate::Error::Read) when it cannot be read.
+    pub fn load(path: &std::path::Path) -> crate::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| crate::Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -72,7 +75,7 @@ impl Dataset {
     ///
     /// # Errors
     /// As [`Dataset::load`].
-    pub fn parse(text: &str, source: &str) -> Result<Self, String> {
+    pub fn parse(text: &str, source: &str) -> crate::Result<Self> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Line {
@@ -85,18 +88,18 @@ impl Dataset {
             if line.trim().is_empty() {
                 continue;
             }
-            let l: Line =
-                serde_json::from_str(line).map_err(|e| format!("{source}:{}: {e}", i + 1))?;
+            let l: Line = serde_json::from_str(line)
+                .map_err(|e| crate::Error::invalid(format!("{source}:{}", i + 1), e.to_string()))?;
             if l.output_tokens == Some(0) {
-                return Err(format!(
-                    "{source}:{}: output_tokens must be at least 1",
-                    i + 1
+                return Err(crate::Error::invalid(
+                    format!("{source}:{}", i + 1),
+                    "output_tokens must be at least 1",
                 ));
             }
             entries.push((l.prompt, l.output_tokens));
         }
         if entries.is_empty() {
-            return Err(format!("{source}: no prompts"));
+            return Err(crate::Error::invalid(source, "no prompts"));
         }
         Ok(Dataset { entries })
     }
@@ -212,7 +215,7 @@ pub async fn run(
     synth: &PromptSynth,
     spec: &LoadSpec,
     cancel: &CancellationToken,
-) -> Vec<RequestRecord> {
+) -> Vec<Record> {
     let epoch = Instant::now();
     let total = spec.total();
     // A duration too long to add to the clock has no deadline in practice.
@@ -221,7 +224,7 @@ pub async fn run(
     // Arrivals and ramp steps need better than tokio's millisecond timer.
     let clock = Arc::new(Clock::default());
     let synth = Arc::new(synth.clone());
-    let mut tasks: JoinSet<Vec<RequestRecord>> = JoinSet::new();
+    let mut tasks: JoinSet<Vec<Record>> = JoinSet::new();
     let one = move |index: u64, client: Client, synth: Arc<PromptSynth>, spec: LoadSpec| async move {
         let (prompt, isl, osl) = spec.request(&synth, index);
         client

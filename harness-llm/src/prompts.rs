@@ -12,6 +12,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tiktoken_rs::CoreBPE;
 
+use crate::error::{Error, Result};
+
 const WORDS: &str = "the of and to in is was for that on with as by at from his her they this \
 be are or an but not were which have had one all their there been has more when who will no \
 if out so said what up its about into than them can only other new some could time these two \
@@ -46,8 +48,8 @@ impl PromptSynth {
     /// A synthesiser for a built-in encoding.
     ///
     /// # Errors
-    /// A message naming the known encodings when `encoding` is not one.
-    pub fn new(encoding: &str) -> Result<Self, String> {
+    /// [`Error::Tokenizer`] naming the known encodings when `encoding` is not one.
+    pub fn new(encoding: &str) -> Result<Self> {
         let bpe = load(encoding)?;
         let mut words: Vec<&'static str> = WORDS
             .split_whitespace()
@@ -56,7 +58,11 @@ impl PromptSynth {
         words.sort_unstable();
         words.dedup();
         if words.len() < 64 {
-            return Err(format!("too few single-token words in `{encoding}`"));
+            return Err(Error::tokenizer(
+                encoding,
+                "too few single-token words",
+                None,
+            ));
         }
         Ok(PromptSynth {
             encoding: encoding.to_owned(),
@@ -68,21 +74,37 @@ impl PromptSynth {
     /// `tokenizer.json:<path>`.
     ///
     /// # Errors
-    /// A message naming the file when it cannot be read, or when the tokenizer does not
-    /// split text at spaces (so a prompt of exact length cannot be built from words).
-    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
-        let tok = HfTokenizer::open(path)?;
+    /// [`Error::Tokenizer`] naming the file when it cannot be read, or when the tokenizer
+    /// does not split text at spaces (so a prompt of exact length cannot be built from
+    /// words).
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        #[cfg(feature = "hf-tokenizers")]
+        return Self::from_tokenizer(&HfTokenizer::open(path)?, path);
+        #[cfg(not(feature = "hf-tokenizers"))]
+        Err(Error::tokenizer(
+            path.display().to_string(),
+            "this program was built without harness-llm's `hf-tokenizers` feature; \
+             use a built-in encoding (`tokenizer: {name: cl100k_base}`)",
+            None,
+        ))
+    }
+
+    #[cfg(feature = "hf-tokenizers")]
+    fn from_tokenizer(tok: &HfTokenizer, path: &std::path::Path) -> Result<Self> {
         let mut words: Vec<&'static str> = WORDS
             .split_whitespace()
-            .filter(|w| tok.count(&format!(" {w}")) == Ok(1))
+            .filter(|w| tok.count(&format!(" {w}")).is_ok_and(|n| n == 1))
             .collect();
         words.sort_unstable();
         words.dedup();
         if words.len() < 16 {
-            return Err(format!(
-                "{}: too few common English words are one token each in this tokenizer ({})",
-                path.display(),
-                words.len()
+            return Err(Error::tokenizer(
+                path.display().to_string(),
+                format!(
+                    "too few common English words are one token each ({})",
+                    words.len()
+                ),
+                None,
             ));
         }
         let s = PromptSynth {
@@ -93,9 +115,12 @@ impl PromptSynth {
         let sample = s.prompt(512, 1);
         let n = tok.count(&sample)?;
         if n != 512 {
-            return Err(format!(
-                "{}: 512 single-token words encode to {n} tokens; this tokenizer merges across spaces",
-                path.display()
+            return Err(Error::tokenizer(
+                path.display().to_string(),
+                format!(
+                    "512 single-token words encode to {n} tokens; this tokenizer merges across spaces"
+                ),
+                None,
             ));
         }
         Ok(s)
@@ -119,31 +144,39 @@ impl PromptSynth {
 }
 
 /// Loads a built-in encoding (not a process-wide singleton: dropped after use).
-fn load(encoding: &str) -> Result<CoreBPE, String> {
+fn load(encoding: &str) -> Result<CoreBPE> {
     match encoding {
         "cl100k_base" => tiktoken_rs::cl100k_base(),
         "o200k_base" => tiktoken_rs::o200k_base(),
-        other => {
-            return Err(format!(
-                "unknown tokenizer encoding `{other}`; built in: {}",
-                ENCODINGS.join(", ")
+        _ => {
+            return Err(Error::tokenizer(
+                encoding,
+                format!("unknown encoding; built in: {}", ENCODINGS.join(", ")),
+                None,
             ));
         }
     }
-    .map_err(|e| format!("loading the `{encoding}` encoding: {e}"))
+    .map_err(|e| Error::tokenizer(encoding, "cannot load the encoding", Some(e.into())))
 }
 
 /// A Hugging Face tokenizer read from a `tokenizer.json` file.
+#[cfg(feature = "hf-tokenizers")]
 pub(crate) struct HfTokenizer {
     inner: tokenizers::Tokenizer,
     path: std::path::PathBuf,
 }
 
+#[cfg(feature = "hf-tokenizers")]
 impl HfTokenizer {
     /// Reads `path`.
-    pub(crate) fn open(path: &std::path::Path) -> Result<Self, String> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| format!("{}: not a readable tokenizer.json: {e}", path.display()))?;
+    pub(crate) fn open(path: &std::path::Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+            Error::tokenizer(
+                path.display().to_string(),
+                "not a readable tokenizer.json",
+                Some(e),
+            )
+        })?;
         Ok(HfTokenizer {
             inner,
             path: path.to_owned(),
@@ -151,11 +184,13 @@ impl HfTokenizer {
     }
 
     /// Tokens in `text`, without special tokens.
-    pub(crate) fn count(&self, text: &str) -> Result<usize, String> {
+    pub(crate) fn count(&self, text: &str) -> Result<usize> {
         self.inner
             .encode(text, false)
             .map(|e| e.len())
-            .map_err(|e| format!("{}: encoding failed: {e}", self.path.display()))
+            .map_err(|e| {
+                Error::tokenizer(self.path.display().to_string(), "encoding failed", Some(e))
+            })
     }
 }
 
@@ -163,8 +198,8 @@ impl HfTokenizer {
 /// not for hot paths.
 ///
 /// # Errors
-/// When `encoding` is not built in.
-pub fn count_tokens(encoding: &str, text: &str) -> Result<usize, String> {
+/// [`Error::Tokenizer`] when `encoding` is not built in.
+pub fn count_tokens(encoding: &str, text: &str) -> Result<usize> {
     Ok(load(encoding)?.encode_ordinary(text).len())
 }
 
@@ -198,6 +233,7 @@ mod tests {
         assert!(
             PromptSynth::new("gpt2-ish")
                 .expect_err("unknown")
+                .to_string()
                 .contains("cl100k_base")
         );
     }

@@ -1,25 +1,19 @@
 //! [`BenchmarkStep`]: one cell of load against the endpoint the deployment shared, with its
-//! records and statistics stored; and the deployment steps, including the mock server.
+//! records and statistics stored.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use harness_core::config::{Deployment, MockDeployment};
 use harness_core::pipeline::{StepFactory, StepSource};
-use harness_core::steps::DeploymentSteps;
-use harness_core::{
-    ArtifactStoreExt, Endpoint, Error, Readiness, Result, Step, StepContext, StepOutput,
-    WorkloadSpec,
-};
+use harness_core::{ArtifactStoreExt, Endpoint, Error, Result, Step, StepContext, StepOutput};
 use serde::Deserialize;
 
-use crate::client::{Client, ClientConfig, RequestRecord};
+use crate::client::{Client, ClientConfig, Record};
 use crate::load::{self, LoadSpec};
 use crate::prompts::PromptSynth;
+use harness_analytics::CellStats;
 use harness_analytics::io::to_parquet;
 use harness_analytics::table::records_batch;
-use harness_analytics::{CellStats, Slo};
 
 /// Runs one cell of load: concurrency or request rate, ISL and OSL from the cell's
 /// parameters; everything else from the experiment (`model`, `endpoint`, `endpoint_type`,
@@ -70,10 +64,8 @@ fn synth_key(tokenizer: Option<&harness_core::config::Tokenizer>) -> String {
 /// Builds the prompt synthesiser for `tokenizer` (blocking: reads tokenizer tables).
 fn build_synth(tokenizer: Option<&harness_core::config::Tokenizer>) -> Result<PromptSynth> {
     match tokenizer.and_then(|t| t.path.as_ref()) {
-        Some(p) => PromptSynth::from_file(p).map_err(|e| Error::invalid("tokenizer.path", e)),
-        None => {
-            PromptSynth::new(&synth_key(tokenizer)).map_err(|e| Error::invalid("tokenizer.name", e))
-        }
+        Some(p) => PromptSynth::from_file(p).map_err(|e| e.at("tokenizer.path")),
+        None => PromptSynth::new(&synth_key(tokenizer)).map_err(|e| e.at("tokenizer.name")),
     }
 }
 
@@ -148,7 +140,7 @@ impl Step for BenchmarkStep {
                 let tokenizer = exp.tokenizer.clone();
                 let s = tokio::task::spawn_blocking(move || build_synth(tokenizer.as_ref()))
                     .await
-                    .map_err(|e| Error::failed("loading the tokenizer", e.to_string()))??;
+                    .map_err(|e| Error::failed_from("loading the tokenizer", e))??;
                 *self.synth.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.clone());
                 s
             }
@@ -159,8 +151,8 @@ impl Step for BenchmarkStep {
                 let path = path.clone();
                 let d = tokio::task::spawn_blocking(move || load::Dataset::load(&path))
                     .await
-                    .map_err(|e| Error::failed("reading the dataset", e.to_string()))?
-                    .map_err(|e| Error::invalid("load.dataset", e))?;
+                    .map_err(|e| Error::failed_from("reading the dataset", e))?
+                    .map_err(|e| e.at("load.dataset"))?;
                 Some(Arc::new(d))
             }
             None => None,
@@ -185,7 +177,7 @@ impl Step for BenchmarkStep {
             headers: load.headers.clone().into_iter().collect(),
             max_connections: concurrency.unwrap_or(64) as usize,
         })
-        .map_err(|e| Error::invalid("load", e))?;
+        .map_err(|e| e.at("load"))?;
         let spec = LoadSpec {
             concurrency,
             rate,
@@ -232,15 +224,6 @@ impl Step for BenchmarkStep {
 /// Above this p99 of `schedule_lag` a cell's notes say the client queued its arrivals.
 const SCHEDULE_LAG_WARN_MS: f64 = 1.0;
 
-/// The SLO of the experiment, in the analytics' units.
-fn slo_of(exp: &harness_core::Experiment) -> Slo {
-    Slo::new(
-        exp.slo.ttft.map(|d| d.get().as_secs_f64() * 1e3),
-        exp.slo.itl.map(|d| d.get().as_secs_f64() * 1e3),
-        exp.slo.request_latency.map(|d| d.get().as_secs_f64() * 1e3),
-    )
-}
-
 /// Stores a cell's records (`cells/<cell>/records.parquet`) and statistics
 /// (`cells/<cell>/stats.json`, with `tool` when another tool measured them), and returns
 /// the artifacts and headline metrics. Fails when every measured request failed, naming
@@ -248,7 +231,7 @@ fn slo_of(exp: &harness_core::Experiment) -> Slo {
 pub(crate) async fn store_records(
     cx: &StepContext,
     what: &str,
-    records: Vec<RequestRecord>,
+    records: Vec<Record>,
     tool: Option<String>,
 ) -> Result<StepOutput> {
     let cell = cx
@@ -256,7 +239,7 @@ pub(crate) async fn store_records(
         .ok_or_else(|| Error::failed(what, "runs per cell only"))?
         .id
         .clone();
-    let slo = slo_of(cx.experiment());
+    let slo = cx.experiment().slo.clone();
     // Statistics and parquet encoding are CPU work: off the async workers.
     let (records, summary, parquet) = tokio::task::spawn_blocking(move || {
         let batch = records_batch(&records)?;
@@ -266,7 +249,7 @@ pub(crate) async fn store_records(
         Ok::<_, harness_analytics::Error>((records, summary, parquet))
     })
     .await
-    .map_err(|e| Error::failed("summarising the records", e.to_string()))??;
+    .map_err(|e| Error::failed_from("summarising the records", e))??;
     let layout = cx.run().layout();
     // A client of several writes its shard; the controlling side merges them.
     let shard = cx.resources().get::<harness_core::Shard>().map(|s| *s);
@@ -323,43 +306,6 @@ pub(crate) async fn store_records(
     Ok(out)
 }
 
-/// The process that serves the mock: `<program> mock --port {port} --config <json>`.
-pub fn mock_workload(cfg: &MockDeployment, program: &Path) -> WorkloadSpec {
-    let json = serde_json::to_string(cfg).unwrap_or_else(|_| "{}".into());
-    WorkloadSpec::process(
-        "mock",
-        [
-            program.display().to_string(),
-            "mock".into(),
-            "--port".into(),
-            "{port}".into(),
-            "--config".into(),
-            json,
-        ],
-    )
-    .serving(
-        0,
-        Readiness::Http {
-            path: "/health".into(),
-        },
-    )
-}
-
-/// The deployment steps of an experiment, like `harness_core::steps::deployment_steps`, and
-/// also for `deployment: {mock: ...}`, which runs `program mock` (the `harness` binary).
-///
-/// # Errors
-/// As `harness_core::steps::deployment_steps`.
-pub fn deployment_steps(exp: &harness_core::Experiment, program: &Path) -> Result<DeploymentSteps> {
-    match &exp.deployment {
-        Deployment::Mock(cfg) => Ok(DeploymentSteps::for_workload(
-            mock_workload(cfg, program),
-            exp.policy.ready_timeout.get(),
-        )),
-        _ => harness_core::steps::deployment_steps(exp),
-    }
-}
-
 /// Two requests at the cell's ISL and OSL, before the load: warnings when the server does
 /// not return OSL tokens, or counts the prompt far from ISL (another tokenizer), or fails.
 async fn preflight(
@@ -376,7 +322,7 @@ async fn preflight(
 
 /// The preflight's verdict on its records.
 pub fn preflight_warnings(
-    records: &[crate::client::RequestRecord],
+    records: &[crate::client::Record],
     isl: u32,
     osl: u32,
     encoding: &str,

@@ -87,7 +87,7 @@ impl ResultHook for ImportHook {
         let format = self.format;
         let imported = tokio::task::spawn_blocking(move || import::import(format, &path))
             .await
-            .map_err(|e| Error::failed("importing results", e.to_string()))?
+            .map_err(|e| Error::failed_from("importing results", e))?
             // Name the file as the user knows it: relative to {out}.
             .map_err(|e| {
                 let msg = e
@@ -393,11 +393,11 @@ async fn single_turn_file(path: &std::path::Path, cx: &StepContext) -> Result<Sc
             out.push_str(&line.to_string());
             out.push('\n');
         }
-        Ok::<_, String>(out)
+        Ok::<_, crate::Error>(out)
     })
     .await
-    .map_err(|e| Error::failed("converting the dataset for aiperf", e.to_string()))?
-    .map_err(|e| Error::invalid("load.dataset", e))?;
+    .map_err(|e| Error::failed_from("converting the dataset for aiperf", e))?
+    .map_err(|e| e.at("load.dataset"))?;
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let file = Scratch(std::env::temp_dir().join(format!(

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use harness_core::steps::deployment_steps;
+use harness_core::steps::DeploymentSteps;
 use harness_core::testkit::run_new;
 use harness_core::*;
 
@@ -41,7 +41,7 @@ async fn a_sweep_against_llama_server_produces_sane_records() {
     );
     let exp = Arc::new(Experiment::from_yaml_str(&yaml, "llama.yaml").expect("experiment"));
     let pipeline = Pipeline::builder()
-        .deployment(deployment_steps(&exp).expect("deployment"))
+        .deployment(DeploymentSteps::for_experiment(&exp, None).expect("deployment"))
         .per_cell(harness_llm::BenchmarkStep::new())
         .build()
         .expect("pipeline");

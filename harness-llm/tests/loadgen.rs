@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness_analytics::{CellStats as BenchSummary, Slo};
+use harness_analytics::CellStats as BenchSummary;
+use harness_core::config::Slo;
 use harness_core::config::{Arrival, EndpointType, MockDeployment};
 use harness_core::steps::WaitReadyStep;
 use harness_core::testkit::run_new;
@@ -89,7 +90,7 @@ async fn get_text(server: &MockServer, path: &str) -> String {
 }
 
 /// Sends `spec` with a fresh synthesiser and cancellation token.
-async fn run_load(c: &Client, spec: &LoadSpec) -> Vec<harness_llm::client::RequestRecord> {
+async fn run_load(c: &Client, spec: &LoadSpec) -> Vec<harness_llm::client::Record> {
     load::run(c, &synth(), spec, &CancellationToken::new()).await
 }
 
@@ -103,7 +104,7 @@ async fn closed(
     requests: u64,
     isl: u32,
     osl: u32,
-) -> (Vec<harness_llm::client::RequestRecord>, BenchSummary) {
+) -> (Vec<harness_llm::client::Record>, BenchSummary) {
     let c = chat(server, Duration::from_secs(30), conc as usize);
     let recs = run_load(&c, &LoadSpec::closed(conc, requests, isl, osl)).await;
     let summary = BenchSummary::of(&recs, &Slo::default()).expect("stats");
@@ -466,7 +467,7 @@ async fn https_goes_through_tls_and_bad_urls_are_refused() {
             1,
         );
         let e = Client::new(cfg).expect_err(url);
-        assert!(e.contains(says), "{url}: {e}");
+        assert!(e.to_string().contains(says), "{url}: {e}");
     }
 }
 
@@ -567,8 +568,8 @@ async fn the_preflight_warns_when_the_server_does_not_honour_osl() {
 
 #[test]
 fn preflight_flags_a_foreign_tokenizer_and_failures() {
-    use harness_llm::client::{ErrorKind, RequestRecord, TokenSource};
-    let rec = |input: u64, output: u64, error: Option<ErrorKind>| -> RequestRecord {
+    use harness_llm::client::{ErrorKind, Record, TokenSource};
+    let rec = |input: u64, output: u64, error: Option<ErrorKind>| -> Record {
         serde_json::from_value(serde_json::json!({
             "index": 0, "warmup": false, "start_ns": 0, "first_token_ns": 1, "last_token_ns": 2, "end_ns": 3,
             "chunk_gaps_ns": [], "content_chunks": output, "input_tokens": input, "output_tokens": output,
@@ -668,7 +669,7 @@ fn client_for(port: u16) -> Client {
 }
 
 /// One request of a 4-token prompt asking for 1 token.
-async fn send_one(port: u16) -> harness_llm::client::RequestRecord {
+async fn send_one(port: u16) -> harness_llm::client::Record {
     let prompt = "a b c d".to_owned();
     client_for(port)
         .send(0, false, prompt, 4, 1, tokio::time::Instant::now())
@@ -866,7 +867,7 @@ async fn isl_and_osl_spread_normally_around_the_cell_and_repeat_with_the_seed() 
     spec.osl_stddev = 4.0;
     spec.seed = 11;
     let recs = run_load(&c, &spec).await;
-    let stats = |f: fn(&harness_llm::client::RequestRecord) -> u64| {
+    let stats = |f: fn(&harness_llm::client::Record) -> u64| {
         let v: Vec<f64> = recs.iter().map(|r| f(r) as f64).collect();
         let mean = v.iter().sum::<f64>() / v.len() as f64;
         let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
@@ -888,7 +889,7 @@ async fn isl_and_osl_spread_normally_around_the_cell_and_repeat_with_the_seed() 
             .all(|r| r.ok() && r.input_tokens >= 1 && r.output_tokens >= 1)
     );
     let again = run_load(&c, &spec).await;
-    let lens = |rs: &[harness_llm::client::RequestRecord]| -> Vec<(u64, u64)> {
+    let lens = |rs: &[harness_llm::client::Record]| -> Vec<(u64, u64)> {
         let mut v: Vec<(u64, u64, u64)> = rs
             .iter()
             .map(|r| (r.index, r.input_tokens, r.output_tokens))
@@ -920,7 +921,7 @@ async fn a_jsonl_dataset_replaces_synthetic_prompts() {
         ("not json\n", "prompts.jsonl:1:"),
     ] {
         let e = Dataset::parse(bad, "prompts.jsonl").expect_err(bad);
-        assert!(e.contains(says), "{e}");
+        assert!(e.to_string().contains(says), "{e}");
     }
     let server = start(mock(|m| m.output_tokens = None)).await;
     let c = chat(&server, Duration::from_secs(30), 2);
@@ -940,7 +941,7 @@ async fn stored_records(
     store: &harness_core::MemoryStore,
     run: &harness_core::RunContext,
     cell: &harness_core::CellId,
-) -> Vec<harness_llm::client::RequestRecord> {
+) -> Vec<harness_llm::client::Record> {
     let data = store
         .get(&run.layout().cell_records(cell))
         .await

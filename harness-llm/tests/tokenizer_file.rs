@@ -64,12 +64,15 @@ fn unusable_tokenizer_files_are_refused_with_the_file_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("nope.json");
     let e = PromptSynth::from_file(&missing).expect_err("missing");
-    assert!(e.contains("nope.json"), "{e}");
+    assert!(e.to_string().contains("nope.json"), "{e}");
     let junk = dir.path().join("junk.json");
     std::fs::write(&junk, "{\"not\": \"a tokenizer\"}").expect("write");
     let e = PromptSynth::from_file(&junk).expect_err("junk");
     assert!(
-        e.contains("junk.json") && e.contains("tokenizer.json"),
-        "{e}"
+        matches!(&e, harness_llm::Error::Tokenizer { name, .. } if name.ends_with("junk.json")),
+        "{e:?}"
     );
+    assert!(e.to_string().contains("tokenizer.json"), "{e}");
+    // The tokenizer library's own error is kept as the source, not flattened.
+    assert!(std::error::Error::source(&e).is_some(), "{e:?}");
 }

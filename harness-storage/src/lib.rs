@@ -70,6 +70,17 @@ pub enum Error {
         /// Its scheme.
         scheme: String,
     },
+    /// The store of this URL was left out of the build (a Cargo feature of this crate:
+    /// `s3`, `gcs` or `azure`, all on by default).
+    #[error(
+        "store URL `{url}`: this program was built without harness-storage's `{feature}` feature"
+    )]
+    NotBuiltIn {
+        /// The URL.
+        url: String,
+        /// The feature that brings its store.
+        feature: &'static str,
+    },
     /// An option is unknown or has a bad value.
     #[error("store `{url}`: option `{key}`: {reason}")]
     InvalidOption {
@@ -255,11 +266,14 @@ pub async fn check(
 /// that the workspace compiles one, not two) need it before they are built; opening a store
 /// calls it, and so may a program that builds reqwest clients itself.
 pub fn install_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Err means another provider is the default already: fine, it is used.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
+    #[cfg(feature = "cloud")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // Err means another provider is the default already: fine, it is used.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        });
+    }
 }
 
 /// Whether `url` names a remote store (s3, gs, az), whose outages the spool covers.

@@ -5,19 +5,21 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use harness_core::{ArtifactKey, ArtifactMeta, ArtifactStore};
+#[cfg(feature = "s3")]
 use object_store::aws::AmazonS3Builder;
+#[cfg(feature = "azure")]
 use object_store::azure::MicrosoftAzureBuilder;
+#[cfg(feature = "gcs")]
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{
-    BackoffConfig, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
-};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::{Error, StoreOptions};
 
 /// The builders of the remote stores, seen through the few methods harness uses (they share
 /// the names but no trait).
+#[cfg(feature = "cloud")]
 trait RemoteBuilder: Sized {
     /// Sets an option by its object_store name (`endpoint`, `allow_http`, `timeout`, ...).
     fn set(self, key: &str, value: &str) -> Result<Self, object_store::Error>;
@@ -27,6 +29,7 @@ trait RemoteBuilder: Sized {
     fn finish(self) -> Result<Arc<dyn ObjectStore>, object_store::Error>;
 }
 
+#[cfg(feature = "cloud")]
 macro_rules! remote_builder {
     ($builder:ty) => {
         impl RemoteBuilder for $builder {
@@ -43,19 +46,25 @@ macro_rules! remote_builder {
         }
     };
 }
+#[cfg(feature = "s3")]
 remote_builder!(AmazonS3Builder);
+#[cfg(feature = "gcs")]
 remote_builder!(GoogleCloudStorageBuilder);
+#[cfg(feature = "azure")]
 remote_builder!(MicrosoftAzureBuilder);
 
 /// The client options harness sets where neither the environment nor the options do: a
 /// store that does not answer fails within seconds, not object_store's minutes.
+#[cfg(feature = "cloud")]
 const CONNECT_TIMEOUT: &str = "connect_timeout";
+#[cfg(feature = "cloud")]
 const REQUEST_TIMEOUT: &str = "timeout";
 
 /// Applies `options` over what `builder` already holds (the environment's settings), then
 /// harness's timeouts where neither set one (`from_env` says whether the environment did).
 /// Options are set one by one, never as a whole `ClientOptions`, which would replace the
 /// environment's `*_ALLOW_HTTP`, proxy and certificate settings.
+#[cfg(feature = "cloud")]
 fn configure<B: RemoteBuilder>(
     mut builder: B,
     url: &str,
@@ -87,20 +96,23 @@ fn configure<B: RemoteBuilder>(
 
 /// Whether the environment sets the client option `key` for a store whose variables start
 /// with `prefix` (`AWS_TIMEOUT` for `timeout`).
+#[cfg(feature = "cloud")]
 fn env_sets(prefix: &str, key: &str) -> bool {
     std::env::var_os(format!("{prefix}{}", key.to_ascii_uppercase())).is_some()
 }
 
 /// Builds an S3, GCS or Azure store for `base` (`scheme://bucket`): the environment first,
-/// then `options`, with short retries.
+/// then `options`, with short retries. A store whose Cargo feature (`s3`, `gcs`, `azure`) was
+/// left out is refused, naming the feature.
 fn remote(
     scheme: &str,
     base: &str,
     url: &str,
     options: &StoreOptions,
 ) -> Result<Arc<dyn ObjectStore>, Error> {
-    let retry = RetryConfig {
-        backoff: BackoffConfig {
+    #[cfg(feature = "cloud")]
+    let retry = object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
             init_backoff: std::time::Duration::from_millis(100),
             max_backoff: std::time::Duration::from_secs(2),
             base: 2.0,
@@ -108,29 +120,50 @@ fn remote(
         max_retries: options.retries,
         retry_timeout: options.retry_timeout,
     };
+    #[cfg(feature = "cloud")]
     let open_err = |source| Error::Open {
         url: url.into(),
         source,
     };
     match scheme {
+        #[cfg(feature = "s3")]
         "s3" | "s3a" => {
             let b = AmazonS3Builder::from_env().with_url(base).with_retry(retry);
-            configure(b, url, options, |k| env_sets("AWS_", k))?.finish()
+            configure(b, url, options, |k| env_sets("AWS_", k))?
+                .finish()
+                .map_err(open_err)
         }
+        #[cfg(feature = "gcs")]
         "gs" => {
             let b = GoogleCloudStorageBuilder::from_env()
                 .with_url(base)
                 .with_retry(retry);
-            configure(b, url, options, |k| env_sets("GOOGLE_", k))?.finish()
+            configure(b, url, options, |k| env_sets("GOOGLE_", k))?
+                .finish()
+                .map_err(open_err)
         }
-        _ => {
+        #[cfg(feature = "azure")]
+        "az" | "azure" | "abfs" | "abfss" => {
             let b = MicrosoftAzureBuilder::from_env()
                 .with_url(base)
                 .with_retry(retry);
-            configure(b, url, options, |k| env_sets("AZURE_", k))?.finish()
+            configure(b, url, options, |k| env_sets("AZURE_", k))?
+                .finish()
+                .map_err(open_err)
+        }
+        _ => {
+            let _ = (base, options);
+            let feature = match scheme {
+                "s3" | "s3a" => "s3",
+                "gs" => "gcs",
+                _ => "azure",
+            };
+            Err(Error::NotBuiltIn {
+                url: url.into(),
+                feature,
+            })
         }
     }
-    .map_err(open_err)
 }
 
 /// An [`ArtifactStore`] over any [`ObjectStore`].
@@ -349,7 +382,7 @@ impl ArtifactStore for ObjectArtifactStore {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "s3", feature = "gcs", feature = "azure"))]
 mod tests {
     use super::*;
 

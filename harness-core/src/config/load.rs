@@ -388,7 +388,7 @@ impl Experiment {
             return Ok(self);
         }
         let mut tree = serde_json::to_value(&self)
-            .map_err(|e| Error::failed("serializing the experiment", e.to_string()))?;
+            .map_err(|e| Error::failed_from("serializing the experiment", e))?;
         for set in sets {
             let set = set.as_ref();
             let file = format!("--set {set}");
@@ -421,7 +421,7 @@ impl Experiment {
             exp.check(&file, None)?;
         }
         let exp: Experiment = serde_json::from_value(tree)
-            .map_err(|e| Error::failed("applying overrides", e.to_string()))?;
+            .map_err(|e| Error::failed_from("applying overrides", e))?;
         Ok(exp)
     }
 

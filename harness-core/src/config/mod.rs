@@ -29,6 +29,7 @@ pub mod values;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -80,7 +81,7 @@ pub struct Experiment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<Tokenizer>,
     /// Service-level objectives for goodput (read by analytics).
-    #[serde(default, skip_serializing_if = "Slo::is_empty")]
+    #[serde(default, skip_serializing_if = "Slo::is_unset")]
     pub slo: Slo,
     /// Where results go.
     #[serde(default)]
@@ -244,6 +245,21 @@ impl Default for MockDeployment {
 }
 
 impl MockDeployment {
+    /// The command line that serves this mock on a free port: `<program> mock --port {port}
+    /// --config <json>`, the `harness mock` subcommand (`{port}` is filled in by the
+    /// backend).
+    pub fn command(&self, program: &std::path::Path) -> Vec<String> {
+        let json = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
+        vec![
+            program.display().to_string(),
+            "mock".into(),
+            "--port".into(),
+            "{port}".into(),
+            "--config".into(),
+            json,
+        ]
+    }
+
     /// Checks what single fields cannot: the fault rates add up to at most 1.
     ///
     /// # Errors
@@ -792,8 +808,41 @@ pub struct Slo {
 }
 
 impl Slo {
-    fn is_empty(&self) -> bool {
-        self == &Slo::default()
+    /// Objectives from optional limits.
+    pub fn new(
+        ttft: Option<Duration>,
+        itl: Option<Duration>,
+        request_latency: Option<Duration>,
+    ) -> Self {
+        Slo {
+            ttft: ttft.map(HumanDuration),
+            itl: itl.map(HumanDuration),
+            request_latency: request_latency.map(HumanDuration),
+        }
+    }
+
+    /// Whether any objective is set.
+    pub fn is_set(&self) -> bool {
+        self != &Slo::default()
+    }
+
+    fn is_unset(&self) -> bool {
+        !self.is_set()
+    }
+
+    /// The TTFT limit in milliseconds.
+    pub fn ttft_ms(&self) -> Option<f64> {
+        self.ttft.map(|d| d.get().as_secs_f64() * 1e3)
+    }
+
+    /// The ITL limit in milliseconds.
+    pub fn itl_ms(&self) -> Option<f64> {
+        self.itl.map(|d| d.get().as_secs_f64() * 1e3)
+    }
+
+    /// The request latency limit in milliseconds.
+    pub fn request_latency_ms(&self) -> Option<f64> {
+        self.request_latency.map(|d| d.get().as_secs_f64() * 1e3)
     }
 }
 

@@ -40,6 +40,8 @@ use harness_core::config::MockDeployment;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+mod server;
+
 pub use crate::clock::monotonic_ns;
 
 /// The model name the mock reports when the request names none.
@@ -158,7 +160,7 @@ impl MockServer {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = router(cfg);
         let task = tokio::spawn(async move {
-            let _ = crate::server::serve(listener, app, async {
+            let _ = self::server::serve(listener, app, async {
                 let _ = rx.await;
             })
             .await;
@@ -188,6 +190,43 @@ impl MockServer {
         self.task.abort();
         let _ = (&mut self.task).await;
     }
+}
+
+/// An experiment's mock deployment served in this process: a setup step (`mock`) that starts a
+/// [`MockServer`] on a free loopback port and shares its [`harness_core::Endpoint`], and a
+/// teardown step (`mock-stop`) that stops it.
+///
+/// For tests and programs that run experiments as a library. `harness run` starts the mock
+/// as a process of its own instead (`MockDeployment::command`), so that it does not share
+/// the load generator's threads.
+pub fn in_process_steps(cfg: MockDeployment) -> harness_core::steps::DeploymentSteps {
+    use harness_core::{StepOutput, step_fn};
+    let slot: Arc<tokio::sync::Mutex<Option<MockServer>>> = Arc::default();
+    let (start_slot, stop_slot) = (slot.clone(), slot);
+    let setup = step_fn("mock", move |cx| {
+        let (cfg, slot) = (cfg.clone(), start_slot.clone());
+        async move {
+            let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+            let server = MockServer::start(cfg, addr)
+                .await
+                .map_err(|e| harness_core::Error::io("starting the mock server", e))?;
+            let url = server.url();
+            cx.resources()
+                .insert(harness_core::Endpoint::new(url.as_str())?);
+            *slot.lock().await = Some(server);
+            Ok(StepOutput::new().note(format!("mock server in this process at {url}")))
+        }
+    });
+    let teardown = step_fn("mock-stop", move |_cx| {
+        let slot = stop_slot.clone();
+        async move {
+            if let Some(server) = slot.lock().await.take() {
+                server.shutdown().await;
+            }
+            Ok(StepOutput::new())
+        }
+    });
+    harness_core::steps::DeploymentSteps::new(Arc::new(setup), Some(Arc::new(teardown)))
 }
 
 impl Drop for MockServer {
@@ -235,7 +274,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::server::serve(listener, router(cfg), shutdown).await
+    self::server::serve(listener, router(cfg), shutdown).await
 }
 
 #[derive(Deserialize)]
@@ -511,7 +550,7 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         // Written by the clock straight to the socket, each chunk at its due time.
         let shared = s.clone();
         response
-            .extension(crate::server::Takeover::new(move |sink| {
+            .extension(self::server::Takeover::new(move |sink| {
                 let mut writer = Writer {
                     stream,
                     sink: Some(sink),
@@ -529,7 +568,7 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
 struct Writer {
     stream: TokenStream,
     /// `None` once the response has ended.
-    sink: Option<crate::server::Sink>,
+    sink: Option<self::server::Sink>,
 }
 
 impl crate::clock::Timed for Writer {
@@ -676,7 +715,7 @@ impl TokenStream {
     }
 
     /// Sends everything that is due now, then says what comes next.
-    fn advance(&mut self, sink: &mut crate::server::Sink) -> Next {
+    fn advance(&mut self, sink: &mut self::server::Sink) -> Next {
         let half = (self.tokens / 2).max(1);
         loop {
             match self.phase {

@@ -1,4 +1,4 @@
-//! The streaming OpenAI client: one request in, one [`RequestRecord`] out, with monotonic
+//! The streaming OpenAI client: one request in, one [`Record`] out, with monotonic
 //! nanosecond timestamps taken as bytes arrive.
 
 use std::sync::Arc;
@@ -7,12 +7,16 @@ use std::time::Duration;
 use harness_core::config::EndpointType;
 use tokio::time::Instant;
 
-use crate::http1::{self, Conn, Stream};
-use crate::openai::{self, Usage};
-use crate::rx::RxTcp;
-use crate::sse::SseParser;
+mod http1;
+mod rx;
+pub mod sse;
 
-pub use harness_analytics::record::{ErrorKind, Record as RequestRecord, TokenSource};
+use self::http1::{Conn, Stream};
+use self::rx::RxTcp;
+use self::sse::SseParser;
+use crate::openai::{self, Usage};
+
+pub use harness_analytics::record::{ErrorKind, Record, TokenSource};
 
 /// How to reach and call the endpoint.
 #[derive(Debug, Clone)]
@@ -81,19 +85,18 @@ impl Client {
     /// # Errors
     /// When the URL, a header name or value, or the API key is not valid, or an `https` URL
     /// finds no trusted root certificates.
-    pub fn new(cfg: ClientConfig) -> Result<Self, String> {
-        let uri: http::Uri = cfg
-            .url
-            .parse()
-            .map_err(|e| format!("the URL `{}`: {e}", cfg.url))?;
+    pub fn new(cfg: ClientConfig) -> crate::Result<Self> {
+        let bad_url =
+            |reason: String| crate::Error::invalid(format!("the URL `{}`", cfg.url), reason);
+        let uri: http::Uri = cfg.url.parse().map_err(|e| bad_url(format!("{e}")))?;
         let https = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
-            _ => return Err(format!("the URL `{}` is not http or https", cfg.url)),
+            _ => return Err(bad_url("not http or https".into())),
         };
         let authority = uri
             .authority()
-            .ok_or_else(|| format!("the URL `{}` has no host", cfg.url))?
+            .ok_or_else(|| bad_url("no host".into()))?
             .clone();
         let host = authority
             .host()
@@ -104,13 +107,14 @@ impl Client {
         let mut headers = http::HeaderMap::new();
         for (k, v) in &cfg.headers {
             let name = http::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| format!("header name `{k}`: {e}"))?;
-            let value = http::HeaderValue::from_str(v).map_err(|e| format!("header `{k}`: {e}"))?;
+                .map_err(|e| crate::Error::invalid(format!("header name `{k}`"), e.to_string()))?;
+            let value = http::HeaderValue::from_str(v)
+                .map_err(|e| crate::Error::invalid(format!("header `{k}`"), e.to_string()))?;
             headers.insert(name, value);
         }
         if let Some(key) = &cfg.api_key {
             let value = http::HeaderValue::from_str(&format!("Bearer {key}"))
-                .map_err(|_| "the API key is not a valid header value".to_owned())?;
+                .map_err(|_| crate::Error::invalid("the API key", "not a valid header value"))?;
             headers.insert(http::header::AUTHORIZATION, value);
         }
         headers.insert(
@@ -123,8 +127,8 @@ impl Client {
                 Some(p) => format!("{}:{p}", authority.host()),
                 None => authority.host().to_owned(),
             };
-            let host =
-                http::HeaderValue::from_str(&value).map_err(|e| format!("the URL's host: {e}"))?;
+            let host = http::HeaderValue::from_str(&value)
+                .map_err(|e| bad_url(format!("its host: {e}")))?;
             headers.insert(http::header::HOST, host);
         }
         headers
@@ -222,7 +226,7 @@ impl Client {
         prompt_tokens: u64,
         max_tokens: u32,
         epoch: Instant,
-    ) -> RequestRecord {
+    ) -> Record {
         let cfg = &self.inner.cfg;
         let body = openai::request_body(
             cfg.kind,
@@ -234,7 +238,7 @@ impl Client {
         );
         drop(prompt);
         let ns = move || u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let mut rec = RequestRecord {
+        let mut rec = Record {
             index,
             warmup,
             start_ns: ns(),
@@ -253,11 +257,11 @@ impl Client {
             retried: false,
         };
         let deadline = Instant::now() + cfg.timeout;
-        let fail = |rec: &mut RequestRecord, kind: ErrorKind, msg: String| {
+        let fail = |rec: &mut Record, kind: ErrorKind, msg: String| {
             rec.error = Some(kind);
             rec.error_message = Some(msg);
         };
-        let timed_out = |rec: &mut RequestRecord| {
+        let timed_out = |rec: &mut Record| {
             fail(
                 rec,
                 ErrorKind::Timeout,
@@ -499,7 +503,7 @@ fn body_error_kind(e: &http1::Error) -> ErrorKind {
 }
 
 /// The TLS set-up for `https` URLs: the system's trusted roots, HTTP/1.1 by ALPN.
-fn tls_connector(url: &str) -> Result<tokio_rustls::TlsConnector, String> {
+fn tls_connector(url: &str) -> crate::Result<tokio_rustls::TlsConnector> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = rustls::RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(found.certs);
@@ -508,12 +512,20 @@ fn tls_connector(url: &str) -> Result<tokio_rustls::TlsConnector, String> {
             .errors
             .first()
             .map_or_else(|| "none found".to_owned(), ToString::to_string);
-        return Err(format!("no trusted root certificates for `{url}`: {why}"));
+        return Err(crate::Error::Tls {
+            url: url.to_owned(),
+            reason: format!("no trusted root certificates: {why}"),
+            source: None,
+        });
     }
     let provider = rustls::crypto::ring::default_provider();
     let mut config = rustls::ClientConfig::builder_with_provider(provider.into())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .map_err(|e| crate::Error::Tls {
+            url: url.to_owned(),
+            reason: "no safe protocol version".into(),
+            source: Some(e.into()),
+        })?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -521,9 +533,13 @@ fn tls_connector(url: &str) -> Result<tokio_rustls::TlsConnector, String> {
 }
 
 /// The name an `https` server's certificate must carry: the URL's host.
-fn server_name(host: &str, url: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
-    rustls::pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|e| format!("the URL `{url}`: `{host}` is not a valid TLS server name: {e}"))
+fn server_name(host: &str, url: &str) -> crate::Result<rustls::pki_types::ServerName<'static>> {
+    rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
+        crate::Error::invalid(
+            format!("the URL `{url}`"),
+            format!("`{host}` is not a valid TLS server name: {e}"),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::io;
 
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::rx::{RxTcp, Stamp};
+use super::rx::{RxTcp, Stamp};
 
 /// A response head larger than this is refused.
 const MAX_HEAD: usize = 64 * 1024;

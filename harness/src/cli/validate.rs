@@ -1,0 +1,49 @@
+//! `harness validate`: check an experiment file and print its plan.
+
+use std::path::PathBuf;
+
+use harness_core::Error;
+
+use super::load;
+use crate::app::App;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The experiment file.
+    experiment: PathBuf,
+    /// Override a value: `--set policy.retries=0`, `--set concurrency=[1,2]`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Print the resolved experiment and plan as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn exec(app: &App, args: &Args) -> Result<(), Error> {
+    let (path, json) = (args.experiment.as_path(), args.json);
+    let (exp, _) = load(path, &args.sets)?;
+    let plan = exp.plan()?;
+    let url = crate::stores::store_url(&crate::stores::StoreArgs::default(), Some(&exp.storage));
+    crate::wiring::build_pipeline(
+        app,
+        &exp,
+        &path.display().to_string(),
+        &url,
+        &crate::wiring::MockServing::InProcess,
+        &crate::wiring::CellSteps::default(),
+    )?;
+    if json {
+        let out = serde_json::json!({
+            "experiment": exp.to_json(),
+            "cells": plan.cells().iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        });
+        say!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return Ok(());
+    }
+    say!("{}: valid", path.display());
+    say!("experiment `{}`: {} cells", exp.name, plan.len());
+    for cell in plan.cells() {
+        say!("  {:>4}  {}", cell.index + 1, cell.id);
+    }
+    Ok(())
+}
