@@ -32,12 +32,20 @@ pub enum CellStatus {
     Failed,
     /// Stopped by cancellation.
     Cancelled,
+    /// Not needed: a candidate of an SLO search that the search did not probe.
+    Skipped,
 }
 
 impl CellStatus {
-    /// Whether `--resume` must run the cell again: anything but succeeded.
+    /// Whether `--resume` must run the cell again: anything but succeeded or skipped (a
+    /// search decides again which of its candidates it needs).
     pub fn needs_run(self) -> bool {
-        self != CellStatus::Succeeded
+        !matches!(self, CellStatus::Succeeded | CellStatus::Skipped)
+    }
+
+    /// Whether the cell is done as far as the run's status goes: succeeded, or not needed.
+    pub fn is_ok(self) -> bool {
+        matches!(self, CellStatus::Succeeded | CellStatus::Skipped)
     }
 }
 

@@ -53,6 +53,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod redact;
 pub mod runner;
+pub mod search;
 pub mod step;
 pub mod steps;
 pub mod store;

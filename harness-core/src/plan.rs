@@ -189,16 +189,38 @@ struct Axis {
 impl Experiment {
     /// Expands the sweep into cells.
     ///
-    /// Run order: ISL/OSL pairs outermost, then user axes, then request rates, then
-    /// concurrency innermost, so a series (one ISL/OSL) runs together. Ids list
-    /// `concurrency`, `request_rate`, `isl`, `osl`, then user axes by name.
+    /// Run order: treatments outermost (each is deployed once for its cells), then ISL/OSL
+    /// pairs, then user axes, then request rates, then concurrency innermost, so a series
+    /// (one ISL/OSL) runs together. Ids list `treatment`, `concurrency`, `request_rate`,
+    /// `isl`, `osl`, then user axes by name.
+    ///
+    /// With `search`, the searched axis holds every candidate value (and, with `confirm`, a
+    /// `confirm=1` twin of each); the runner probes those the search needs and marks the
+    /// others skipped.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] when the product has more than [`MAX_CELLS`] cells.
     pub fn plan(&self) -> Result<Plan> {
         let mut axes: Vec<(usize, Axis)> = Vec::new(); // (id position, axis)
+        if !self.treatments.is_empty() {
+            axes.push((
+                0,
+                Axis {
+                    values: self
+                        .treatments
+                        .iter()
+                        .map(|t| {
+                            vec![(
+                                "treatment".to_owned(),
+                                ParamValue::Str(t.name.as_str().to_owned()),
+                            )]
+                        })
+                        .collect(),
+                },
+            ));
+        }
         axes.push((
-            2,
+            3,
             Axis {
                 values: self
                     .benchmark
@@ -216,7 +238,7 @@ impl Experiment {
         ));
         for (i, (name, sweep)) in self.sweep.iter().enumerate() {
             axes.push((
-                3 + i,
+                4 + i,
                 Axis {
                     values: sweep
                         .values()
@@ -226,9 +248,44 @@ impl Experiment {
                 },
             ));
         }
-        if let Some(rates) = &self.request_rate {
+        let searched = self.search.as_ref().map(|s| s.axis);
+        if let Some(search) = &self.search {
+            let position = match search.axis {
+                crate::config::SearchAxis::Concurrency => 1,
+                crate::config::SearchAxis::RequestRate => 2,
+            };
             axes.push((
-                1,
+                position,
+                Axis {
+                    values: search
+                        .candidates()
+                        .into_iter()
+                        .map(|v| {
+                            let value = match search.axis {
+                                crate::config::SearchAxis::Concurrency => {
+                                    ParamValue::Int(v.round() as i64)
+                                }
+                                crate::config::SearchAxis::RequestRate => ParamValue::Float(v),
+                            };
+                            vec![(search.axis.param().to_owned(), value)]
+                        })
+                        .collect(),
+                },
+            ));
+            if search.confirm {
+                axes.push((
+                    usize::MAX,
+                    Axis {
+                        values: vec![Vec::new(), vec![("confirm".to_owned(), ParamValue::Int(1))]],
+                    },
+                ));
+            }
+        }
+        if let Some(rates) = &self.request_rate
+            && searched.is_none()
+        {
+            axes.push((
+                2,
                 Axis {
                     values: rates
                         .values()
@@ -238,9 +295,11 @@ impl Experiment {
                 },
             ));
         }
-        if let Some(conc) = &self.concurrency {
+        if let Some(conc) = &self.concurrency
+            && searched.is_none()
+        {
             axes.push((
-                0,
+                1,
                 Axis {
                     values: conc
                         .values()

@@ -17,7 +17,8 @@ use crate::journal::{
 };
 use crate::layer::{Layer, RetryLayer, TimeoutLayer, TraceLayer};
 use crate::pipeline::Pipeline;
-use crate::plan::{Cell, CellId, Plan};
+use crate::plan::{Cell, CellId, ParamValue, Plan};
+use crate::search::{Probe, SearchOutcome, Verdict};
 use crate::step::{RunContext, Step, StepContext, StepOutput};
 use crate::store::{ArtifactStore, ArtifactStoreExt};
 
@@ -75,6 +76,8 @@ pub struct RunReport {
     pub store_errors: Vec<String>,
     /// How long this session took.
     pub elapsed: Duration,
+    /// The outcome of each SLO search of the run (empty without `search`).
+    pub search: Vec<SearchOutcome>,
 }
 
 impl RunReport {
@@ -123,6 +126,33 @@ pub struct Runner {
     pipeline: Pipeline,
     reporters: Vec<Arc<dyn Reporter>>,
     only: Option<BTreeSet<CellId>>,
+    treatments: Vec<TreatmentRun>,
+}
+
+/// One treatment's part of a run: its resolved experiment and its pipeline (deployment and
+/// per-cell steps).
+struct TreatmentRun {
+    name: String,
+    experiment: Arc<crate::config::Experiment>,
+    pipeline: Pipeline,
+}
+
+/// A treatment's setup: not run yet, or run with its outcome.
+enum SegmentSetup<'a> {
+    /// Runs before the first cell that runs.
+    Pending(&'a Pipeline),
+    /// Ran (or is the run's own setup): the error that fails every cell, if any.
+    Done(Option<CellError>),
+}
+
+/// What the cells of a run share while they run.
+struct CellState<'a> {
+    journal: &'a mut BTreeMap<CellId, JournalEntry>,
+    reports: &'a mut BTreeMap<CellId, CellReport>,
+    store_errors: &'a mut Vec<String>,
+    searches: Vec<SearchOutcome>,
+    stop: bool,
+    total: usize,
 }
 
 impl std::fmt::Debug for Runner {
@@ -130,6 +160,10 @@ impl std::fmt::Debug for Runner {
         f.debug_struct("Runner")
             .field("pipeline", &self.pipeline)
             .field("reporters", &self.reporters.len())
+            .field(
+                "treatments",
+                &self.treatments.iter().map(|t| &t.name).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -141,7 +175,29 @@ impl Runner {
             pipeline,
             reporters: Vec::new(),
             only: None,
+            treatments: Vec::new(),
         }
+    }
+
+    /// Runs the cells of treatment `name` (those whose `treatment` parameter is `name`) with
+    /// `pipeline`, as `experiment` (the treatment's resolved experiment): its setup steps
+    /// (the deployment) run before its first cell that runs, its per-cell steps on each of
+    /// its cells, its teardown steps after its last. The runner's own pipeline keeps the
+    /// run's setup and teardown (the report). A treatment with nothing left to run is not
+    /// deployed.
+    #[must_use]
+    pub fn treatment(
+        mut self,
+        name: impl Into<String>,
+        experiment: Arc<crate::config::Experiment>,
+        pipeline: Pipeline,
+    ) -> Self {
+        self.treatments.push(TreatmentRun {
+            name: name.into(),
+            experiment,
+            pipeline,
+        });
+        self
     }
 
     /// Runs only these cells of the plan; the others keep their journal status, and the run
@@ -166,9 +222,9 @@ impl Runner {
         }
     }
 
-    fn layered(&self, run: &RunContext, stage: Stage) -> Vec<Arc<dyn Step>> {
+    fn layered(&self, pipeline: &Pipeline, run: &RunContext, stage: Stage) -> Vec<Arc<dyn Step>> {
         let policy = &run.experiment().policy;
-        self.pipeline
+        pipeline
             .steps(stage)
             .iter()
             .map(|ps| {
@@ -272,6 +328,20 @@ impl Runner {
                 if let Some(input) = input {
                     store.put(&layout.experiment(), Bytes::from(input)).await?;
                 }
+                if !self.treatments.is_empty() {
+                    let resolved: Vec<serde_json::Value> = self
+                        .treatments
+                        .iter()
+                        .map(|t| {
+                            serde_json::json!({
+                                "name": t.name,
+                                "deployment": t.experiment.resolved_deployment(),
+                                "experiment": t.experiment.to_json(),
+                            })
+                        })
+                        .collect();
+                    store.put_json(&layout.treatments(), &resolved).await?;
+                }
                 let mut journal = BTreeMap::new();
                 for cell in plan.cells() {
                     let entry = JournalEntry::pending(cell.id.clone());
@@ -330,7 +400,7 @@ impl Runner {
             stage: Stage::Setup,
         });
         let mut setup_error: Option<CellError> = None;
-        for step in self.layered(run, Stage::Setup) {
+        for step in self.layered(&self.pipeline, run, Stage::Setup) {
             let cx = run.step(Stage::Setup, None, step.name())?;
             let (result, _) = self.invoke(&step, &cx).await;
             if let Err(e) = result {
@@ -343,56 +413,67 @@ impl Runner {
             }
         }
 
-        // Cells.
+        // Cells: the run's own, or each treatment's in turn with its deployment.
         self.emit(Event::StageStarted { stage: Stage::Cell });
-        let cell_steps = self.layered(run, Stage::Cell);
-        let total = plan.len();
-        let mut stop = false;
-        for cell in plan.cells() {
-            let Some(entry) = journal.get(&cell.id).cloned() else {
-                continue;
-            };
-            if self.only.as_ref().is_some_and(|o| !o.contains(&cell.id)) {
-                reports.insert(cell.id.clone(), report_of(&entry, false, BTreeMap::new()));
-                continue;
-            }
-            if !entry.status.needs_run() {
-                self.emit(Event::CellSkipped {
-                    cell: cell.id.clone(),
-                });
-                reports.insert(cell.id.clone(), report_of(&entry, false, BTreeMap::new()));
-                continue;
-            }
-            if stop || run.cancel().is_cancelled() {
-                // Not reached: stays as it was in the journal, so resume runs it.
-                reports.insert(cell.id.clone(), report_of(&entry, false, BTreeMap::new()));
-                continue;
-            }
-            let (entry, metrics) = self
-                .run_cell(
-                    run,
-                    cell,
-                    entry,
-                    total,
-                    &cell_steps,
-                    setup_error.as_ref(),
-                    &mut store_errors,
-                )
+        let mut state = CellState {
+            journal: &mut journal,
+            reports: &mut reports,
+            store_errors: &mut store_errors,
+            searches: Vec::new(),
+            stop: false,
+            total: plan.len(),
+        };
+        let mut teardown_errors = Vec::new();
+        if self.treatments.is_empty() {
+            let steps = self.layered(&self.pipeline, run, Stage::Cell);
+            let cells: Vec<&Cell> = plan.cells().iter().collect();
+            let mut setup = SegmentSetup::Done(setup_error.clone());
+            self.run_cells(run, &cells, &steps, &mut setup, &mut state)
                 .await;
-            if entry.status == CellStatus::Failed && run.experiment().policy.fail_fast {
-                stop = true;
+        } else {
+            for t in &self.treatments {
+                let cells: Vec<&Cell> = plan
+                    .cells()
+                    .iter()
+                    .filter(|c| {
+                        c.param("treatment")
+                            .is_some_and(|v| v.to_string() == t.name)
+                    })
+                    .collect();
+                let trun = run.for_treatment(&t.name, t.experiment.clone());
+                let steps = self.layered(&t.pipeline, &trun, Stage::Cell);
+                let mut setup = match &setup_error {
+                    Some(e) => SegmentSetup::Done(Some(e.clone())),
+                    None => SegmentSetup::Pending(&t.pipeline),
+                };
+                self.run_cells(&trun, &cells, &steps, &mut setup, &mut state)
+                    .await;
+                if matches!(setup, SegmentSetup::Done(_)) && setup_error.is_none() {
+                    // The treatment was deployed: take it down before the next one.
+                    let down = trun.with_cancel(CancellationToken::new());
+                    for step in self.layered(&t.pipeline, &down, Stage::Teardown) {
+                        let cx = down.step(Stage::Teardown, None, step.name())?;
+                        let (result, _) = self.invoke(&step, &cx).await;
+                        if let Err(e) = result {
+                            teardown_errors.push(format!(
+                                "treatment `{}`: teardown step `{}`: {e}",
+                                t.name,
+                                step.name()
+                            ));
+                        }
+                    }
+                }
             }
-            reports.insert(cell.id.clone(), report_of(&entry, true, metrics));
-            journal.insert(cell.id.clone(), entry);
         }
+        let searches = std::mem::take(&mut state.searches);
+        drop(state);
 
         // Teardown: always, each step on a fresh token and its own timeout.
         self.emit(Event::StageStarted {
             stage: Stage::Teardown,
         });
         let teardown_run = run.with_cancel(CancellationToken::new());
-        let mut teardown_errors = Vec::new();
-        for step in self.layered(&teardown_run, Stage::Teardown) {
+        for step in self.layered(&self.pipeline, &teardown_run, Stage::Teardown) {
             let cx = teardown_run.step(Stage::Teardown, None, step.name())?;
             let (result, _) = self.invoke(&step, &cx).await;
             if let Err(e) = result {
@@ -406,10 +487,7 @@ impl Runner {
             .iter()
             .filter_map(|c| reports.remove(&c.id))
             .collect();
-        let succeeded = cells
-            .iter()
-            .filter(|c| c.status == CellStatus::Succeeded)
-            .count();
+        let succeeded = cells.iter().filter(|c| c.status.is_ok()).count();
         let pending = cells
             .iter()
             .any(|c| matches!(c.status, CellStatus::Pending | CellStatus::Running));
@@ -426,7 +504,10 @@ impl Runner {
         };
         let mut summaries = Vec::with_capacity(cells.len());
         for c in &cells {
-            if !matches!(c.status, CellStatus::Pending | CellStatus::Running) {
+            if !matches!(
+                c.status,
+                CellStatus::Pending | CellStatus::Running | CellStatus::Skipped
+            ) {
                 match store
                     .get_json::<CellSummary>(&layout.cell_summary(&c.cell))
                     .await
@@ -441,6 +522,23 @@ impl Runner {
         if let Err(e) = store.put_json(&layout.summary(), &summaries).await {
             store_errors.push(format!("writing the run summary: {e}"));
         }
+        let searches = if run.experiment().search.is_some() {
+            // Searches this session did not run (`only`) keep their stored outcome.
+            let mut all: Vec<SearchOutcome> =
+                store.get_json(&layout.search()).await.unwrap_or_default();
+            all.retain(|old| {
+                !searches
+                    .iter()
+                    .any(|new| new.treatment == old.treatment && new.group == old.group)
+            });
+            all.extend(searches);
+            if let Err(e) = store.put_json(&layout.search(), &all).await {
+                store_errors.push(format!("writing the search results: {e}"));
+            }
+            all
+        } else {
+            Vec::new()
+        };
         manifest.status = status;
         manifest.cells = BTreeMap::new();
         for c in &cells {
@@ -470,7 +568,330 @@ impl Runner {
             teardown_errors,
             store_errors,
             elapsed,
+            search: searches,
         })
+    }
+
+    /// Runs the setup of a treatment whose setup has not run; returns the error that fails
+    /// every cell, if any.
+    async fn ensure_setup(
+        &self,
+        run: &RunContext,
+        setup: &mut SegmentSetup<'_>,
+    ) -> Option<CellError> {
+        if let SegmentSetup::Pending(pipeline) = setup {
+            self.emit(Event::StageStarted {
+                stage: Stage::Setup,
+            });
+            let mut error = None;
+            for step in self.layered(pipeline, run, Stage::Setup) {
+                let cx = match run.step(Stage::Setup, None, step.name()) {
+                    Ok(cx) => cx,
+                    Err(e) => {
+                        error = Some(cell_error(step.name(), &e));
+                        break;
+                    }
+                };
+                let (result, _) = self.invoke(&step, &cx).await;
+                if let Err(e) = result {
+                    error = Some(CellError {
+                        step: step.name().to_owned(),
+                        kind: e.kind().to_owned(),
+                        message: format!("setup step `{}` failed: {e}", step.name()),
+                    });
+                    break;
+                }
+            }
+            *setup = SegmentSetup::Done(error);
+        }
+        match setup {
+            SegmentSetup::Done(e) => e.clone(),
+            SegmentSetup::Pending(_) => None,
+        }
+    }
+
+    /// Runs `cells` (one treatment's, or the whole plan's): in order, or as the experiment's
+    /// SLO search decides.
+    async fn run_cells(
+        &self,
+        run: &RunContext,
+        cells: &[&Cell],
+        steps: &[Arc<dyn Step>],
+        setup: &mut SegmentSetup<'_>,
+        state: &mut CellState<'_>,
+    ) {
+        if let Some(spec) = &run.experiment().search {
+            let axis = spec.axis.param();
+            // Groups: the cells that differ only in the searched value (and `confirm`).
+            let mut groups: Vec<(String, Vec<&Cell>)> = Vec::new();
+            for cell in cells {
+                let key = cell
+                    .params
+                    .iter()
+                    .filter(|(k, _)| k != axis && k != "confirm" && k != "treatment")
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, g)) => g.push(cell),
+                    None => groups.push((key, vec![cell])),
+                }
+            }
+            for (key, group) in groups {
+                let selected = self
+                    .only
+                    .as_ref()
+                    .is_none_or(|o| group.iter().any(|c| o.contains(&c.id)));
+                if !selected {
+                    for cell in group {
+                        if let Some(entry) = state.journal.get(&cell.id) {
+                            state
+                                .reports
+                                .insert(cell.id.clone(), report_of(entry, false, BTreeMap::new()));
+                        }
+                    }
+                    continue;
+                }
+                let outcome = self
+                    .search_group(run, spec, &key, &group, steps, setup, state)
+                    .await;
+                state.searches.push(outcome);
+            }
+            return;
+        }
+        for cell in cells {
+            let Some(entry) = state.journal.get(&cell.id).cloned() else {
+                continue;
+            };
+            if self.only.as_ref().is_some_and(|o| !o.contains(&cell.id)) {
+                state
+                    .reports
+                    .insert(cell.id.clone(), report_of(&entry, false, BTreeMap::new()));
+                continue;
+            }
+            if !entry.status.needs_run() {
+                self.emit(Event::CellSkipped {
+                    cell: cell.id.clone(),
+                });
+                state
+                    .reports
+                    .insert(cell.id.clone(), report_of(&entry, false, BTreeMap::new()));
+                continue;
+            }
+            if state.stop || run.cancel().is_cancelled() {
+                // Not reached: stays as it was in the journal, so resume runs it.
+                state
+                    .reports
+                    .insert(cell.id.clone(), report_of(&entry, false, BTreeMap::new()));
+                continue;
+            }
+            self.run_now(run, cell, entry, steps, setup, state).await;
+        }
+    }
+
+    /// Runs `cell` now (its treatment's setup first, if that has not run), and records the
+    /// outcome. Returns its status, metrics and error, and whether setup had failed.
+    async fn run_now(
+        &self,
+        run: &RunContext,
+        cell: &Cell,
+        entry: JournalEntry,
+        steps: &[Arc<dyn Step>],
+        setup: &mut SegmentSetup<'_>,
+        state: &mut CellState<'_>,
+    ) -> (CellStatus, BTreeMap<String, f64>, Option<CellError>, bool) {
+        let setup_error = self.ensure_setup(run, setup).await;
+        let (entry, metrics) = self
+            .run_cell(
+                run,
+                cell,
+                entry,
+                state.total,
+                steps,
+                setup_error.as_ref(),
+                state.store_errors,
+            )
+            .await;
+        if entry.status == CellStatus::Failed && run.experiment().policy.fail_fast {
+            state.stop = true;
+        }
+        let outcome = (
+            entry.status,
+            metrics.clone(),
+            entry.error.clone(),
+            setup_error.is_some(),
+        );
+        state
+            .reports
+            .insert(cell.id.clone(), report_of(&entry, true, metrics));
+        state.journal.insert(cell.id.clone(), entry);
+        outcome
+    }
+
+    /// One SLO search: probes the cells the search asks for (a cell that succeeded in an
+    /// earlier session is judged from its stored summary), marks the others skipped, and
+    /// returns what it found.
+    #[allow(clippy::too_many_arguments)]
+    async fn search_group(
+        &self,
+        run: &RunContext,
+        spec: &crate::config::Search,
+        key: &str,
+        group: &[&Cell],
+        steps: &[Arc<dyn Step>],
+        setup: &mut SegmentSetup<'_>,
+        state: &mut CellState<'_>,
+    ) -> SearchOutcome {
+        let axis = spec.axis.param();
+        let mut search = crate::search::Search::for_spec(spec);
+        let candidates = search.candidates().to_vec();
+        // The cell of each (candidate, confirm).
+        let mut by_probe: BTreeMap<(usize, bool), &Cell> = BTreeMap::new();
+        for cell in group {
+            let Some(value) = cell.param(axis).and_then(ParamValue::as_f64) else {
+                continue;
+            };
+            let confirm = cell.param("confirm").is_some();
+            if let Some(i) = candidates
+                .iter()
+                .position(|c| (c - value).abs() <= 1e-9 * c.abs().max(1.0))
+            {
+                by_probe.insert((i, confirm), cell);
+            }
+        }
+        let mut probes = Vec::new();
+        let mut error = None;
+        let mut probed: BTreeSet<CellId> = BTreeSet::new();
+        while let Some((i, confirm)) = search.next() {
+            let Some(cell) = by_probe.get(&(i, confirm)).copied() else {
+                error = Some(format!("no cell for {axis}={}", candidates[i]));
+                search.stop();
+                break;
+            };
+            if state.stop || run.cancel().is_cancelled() {
+                error = Some("the run was stopped".into());
+                search.stop();
+                break;
+            }
+            let Some(entry) = state.journal.get(&cell.id).cloned() else {
+                error = Some(format!("`{}` has no journal entry", cell.id));
+                search.stop();
+                break;
+            };
+            probed.insert(cell.id.clone());
+            // A probe that succeeded earlier is judged from its stored summary.
+            let stored = if entry.status == CellStatus::Succeeded {
+                run.store()
+                    .get_json::<CellSummary>(&run.layout().cell_summary(&cell.id))
+                    .await
+                    .ok()
+            } else {
+                None
+            };
+            let (status, metrics, cell_err, setup_failed) = match stored {
+                Some(summary) => {
+                    self.emit(Event::CellSkipped {
+                        cell: cell.id.clone(),
+                    });
+                    state.reports.insert(
+                        cell.id.clone(),
+                        report_of(&entry, false, summary.metrics.clone()),
+                    );
+                    (CellStatus::Succeeded, summary.metrics, None, false)
+                }
+                None => self.run_now(run, cell, entry, steps, setup, state).await,
+            };
+            let value = candidates[i];
+            let slo_metrics: BTreeMap<String, f64> = spec
+                .slo
+                .keys()
+                .filter_map(|k| metrics.get(k).map(|v| (k.clone(), *v)))
+                .collect();
+            let probe = |verdict: Verdict| Probe {
+                value,
+                confirm,
+                cell: cell.id.to_string(),
+                verdict,
+                metrics: slo_metrics.clone(),
+            };
+            let reason = |e: &Option<CellError>| {
+                e.as_ref()
+                    .map_or_else(|| "the cell failed".to_owned(), |e| e.message.clone())
+            };
+            match status {
+                CellStatus::Succeeded => match crate::search::judge(spec, &metrics) {
+                    Ok(verdict) => {
+                        search.record(i, confirm, verdict == Verdict::Pass);
+                        probes.push(probe(verdict));
+                    }
+                    Err(message) => {
+                        probes.push(probe(Verdict::Fail {
+                            reason: message.clone(),
+                        }));
+                        error = Some(message);
+                        search.stop();
+                        break;
+                    }
+                },
+                CellStatus::Failed if !setup_failed => {
+                    // Failing under the load: the SLO does not hold there.
+                    search.record(i, confirm, false);
+                    probes.push(probe(Verdict::Fail {
+                        reason: reason(&cell_err),
+                    }));
+                }
+                _ => {
+                    let message = reason(&cell_err);
+                    probes.push(probe(Verdict::Fail {
+                        reason: message.clone(),
+                    }));
+                    error = Some(message);
+                    search.stop();
+                    break;
+                }
+            }
+        }
+        // The candidates the search did not need are skipped (a cell that succeeded in an
+        // earlier session keeps its results).
+        for cell in group {
+            if probed.contains(&cell.id) {
+                continue;
+            }
+            let Some(mut entry) = state.journal.get(&cell.id).cloned() else {
+                continue;
+            };
+            if entry.status != CellStatus::Succeeded && entry.status != CellStatus::Skipped {
+                entry.status = CellStatus::Skipped;
+                if let Err(e) = run
+                    .store()
+                    .put_json(&run.layout().journal(&cell.id), &entry)
+                    .await
+                {
+                    state
+                        .store_errors
+                        .push(format!("journal of `{}`: {e}", cell.id));
+                }
+            }
+            state
+                .reports
+                .insert(cell.id.clone(), report_of(&entry, false, BTreeMap::new()));
+            state.journal.insert(cell.id.clone(), entry);
+        }
+        let (best, first_fail, converged) = search.result();
+        let treatment = group
+            .first()
+            .and_then(|c| c.param("treatment"))
+            .map(ToString::to_string);
+        SearchOutcome {
+            treatment,
+            group: key.to_owned(),
+            axis: spec.axis,
+            best,
+            first_fail,
+            converged: converged && error.is_none(),
+            error,
+            probes,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

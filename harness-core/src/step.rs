@@ -147,6 +147,8 @@ struct RunShared {
     store: Arc<dyn ArtifactStore>,
     layout: RunLayout,
     resources: Resources,
+    /// The treatment this context runs, when the run has treatments.
+    treatment: Option<String>,
 }
 
 /// Builds a [`RunContext`]; see [`RunContext::builder`].
@@ -237,6 +239,7 @@ impl RunContext {
                 store,
                 layout,
                 resources: Resources::default(),
+                treatment: None,
             }),
             cancel,
         })
@@ -305,9 +308,35 @@ impl RunContext {
     pub fn resources(&self) -> &Resources {
         &self.inner.resources
     }
+    /// The treatment this context runs, when the run has treatments.
+    pub fn treatment(&self) -> Option<&str> {
+        self.inner.treatment.as_deref()
+    }
+
     /// The run's cancellation token.
     pub fn cancel(&self) -> &CancellationToken {
         &self.cancel
+    }
+
+    /// This run as treatment `name` sees it: `experiment` (the treatment's resolved one)
+    /// instead of the run's, resources of its own (its deployment's endpoint), and its setup
+    /// and teardown artifacts under `treatments/<name>/`; the same id, backend, store and
+    /// layout.
+    #[must_use]
+    pub fn for_treatment(&self, name: &str, experiment: Arc<Experiment>) -> Self {
+        RunContext {
+            inner: Arc::new(RunShared {
+                run_id: self.inner.run_id.clone(),
+                experiment,
+                backend: self.inner.backend.clone(),
+                store: self.inner.store.clone(),
+                layout: self.inner.layout.clone(),
+                resources: Resources::default(),
+                treatment: Some(name.to_owned()),
+            }),
+            provenance: self.provenance.clone(),
+            cancel: self.cancel.clone(),
+        }
     }
 
     /// The same run with another cancellation token (teardown runs on a fresh one).
@@ -326,12 +355,15 @@ impl RunContext {
     /// [`Error::InvalidInput`](crate::Error::InvalidInput) when `step` is not a valid key
     /// segment.
     pub fn step(&self, stage: Stage, cell: Option<Arc<Cell>>, step: &str) -> Result<StepContext> {
-        let scope = match (&cell, stage) {
+        let mut scope = match (&cell, stage) {
             (Some(c), _) => format!("cells/{}", c.id),
             (None, Stage::Setup) => "setup".into(),
             (None, Stage::Teardown) => "teardown".into(),
             (None, Stage::Cell) => "run".into(),
         };
+        if let (Some(t), None) = (&self.inner.treatment, &cell) {
+            scope = format!("treatments/{t}/{scope}");
+        }
         let prefix = self.inner.layout.step_artifacts(&scope, step)?;
         Ok(StepContext {
             run: self.clone(),

@@ -186,7 +186,9 @@ impl DeploymentSteps {
         DeploymentSteps { setup, teardown }
     }
 
-    /// The setup and teardown steps for an experiment's `deployment` section. A mock
+    /// The setup and teardown steps for an experiment's `deployment` section, with its
+    /// variables substituted into the command, environment, URL and manifests
+    /// ([`Experiment::substitute`]). A mock
     /// deployment (`deployment: {mock: ...}`) runs `<mock_program> mock` as a process (see
     /// [`MockDeployment::command`](crate::config::MockDeployment::command)); the `harness`
     /// program serves it.
@@ -199,7 +201,7 @@ impl DeploymentSteps {
         match &exp.deployment {
             DeploymentConfig::Url { url, health, .. } => Ok(DeploymentSteps {
                 setup: Arc::new(WaitReadyStep::new(
-                    Endpoint::new(url)?,
+                    Endpoint::new(exp.substitute(url))?,
                     health.clone(),
                     ready,
                 )),
@@ -210,13 +212,14 @@ impl DeploymentSteps {
                     Some(path) => Readiness::Http { path: path.clone() },
                     None => Readiness::Tcp,
                 };
-                let mut spec = WorkloadSpec::process("deployment", c.command.clone())
+                let command: Vec<String> = c.command.iter().map(|a| exp.substitute(a)).collect();
+                let mut spec = WorkloadSpec::process("deployment", command)
                     .serving(c.port.unwrap_or(0), readiness);
                 for (k, v) in &c.env {
-                    spec = spec.env(k, v);
+                    spec = spec.env(k, exp.substitute(v));
                 }
                 if let Some(dir) = &c.cwd {
-                    spec = spec.cwd(dir);
+                    spec = spec.cwd(exp.substitute(&dir.display().to_string()));
                 }
                 Ok(DeploymentSteps::for_workload(spec, ready))
             }
@@ -231,8 +234,8 @@ impl DeploymentSteps {
                             format!("cannot read `{manifests}`: {e}"),
                         )
                     })?;
-                let spec =
-                    WorkloadSpec::manifests("deployment", yaml).serving(0, Readiness::Running);
+                let spec = WorkloadSpec::manifests("deployment", exp.substitute(&yaml))
+                    .serving(0, Readiness::Running);
                 Ok(DeploymentSteps::for_workload(spec, ready))
             }
             DeploymentConfig::Mock(cfg) => {

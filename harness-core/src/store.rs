@@ -344,6 +344,14 @@ impl RunLayout {
     pub fn summary(&self) -> ArtifactKey {
         self.key("summary.json")
     }
+    /// Each treatment's resolved experiment and deployment (`treatments.json`).
+    pub fn treatments(&self) -> ArtifactKey {
+        self.key("treatments.json")
+    }
+    /// The results of the run's SLO searches (`search.json`).
+    pub fn search(&self) -> ArtifactKey {
+        self.key("search.json")
+    }
     /// The run summary as a table (`summary.parquet`, one row per cell, every statistic).
     pub fn summary_table(&self) -> ArtifactKey {
         self.key("summary.parquet")

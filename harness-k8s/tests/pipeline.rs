@@ -193,3 +193,107 @@ async fn a_command_step_with_an_image_runs_as_a_job_in_the_cluster() {
     );
     assert!(fake.all_objects().is_empty());
 }
+
+/// Treatments on Kubernetes: each treatment's manifests, with its variables substituted, are
+/// applied before its cells and deleted before the next treatment's; the cells of each see
+/// only their own deployment; what each deployed is kept under `treatments/<name>/`.
+#[tokio::test]
+async fn treatments_apply_and_delete_their_manifests_in_turn() {
+    let manifests: String = include_str!("fixtures/vllm.yaml")
+        .replace("nvidia.com/gpu: 2", "nvidia.com/gpu: \"{gpus}\"")
+        .replace(
+            "image: vllm/vllm-openai:v0.11.0",
+            "image: \"vllm/vllm-openai:{tag}\"",
+        )
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    assert!(manifests.contains("{gpus}") && manifests.contains("{tag}"));
+    let yaml = format!(
+        "name: k8s-treatments\nmodel: {{name: llama}}\nconcurrency: [1, 4]\n\
+         benchmark: {{isl_osl: [[128, 32]]}}\nbackend: {{kind: kubernetes, namespace: bench}}\n\
+         vars: {{tag: v0.11.0}}\n\
+         treatments:\n  tp1: {{vars: {{gpus: 1}}}}\n  tp2: {{vars: {{gpus: 2, tag: v0.12.0}}}}\n\
+         deployment:\n  manifests: |\n{manifests}"
+    );
+    let exp = Arc::new(Experiment::from_yaml_str(&yaml, "k8s.yaml").expect("experiment"));
+    let fake = FakeApiServer::new();
+    let backend = Arc::new(K8sBackend::new(fake.client(), "bench").label("harness.dev/run", "rt"));
+    // Per cell: the treatment, and the images and GPU limits of the Deployments then live.
+    type Seen = Vec<(String, Vec<String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let mut runner = harness_core::Runner::new(Pipeline::builder().build().expect("empty"));
+    for name in exp.treatment_names() {
+        let t = Arc::new(exp.treatment(name).expect("treatment"));
+        let (seen, fake) = (seen.clone(), fake.clone());
+        let probe = step_fn("probe", move |cx| {
+            let (seen, fake) = (seen.clone(), fake.clone());
+            async move {
+                let live: Vec<String> = fake
+                    .all_objects()
+                    .iter()
+                    .filter(|o| o["kind"] == "Deployment")
+                    .map(|o| {
+                        let c = &o["spec"]["template"]["spec"]["containers"][0];
+                        format!(
+                            "{} gpus={}",
+                            c["image"].as_str().unwrap_or_default(),
+                            c["resources"]["limits"]["nvidia.com/gpu"]
+                        )
+                    })
+                    .collect();
+                let treatment = cx.run().treatment().unwrap_or_default().to_owned();
+                seen.lock().expect("lock").push((treatment, live));
+                Ok(StepOutput::new())
+            }
+        });
+        let pipeline = Pipeline::builder()
+            .deployment(DeploymentSteps::for_experiment(&t, None).expect("deployment"))
+            .per_cell(probe)
+            .build()
+            .expect("pipeline");
+        runner = runner.treatment(name, t, pipeline);
+    }
+    let store = Arc::new(MemoryStore::new());
+    let run = harness_core::RunContext::new(
+        "rt",
+        exp.clone(),
+        backend,
+        store.clone(),
+        harness_core::CancellationToken::new(),
+    )
+    .expect("run");
+    let report = runner
+        .run(
+            &run,
+            &exp.plan().expect("plan"),
+            harness_core::RunMode::New { input: None },
+        )
+        .await
+        .expect("report");
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let seen = seen.lock().expect("lock").clone();
+    let one = |t: &str, live: &str| (t.to_owned(), vec![live.to_owned()]);
+    assert_eq!(
+        seen,
+        [
+            one("tp1", "vllm/vllm-openai:v0.11.0 gpus=\"1\""),
+            one("tp1", "vllm/vllm-openai:v0.11.0 gpus=\"1\""),
+            one("tp2", "vllm/vllm-openai:v0.12.0 gpus=\"2\""),
+            one("tp2", "vllm/vllm-openai:v0.12.0 gpus=\"2\""),
+        ]
+    );
+    for (name, gpus) in [("tp1", 1), ("tp2", 2)] {
+        let key = run
+            .layout()
+            .step_artifacts(&format!("treatments/{name}/setup"), "deploy")
+            .and_then(|k| k.join("deployed.json"))
+            .expect("key");
+        let deployed: serde_json::Value =
+            harness_core::ArtifactStoreExt::get_json(store.as_ref(), &key)
+                .await
+                .expect("deployed.json");
+        assert_eq!(deployed["gpus"], gpus, "{name}: {deployed}");
+    }
+    assert!(fake.all_objects().is_empty(), "{:#?}", fake.all_objects());
+}

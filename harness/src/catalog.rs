@@ -138,8 +138,17 @@ pub(crate) async fn show(
 ) -> Result<(), Error> {
     let info = catalog::find_run(store, run).await?;
     let cells = summaries(store, &info).await?;
+    let search: Vec<harness_core::search::SearchOutcome> =
+        match store.get_json(&info.layout.search()).await {
+            Ok(s) => s,
+            Err(Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
     if json {
-        let out = serde_json::json!({ "manifest": info.manifest, "cells": cells });
+        let mut out = serde_json::json!({ "manifest": info.manifest, "cells": cells });
+        if !search.is_empty() {
+            out["search"] = serde_json::to_value(&search).unwrap_or_default();
+        }
         say!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(());
     }
@@ -184,6 +193,9 @@ pub(crate) async fn show(
     say!("stored at   {}/{}", store.describe(), info.layout.root());
     let rows = table::stored_rows(m, &cells);
     say!("{}", table::cells_table(&rows, &cells, wide));
+    if !search.is_empty() {
+        say!("{}", table::search_table(&search));
+    }
     Ok(())
 }
 

@@ -13,7 +13,9 @@ use harness_storage::SpoolingStore;
 
 use crate::app::App;
 use crate::stores::{StoreArgs, check_store, open_run_store, store_url};
-use crate::wiring::{CellSteps, MockServing, backend_for, build_pipeline, here_pipeline};
+use crate::wiring::{
+    CellSteps, MockServing, RunPipelines, backend_for, build_pipelines, here_pipeline,
+};
 
 /// How to run an experiment with [`App::run`] or [`App::prepare`]: where results go, which
 /// cells, extra steps, reporters, cancellation. The defaults are those of `harness run`,
@@ -157,7 +159,7 @@ impl RunOptions {
 pub struct PreparedRun {
     run: RunContext,
     plan: Plan,
-    pipeline: Pipeline,
+    pipelines: RunPipelines,
     mode: RunMode,
     only: Option<Vec<CellId>>,
     spool: Option<Arc<SpoolingStore>>,
@@ -255,24 +257,57 @@ impl App {
             (false, id) => (id.unwrap_or_else(new_run_id), RunMode::New { input }),
         };
         let extra = CellSteps(cell_steps);
-        let pipeline = if plan_only {
-            Pipeline::builder().build()?
+        let pipelines = if plan_only {
+            RunPipelines {
+                main: Pipeline::builder().build()?,
+                treatments: Vec::new(),
+            }
         } else if let Some(endpoint) = &here {
-            here_pipeline(self, &exp, &file, endpoint.as_deref(), &extra)?
+            if !exp.treatments.is_empty() {
+                return Err(Error::invalid(
+                    "--here",
+                    "runs one deployment's cells; an experiment with treatments deploys each in turn",
+                ));
+            }
+            RunPipelines {
+                main: here_pipeline(self, &exp, &file, endpoint.as_deref(), &extra)?,
+                treatments: Vec::new(),
+            }
         } else {
             let mock = match mock_program {
                 Some(p) => MockServing::Process(p),
                 None => MockServing::InProcess,
             };
-            build_pipeline(self, &exp, &file, &url, &mock, &extra)?
+            build_pipelines(self, &exp, &file, &url, &mock, &extra)?
         };
         let mut cells = Vec::new();
         for id in &only {
+            // `treatment=<name>` selects every cell of a treatment.
+            let of_treatment: Vec<_> = id
+                .strip_prefix("treatment=")
+                .filter(|t| exp.treatments.get(t).is_some())
+                .map(|t| {
+                    plan.cells()
+                        .iter()
+                        .filter(|c| c.param("treatment").is_some_and(|v| v.to_string() == t))
+                        .map(|c| c.id.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !of_treatment.is_empty() {
+                cells.extend(of_treatment);
+                continue;
+            }
             let cell = plan
                 .cells()
                 .iter()
                 .find(|c| c.id.as_str() == id)
-                .ok_or_else(|| Error::invalid(format!("--only {id}"), "not a cell of the plan"))?;
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("--only {id}"),
+                        "not a cell of the plan (nor `treatment=<name>` of a treatment)",
+                    )
+                })?;
             cells.push(cell.id.clone());
         }
         let local = LocalBackend::new()?;
@@ -287,7 +322,7 @@ impl App {
         Ok(PreparedRun {
             run,
             plan,
-            pipeline,
+            pipelines,
             mode,
             only: (plan_only || !cells.is_empty()).then_some(cells),
             spool,
@@ -325,7 +360,10 @@ impl PreparedRun {
     /// # Errors
     /// When the run's journal cannot be written or read back.
     pub async fn execute(self) -> Result<RunOutcome, Error> {
-        let mut runner = Runner::new(self.pipeline).reporter(Arc::new(TracingReporter));
+        let mut runner = Runner::new(self.pipelines.main).reporter(Arc::new(TracingReporter));
+        for (name, exp, pipeline) in self.pipelines.treatments {
+            runner = runner.treatment(name, exp, pipeline);
+        }
         for r in self.reporters {
             runner = runner.reporter(r);
         }

@@ -193,6 +193,7 @@ fn status_text(s: CellStatus) -> &'static str {
         CellStatus::Succeeded => "ok",
         CellStatus::Failed => "FAILED",
         CellStatus::Cancelled => "cancelled",
+        CellStatus::Skipped => "skipped",
         _ => "?",
     }
 }
@@ -216,10 +217,12 @@ pub(crate) struct Row<'a> {
 }
 
 /// The rows of a run session's report.
+/// The rows of a run's report; candidates an SLO search skipped are left out.
 pub(crate) fn report_rows(report: &RunReport) -> Vec<Row<'_>> {
     report
         .cells
         .iter()
+        .filter(|c| c.status != CellStatus::Skipped)
         .map(|c| Row {
             cell: &c.cell,
             status: c.status,
@@ -256,6 +259,7 @@ pub(crate) fn stored_rows<'a>(
                 error: None,
             },
         })
+        .filter(|r| r.status != CellStatus::Skipped)
         .collect()
 }
 
@@ -317,6 +321,76 @@ fn format_metric(v: f64) -> String {
     } else {
         format!("{v:.3}")
     }
+}
+
+/// The SLO searches of a run: per treatment and ISL/OSL, the best passing value of the axis,
+/// the first failing one, and the probes it took.
+pub(crate) fn search_table(outcomes: &[harness_core::search::SearchOutcome]) -> String {
+    use harness_core::search::Verdict;
+    let mut t = comfy_table::Table::new();
+    t.load_style(COMPACT)
+        .set_content_arrangement(ContentArrangement::Disabled);
+    let treatments = outcomes.iter().any(|o| o.treatment.is_some());
+    let mut header = Vec::new();
+    if treatments {
+        header.push("treatment");
+    }
+    header.extend([
+        "cells",
+        "searched",
+        "best passing",
+        "first failing",
+        "probes",
+        "note",
+    ]);
+    t.set_header(header);
+    let num = |v: Option<f64>| {
+        v.map_or_else(
+            || "-".to_owned(),
+            harness_core::config::values::format_number,
+        )
+    };
+    for o in outcomes {
+        let mut row = Vec::new();
+        if treatments {
+            row.push(o.treatment.clone().unwrap_or_default());
+        }
+        let trail: Vec<String> = o
+            .probes
+            .iter()
+            .map(|p| {
+                let mark = if matches!(p.verdict, Verdict::Pass) {
+                    "ok"
+                } else {
+                    "x"
+                };
+                let again = if p.confirm { " again" } else { "" };
+                format!(
+                    "{}{again} {mark}",
+                    harness_core::config::values::format_number(p.value)
+                )
+            })
+            .collect();
+        let note = match (&o.error, o.converged, o.best) {
+            (Some(e), _, _) => format!("stopped: {e}"),
+            (None, false, _) => "probe budget spent before the precision was reached".to_owned(),
+            (None, true, None) => "the SLO does not hold even at the lowest value".to_owned(),
+            (None, true, Some(_)) => String::new(),
+        };
+        row.extend([
+            o.group.clone(),
+            serde_json::to_value(o.axis)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            num(o.best),
+            num(o.first_fail),
+            trail.join(", "),
+            note,
+        ]);
+        t.add_row(row);
+    }
+    t.to_string()
 }
 
 #[cfg(test)]

@@ -31,6 +31,21 @@ pub(crate) fn cell_steps(
     Ok(steps)
 }
 
+/// Every run ends with its report, unless the experiment places the step itself.
+fn with_report(
+    builder: harness_core::PipelineBuilder,
+    exp: &Experiment,
+) -> harness_core::PipelineBuilder {
+    if exp.steps.iter().any(|s| s.kind.as_str() == "report") {
+        return builder;
+    }
+    builder.add(
+        Stage::Teardown,
+        Arc::new(harness_analytics::report::ReportStep::new()),
+        None,
+    )
+}
+
 /// How a `deployment: {mock: ...}` is served.
 #[derive(Debug, Clone)]
 pub(crate) enum MockServing {
@@ -65,27 +80,9 @@ pub(crate) fn build_pipeline(
     mock: &MockServing,
     extra: &CellSteps,
 ) -> Result<Pipeline, Error> {
-    let deployment = match (&exp.deployment, mock) {
-        (harness_core::config::Deployment::Mock(cfg), MockServing::InProcess) => {
-            harness_llm::mock::in_process_steps(cfg.clone())
-        }
-        (_, MockServing::Process(program)) => {
-            harness_core::steps::DeploymentSteps::for_experiment(exp, Some(program))?
-        }
-        (_, MockServing::InProcess) => {
-            harness_core::steps::DeploymentSteps::for_experiment(exp, None)?
-        }
-    };
-    let mut builder = Pipeline::builder().deployment(deployment);
+    let mut builder = Pipeline::builder().deployment(deployment_steps(exp, mock)?);
     builder = app.registry().build_into(exp, file, builder)?;
-    // Every run ends with its report, unless the experiment places the step itself.
-    if !exp.steps.iter().any(|s| s.kind.as_str() == "report") {
-        builder = builder.add(
-            Stage::Teardown,
-            Arc::new(harness_analytics::report::ReportStep::new()),
-            None,
-        );
-    }
+    builder = with_report(builder, exp);
     let own_cell_steps = exp.steps.iter().any(|s| s.stage == Stage::Cell) || !extra.0.is_empty();
     builder = extra.add_to(builder);
     if exp.backend.in_cluster() {
@@ -100,6 +97,80 @@ pub(crate) fn build_pipeline(
         );
     }
     builder.build()
+}
+
+/// The pipelines of a run: the run's own, and one per treatment (its resolved experiment
+/// and its deployment and per-cell steps).
+pub(crate) struct RunPipelines {
+    pub(crate) main: Pipeline,
+    pub(crate) treatments: Vec<(String, Arc<Experiment>, Pipeline)>,
+}
+
+/// The deployment steps of `exp`, the mock served as `mock` says.
+fn deployment_steps(
+    exp: &Experiment,
+    mock: &MockServing,
+) -> Result<harness_core::steps::DeploymentSteps, Error> {
+    Ok(match (&exp.deployment, mock) {
+        (harness_core::config::Deployment::Mock(cfg), MockServing::InProcess) => {
+            harness_llm::mock::in_process_steps(cfg.clone())
+        }
+        (_, MockServing::Process(program)) => {
+            harness_core::steps::DeploymentSteps::for_experiment(exp, Some(program))?
+        }
+        (_, MockServing::InProcess) => {
+            harness_core::steps::DeploymentSteps::for_experiment(exp, None)?
+        }
+    })
+}
+
+/// The pipelines of a run of `exp`. Without treatments, [`build_pipeline`]'s. With them,
+/// the run keeps the experiment's own setup and teardown steps and the report, and each
+/// treatment gets its deployment and the per-cell steps of its resolved experiment.
+pub(crate) fn build_pipelines(
+    app: &App,
+    exp: &Experiment,
+    file: &str,
+    store_url: &str,
+    mock: &MockServing,
+    extra: &CellSteps,
+) -> Result<RunPipelines, Error> {
+    if exp.treatments.is_empty() {
+        return Ok(RunPipelines {
+            main: build_pipeline(app, exp, file, store_url, mock, extra)?,
+            treatments: Vec::new(),
+        });
+    }
+    if exp.backend.in_cluster() {
+        return Err(Error::invalid(
+            "treatments",
+            "treatments run their cells from this process; they cannot be combined with `backend.in_cluster` yet",
+        ));
+    }
+    let built = app
+        .registry()
+        .build_into(exp, file, Pipeline::builder())?
+        .build()?;
+    let mut main = Pipeline::builder();
+    for stage in [Stage::Setup, Stage::Teardown] {
+        for s in built.steps(stage) {
+            main = main.add(stage, s.step.clone(), s.timeout);
+        }
+    }
+    main = with_report(main, exp);
+    let mut treatments = Vec::new();
+    for name in exp.treatment_names() {
+        let texp = exp.treatment(name)?;
+        let mut b = Pipeline::builder().deployment(deployment_steps(&texp, mock)?);
+        for step in cell_steps(app, &texp, file, extra)? {
+            b = b.add(Stage::Cell, step, None);
+        }
+        treatments.push((name.to_owned(), Arc::new(texp), b.build()?));
+    }
+    Ok(RunPipelines {
+        main: main.build()?,
+        treatments,
+    })
 }
 
 /// The pipeline of an in-cluster run: the cell's steps run in the agent; here only the Job

@@ -308,7 +308,31 @@ impl Experiment {
                 None => err.into(),
             }
         };
-        if self.concurrency.is_none() && self.request_rate.is_none() {
+        if let Some(search) = &self.search {
+            if let Err((path, message)) = search.check() {
+                return Err(locate("search", ConfigError::new(file, path, message)));
+            }
+            let fixed = if self.concurrency.is_some() {
+                Some("concurrency")
+            } else if self.request_rate.is_some() {
+                Some("request_rate")
+            } else {
+                None
+            };
+            if let Some(list) = fixed {
+                return Err(locate(
+                    list,
+                    ConfigError::new(
+                        file,
+                        list,
+                        format!(
+                            "`search` varies `{}` and the loop is its own: leave the `{list}` list out",
+                            search.axis.param()
+                        ),
+                    ),
+                ));
+            }
+        } else if self.concurrency.is_none() && self.request_rate.is_none() {
             return Err(locate(
                 "concurrency",
                 ConfigError::new(
@@ -357,6 +381,35 @@ impl Experiment {
                     "Kubernetes manifests need `backend: {kind: kubernetes}`",
                 ),
             ));
+        }
+        if self.vars.keys().any(|k| k.as_str() == "port") {
+            return Err(locate(
+                "vars",
+                ConfigError::new(
+                    file,
+                    "vars.port",
+                    "`{port}` is the backend's (the port it picks); name the variable otherwise",
+                ),
+            ));
+        }
+        for t in self.treatments.iter() {
+            if let Err(e) = self.treatment(t.name.as_str()) {
+                let (path, message) = match &e {
+                    Error::Config(c) => (
+                        format!("treatments.{}.{}", t.name, c.path.trim_start_matches('.')),
+                        c.message.clone(),
+                    ),
+                    other => (format!("treatments.{}", t.name), other.to_string()),
+                };
+                let mut err = ConfigError::new(file, path.trim_end_matches('.'), message);
+                if let Some(t_text) = text
+                    && let Some(line) = find_treatment(t_text, t.name.as_str())
+                {
+                    err = err.at(line, 3);
+                    return Err(err.into());
+                }
+                return Err(locate("treatments", err));
+            }
         }
         let mut names = BTreeSet::new();
         for (i, step) in self.steps.iter().enumerate() {
@@ -435,6 +488,83 @@ impl Experiment {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The names of the treatments, in order (empty without treatments).
+    pub fn treatment_names(&self) -> Vec<&str> {
+        self.treatments.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    /// The experiment as treatment `name` runs it: its sections merged over the
+    /// experiment's (sections key by key; a deployment of another kind replaces the whole
+    /// section), its `vars` over the experiment's, `{treatment}` set, and no treatments of
+    /// its own.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an unknown name; [`Error::Config`] when the merged
+    /// experiment is invalid (the path is within the merged experiment).
+    pub fn treatment(&self, name: &str) -> Result<Experiment> {
+        let t = self
+            .treatments
+            .get(name)
+            .ok_or_else(|| Error::invalid(format!("treatment `{name}`"), "no such treatment"))?;
+        let mut tree = self.to_json();
+        if let Some(obj) = tree.as_object_mut() {
+            obj.remove("treatments");
+        }
+        super::variants::merge(
+            &mut tree,
+            &serde_json::Value::Object(t.overlay.clone()),
+            true,
+        );
+        if let Some(vars) = tree
+            .as_object_mut()
+            .map(|o| o.entry("vars").or_insert_with(|| serde_json::json!({})))
+            .and_then(|v| v.as_object_mut())
+        {
+            vars.insert(
+                "treatment".into(),
+                serde_json::Value::String(name.to_owned()),
+            );
+        }
+        let mut exp = Experiment::from_json(&tree, &format!("treatment `{name}`"))?;
+        exp.step_positions = self.step_positions.clone();
+        Ok(exp)
+    }
+
+    /// `text` with `{name}` replaced by the value of each variable (`vars`, `{model}` and
+    /// `{model_name}`); other braces, such as the backend's `{port}`, are left alone.
+    pub fn substitute(&self, text: &str) -> String {
+        if !text.contains('{') {
+            return text.to_owned();
+        }
+        let mut out = text.to_owned();
+        let model = self.model.path.as_deref().unwrap_or(&self.model.name);
+        for (k, v) in [("model", model), ("model_name", self.model.name.as_str())] {
+            if !self.vars.keys().any(|n| n.as_str() == k) {
+                out = out.replace(&format!("{{{k}}}"), v);
+            }
+        }
+        for (k, v) in &self.vars {
+            out = out.replace(&format!("{{{k}}}"), v.as_str());
+        }
+        out
+    }
+
+    /// The `deployment` section as it is deployed: every text with its placeholders filled
+    /// ([`Experiment::substitute`]; `{port}` stays the backend's).
+    pub fn resolved_deployment(&self) -> serde_json::Value {
+        fn walk(exp: &Experiment, v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::String(s) => *s = exp.substitute(s),
+                serde_json::Value::Array(a) => a.iter_mut().for_each(|x| walk(exp, x)),
+                serde_json::Value::Object(o) => o.values_mut().for_each(|x| walk(exp, x)),
+                _ => {}
+            }
+        }
+        let mut v = serde_json::to_value(&self.deployment).unwrap_or_default();
+        walk(self, &mut v);
+        v
+    }
+
     /// Reads an experiment back from [`Experiment::to_json`].
     ///
     /// # Errors
@@ -477,6 +607,22 @@ fn set_path(
     })?;
     obj.insert((*last).to_owned(), value);
     Ok(())
+}
+
+/// The 1-based line of treatment `name` under the top-level `treatments:` mapping.
+fn find_treatment(text: &str, name: &str) -> Option<usize> {
+    let (start, _) = find_top_level_key(text, "treatments")?;
+    text.lines()
+        .enumerate()
+        .skip(start)
+        .take_while(|(_, l)| l.trim().is_empty() || l.starts_with([' ', '\t', '#']))
+        .find(|(_, l)| {
+            let t = l.trim_start();
+            t.strip_prefix(name)
+                .or_else(|| t.strip_prefix(&format!("\"{name}\"")))
+                .is_some_and(|r| r.trim_start().starts_with(':'))
+        })
+        .map(|(i, _)| i + 1)
 }
 
 /// Finds `key:` at the start of a line (a top-level key) and returns its 1-based position.

@@ -26,6 +26,7 @@
 
 mod load;
 pub mod values;
+mod variants;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,6 +36,10 @@ use serde::{Deserialize, Serialize};
 
 pub use load::{ConfigError, MAX_CONFIG_BYTES};
 use values::{AxisValue, HumanDuration, IslOsl, Name, Positive, Rate, Sweep};
+pub use variants::{
+    Limit, MAX_SEARCH_VALUES, Search, SearchAxis, TREATMENT_SECTIONS, Treatment, Treatments,
+    VarValue,
+};
 
 /// A commented experiment that shows every section with its default value.
 pub const DEFAULT_EXPERIMENT: &str = include_str!("default-experiment.yaml");
@@ -92,6 +97,19 @@ pub struct Experiment {
     /// Extra or swapped steps. Empty means the tool's default per-cell step.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepSpec>,
+    /// Values of `{name}` placeholders in the deployment's command, environment, URL and
+    /// manifests (`{model}` is `model.path`, else `model.name`; `{treatment}` the treatment's
+    /// name; `{port}` is the backend's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<Name, VarValue>,
+    /// Variants of the experiment, each deployed in turn with its cells: a treatment sets
+    /// sections over the experiment's (`deployment`, `load`, `vars`, ...).
+    #[serde(default, skip_serializing_if = "Treatments::is_empty")]
+    pub treatments: Treatments,
+    /// Find the largest concurrency or request rate at which an SLO holds, instead of
+    /// sweeping a fixed list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<Search>,
     /// Where each step stands in the file, for located errors from step factories.
     #[serde(skip)]
     pub(crate) step_positions: Positions,
@@ -219,6 +237,11 @@ pub struct MockDeployment {
     /// Seed for jitter and faults.
     #[serde(default)]
     pub seed: u64,
+    /// Streams served at once, like a server's batch slots: further requests wait in arrival
+    /// order for a free slot, and the wait adds to their time to first token. Without it, no
+    /// limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<Positive>,
     /// A JSON-lines file of `{"prompt": ..., "answer": ...}`: a request whose last message
     /// (or prompt) is one of the prompts gets that answer as its content, so accuracy
     /// checks can be tested against a known truth.
@@ -239,6 +262,7 @@ impl Default for MockDeployment {
             stall_rate: 0.0,
             malformed_rate: 0.0,
             seed: 0,
+            slots: None,
             answers: None,
         }
     }

@@ -111,6 +111,8 @@ struct Shared {
     answers: std::collections::HashMap<String, String>,
     /// Sub-millisecond sleeps for the token schedule.
     clock: crate::clock::Clock,
+    /// Free serving slots (`cfg.slots`); a request holds one until its response ends.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Reads the answers file of the mock's configuration (JSON lines of `prompt` and `answer`).
@@ -247,7 +249,11 @@ fn router(cfg: MockDeployment) -> Router {
         }),
         None => Default::default(),
     };
+    let slots = cfg
+        .slots
+        .map(|n| Arc::new(tokio::sync::Semaphore::new(n.get() as usize)));
     let shared = Arc::new(Shared {
+        slots,
         cfg,
         counters: Counters::default(),
         lateness: std::sync::Mutex::new(Lateness::default()),
@@ -453,6 +459,14 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
             StatusCode::from_u16(cfg.error_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return error_response(status, "injected error");
     }
+    // A slot, in arrival order (tokio's semaphore is fair); the wait is part of the TTFT.
+    let slot = match &s.slots {
+        Some(slots) => match slots.clone().acquire_owned().await {
+            Ok(permit) => Some(permit),
+            Err(_) => return error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        },
+        None => None,
+    };
     let model = req.model.unwrap_or_else(|| MOCK_MODEL.to_owned());
     let id = format!("cmpl-mock-{n}");
     let usage = serde_json::json!({
@@ -489,6 +503,7 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
             "text_completion"
         };
         let body = serde_json::json!({ "id": id, "object": object, "model": model, "choices": [choice], "usage": usage });
+        drop(slot);
         return axum::Json(body).into_response();
     }
     match fate {
@@ -520,6 +535,7 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         )
     };
     let stream = TokenStream {
+        _slot: slot,
         running: Some(Running::new(&s)),
         shared: s.clone(),
         n,
@@ -605,6 +621,8 @@ enum Next {
 }
 
 struct TokenStream {
+    /// The serving slot, freed when the response ends (`cfg.slots`).
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Taken when a stalled stream hands its count to the connection, which keeps it until the
     /// client leaves.
     running: Option<Running>,

@@ -25,6 +25,9 @@ pub(crate) struct Args {
     /// Output tokens per response (default: the request's max_tokens).
     #[arg(long)]
     output_tokens: Option<u32>,
+    /// Streams served at once; the rest wait in arrival order (default: no limit).
+    #[arg(long)]
+    slots: Option<u32>,
     /// Fraction of requests answered with an error status.
     #[arg(long)]
     error_rate: Option<f64>,
@@ -67,6 +70,12 @@ pub(super) fn exec(args: &Args) -> Result<(), Error> {
         cfg.output_tokens = Some(
             std::num::NonZeroU32::new(n)
                 .ok_or_else(|| Error::invalid("--output-tokens", "must be at least 1"))?,
+        );
+    }
+    if let Some(n) = args.slots {
+        cfg.slots = Some(
+            std::num::NonZeroU32::new(n)
+                .ok_or_else(|| Error::invalid("--slots", "must be at least 1"))?,
         );
     }
     // Validate through the same rules as the experiment file.

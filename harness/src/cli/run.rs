@@ -278,6 +278,9 @@ async fn execute(
         .unwrap_or_default();
     let rows = table::report_rows(&report);
     say!("{}", table::cells_table(&rows, &summaries, wide));
+    if !report.search.is_empty() {
+        say!("SLO search:\n{}", table::search_table(&report.search));
+    }
     for e in report
         .setup_error
         .iter()
@@ -287,10 +290,17 @@ async fn execute(
         eprintln!("warning: {e}");
     }
     let ok = report.count(harness_core::CellStatus::Succeeded);
+    let skipped = report.count(harness_core::CellStatus::Skipped);
+    let not_needed = if skipped > 0 {
+        format!(" ({skipped} search candidates not needed)")
+    } else {
+        String::new()
+    };
     say!(
-        "run {} {:?}: {ok}/{cells} cells succeeded in {:.1}s; stored at {}/{}",
+        "run {} {:?}: {ok}/{} cells succeeded{not_needed} in {:.1}s; stored at {}/{}",
         report.run_id,
         report.status,
+        cells - skipped,
         report.elapsed.as_secs_f64(),
         store.describe(),
         layout.root()

@@ -24,7 +24,7 @@ pub(super) fn exec(app: &App, args: &Args) -> Result<(), Error> {
     let (exp, _) = load(path, &args.sets)?;
     let plan = exp.plan()?;
     let url = crate::stores::store_url(&crate::stores::StoreArgs::default(), Some(&exp.storage));
-    crate::wiring::build_pipeline(
+    crate::wiring::build_pipelines(
         app,
         &exp,
         &path.display().to_string(),

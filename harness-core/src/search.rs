@@ -1,0 +1,303 @@
+//! The SLO search: which probe comes next, and what the probes found.
+//!
+//! [`Search`] decides; the [`Runner`](crate::Runner) runs each probe as an ordinary cell and
+//! records its verdict. The search starts at the lowest candidate, doubles until a probe
+//! fails (or the highest candidate passes), then bisects between the best passing and the
+//! first failing value. With `confirm`, the best passing value is probed once more before it
+//! is trusted; a second probe that fails makes it a failing value and the search goes on
+//! below it. Values probed twice pass only when both probes passed.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Search as SearchSpec, SearchAxis};
+
+/// What one probe found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "verdict")]
+#[non_exhaustive]
+pub enum Verdict {
+    /// Every limit held.
+    Pass,
+    /// A limit did not hold, or the cell failed under the load (`reason` says which).
+    Fail {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One probe of a search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Probe {
+    /// The axis value.
+    pub value: f64,
+    /// Whether it repeated an earlier probe of the same value.
+    pub confirm: bool,
+    /// Its cell.
+    pub cell: String,
+    /// What it found.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// The metrics the SLO names, as the probe measured them.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// The result of one search: one treatment and ISL/OSL pair (and user axes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SearchOutcome {
+    /// The treatment, when the experiment has treatments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub treatment: Option<String>,
+    /// The other parameters of the probes' cells, e.g. `isl=128,osl=32`.
+    pub group: String,
+    /// The axis searched.
+    pub axis: SearchAxis,
+    /// The largest value at which the SLO held (`None`: not even at `min`).
+    pub best: Option<f64>,
+    /// The smallest value at which it did not (`None`: it held at `max`).
+    pub first_fail: Option<f64>,
+    /// Whether the gap between the two reached the search's precision within its probes.
+    pub converged: bool,
+    /// Why the search stopped early (the treatment's deployment failed, the run was
+    /// cancelled, a probe did not report a metric the SLO names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The probes, in the order they ran.
+    pub probes: Vec<Probe>,
+}
+
+/// The verdict of an SLO on a probe's metrics: every named metric present and at most its
+/// limit. `Err` when a metric is missing (the cell's steps do not report it).
+///
+/// # Errors
+/// A message naming the missing metric.
+pub fn judge(spec: &SearchSpec, metrics: &BTreeMap<String, f64>) -> Result<Verdict, String> {
+    let mut misses = Vec::new();
+    for (name, limit) in &spec.slo {
+        let value = metrics.get(name).copied().ok_or_else(|| {
+            format!("the probe's steps did not report `{name}`, which the SLO names")
+        })?;
+        // NaN fails too.
+        if value.is_nan() || value > limit.get() {
+            misses.push(format!(
+                "{name} {} > {}",
+                crate::config::values::format_number(value),
+                crate::config::values::format_number(limit.get())
+            ));
+        }
+    }
+    Ok(if misses.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail {
+            reason: misses.join(", "),
+        }
+    })
+}
+
+/// The decisions of one search over candidate values (ascending).
+#[derive(Debug, Clone)]
+pub struct Search {
+    candidates: Vec<f64>,
+    budget: usize,
+    confirm: bool,
+    /// Verdicts by candidate index: (first probe passed, confirm probe passed).
+    seen: BTreeMap<usize, (Option<bool>, Option<bool>)>,
+    used: usize,
+    done: bool,
+}
+
+impl Search {
+    /// A search over `candidates` (ascending, at least one) with at most `budget` probes.
+    pub fn new(candidates: Vec<f64>, budget: usize, confirm: bool) -> Self {
+        Search {
+            candidates,
+            budget: budget.max(1),
+            confirm,
+            seen: BTreeMap::new(),
+            used: 0,
+            done: false,
+        }
+    }
+
+    /// A search for `spec`.
+    pub fn for_spec(spec: &SearchSpec) -> Self {
+        Search::new(
+            spec.candidates(),
+            spec.max_probes.get() as usize,
+            spec.confirm,
+        )
+    }
+
+    /// The candidate values.
+    pub fn candidates(&self) -> &[f64] {
+        &self.candidates
+    }
+
+    fn passes(&self, i: usize) -> Option<bool> {
+        let (first, confirm) = self.seen.get(&i).copied().unwrap_or_default();
+        match (first, confirm) {
+            (Some(false), _) | (_, Some(false)) => Some(false),
+            (Some(true), _) => Some(true),
+            _ => None,
+        }
+    }
+
+    /// The best passing index and the first failing one, from what was seen.
+    fn bracket(&self) -> (Option<usize>, Option<usize>) {
+        let hi = self
+            .seen
+            .keys()
+            .copied()
+            .find(|i| self.passes(*i) == Some(false));
+        let lo = self
+            .seen
+            .keys()
+            .copied()
+            .filter(|i| hi.is_none_or(|h| *i < h) && self.passes(*i) == Some(true))
+            .max();
+        (lo, hi)
+    }
+
+    /// The next probe: a candidate index and whether it is the confirming probe; `None` when
+    /// the search is over.
+    pub fn next(&self) -> Option<(usize, bool)> {
+        if self.done || self.used >= self.budget || self.candidates.is_empty() {
+            return None;
+        }
+        let last = self.candidates.len() - 1;
+        let (lo, hi) = self.bracket();
+        let Some(lo) = lo else {
+            // Nothing passes yet: the lowest value first; if it failed, the SLO never holds.
+            return (!self.seen.contains_key(&0)).then_some((0, false));
+        };
+        let next = match hi {
+            // Bracketing: double the best passing value.
+            None if lo == last => None,
+            None => {
+                let want = self.candidates[lo] * 2.0;
+                let i = self
+                    .candidates
+                    .iter()
+                    .position(|v| *v >= want - 1e-9)
+                    .unwrap_or(last)
+                    .max(lo + 1);
+                Some(i)
+            }
+            Some(hi) if hi > lo + 1 => Some(lo + (hi - lo) / 2),
+            Some(_) => None,
+        };
+        match next {
+            Some(i) => Some((i, false)),
+            // Converged (or the top passed): confirm the best value once.
+            None if self.confirm && self.seen.get(&lo).is_some_and(|s| s.1.is_none()) => {
+                Some((lo, true))
+            }
+            None => None,
+        }
+    }
+
+    /// Records a probe's verdict (`passed`).
+    pub fn record(&mut self, index: usize, confirm: bool, passed: bool) {
+        self.used += 1;
+        let entry = self.seen.entry(index).or_default();
+        if confirm {
+            entry.1 = Some(passed);
+        } else {
+            entry.0 = Some(passed);
+        }
+    }
+
+    /// Stops the search (an error, or cancellation).
+    pub fn stop(&mut self) {
+        self.done = true;
+    }
+
+    /// The best passing value, the first failing one, and whether the search converged
+    /// (nothing left to probe within the budget).
+    pub fn result(&self) -> (Option<f64>, Option<f64>, bool) {
+        let (lo, hi) = self.bracket();
+        let value = |i: Option<usize>| i.map(|i| self.candidates[i]);
+        let converged = !self.done && self.next().is_none() && {
+            match (lo, hi) {
+                (Some(l), Some(h)) => h == l + 1,
+                (Some(l), None) => l == self.candidates.len() - 1,
+                (None, Some(0)) => true,
+                _ => false,
+            }
+        };
+        (value(lo), value(hi), converged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a search against an oracle and returns (best, first fail, probes used).
+    fn run(
+        n: usize,
+        budget: usize,
+        confirm: bool,
+        mut oracle: impl FnMut(f64, bool) -> bool,
+    ) -> (Option<f64>, Option<f64>, bool, usize) {
+        let candidates: Vec<f64> = (1..=n).map(|v| v as f64).collect();
+        let mut s = Search::new(candidates, budget, confirm);
+        let mut probes = 0;
+        while let Some((i, c)) = s.next() {
+            let v = s.candidates()[i];
+            s.record(i, c, oracle(v, c));
+            probes += 1;
+            assert!(probes <= budget, "the budget is kept");
+        }
+        let (best, fail, converged) = s.result();
+        (best, fail, converged, probes)
+    }
+
+    #[test]
+    fn a_capacity_is_found_exactly_for_every_capacity() {
+        for capacity in 1..=64 {
+            let (best, fail, converged, probes) = run(64, 20, true, |v, _| v <= capacity as f64);
+            assert_eq!(best, Some(capacity as f64), "capacity {capacity}");
+            let want_fail = (capacity < 64).then_some(capacity as f64 + 1.0);
+            assert_eq!(fail, want_fail, "capacity {capacity}");
+            assert!(converged, "capacity {capacity}");
+            // Doubling and bisection: about 2 log2(64) probes, plus the confirmation.
+            assert!(probes <= 14, "capacity {capacity}: {probes} probes");
+        }
+    }
+
+    #[test]
+    fn nothing_passes_when_the_lowest_value_fails() {
+        let (best, fail, converged, probes) = run(64, 16, true, |_, _| false);
+        assert_eq!((best, fail, converged, probes), (None, Some(1.0), true, 1));
+    }
+
+    #[test]
+    fn a_confirmation_that_fails_moves_the_search_below() {
+        // 16 passes once, by luck, and fails when repeated; 15 holds.
+        let (best, fail, converged, _) = run(64, 20, true, |v, confirm| {
+            v <= 15.0 || (v == 16.0 && !confirm)
+        });
+        assert_eq!((best, fail), (Some(15.0), Some(16.0)));
+        assert!(converged);
+    }
+
+    #[test]
+    fn a_small_budget_stops_early_without_claiming_convergence() {
+        let (best, fail, converged, probes) = run(1000, 4, false, |v, _| v <= 700.0);
+        assert_eq!(probes, 4);
+        assert!(!converged);
+        assert_eq!(best, Some(8.0));
+        assert_eq!(fail, None);
+    }
+
+    #[test]
+    fn the_top_passing_ends_the_search() {
+        let (best, fail, converged, _) = run(10, 16, false, |_, _| true);
+        assert_eq!((best, fail, converged), (Some(10.0), None, true));
+    }
+}
