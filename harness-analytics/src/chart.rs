@@ -157,6 +157,19 @@ impl Chart {
         }
     }
 
+    /// The distinct x values of the points, ascending.
+    fn x_values(&self) -> Vec<f64> {
+        let mut xs: Vec<f64> = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|(x, _)| *x))
+            .filter(|x| x.is_finite() && (!self.log_x || *x > 0.0))
+            .collect();
+        xs.sort_by(f64::total_cmp);
+        xs.dedup();
+        xs
+    }
+
     fn bounds(&self) -> Option<((f64, f64), (f64, f64))> {
         let pts = self
             .series
@@ -223,10 +236,13 @@ impl Chart {
                 self.draw_series(&mut chart)?;
             }};
         }
-        if self.log_x {
-            mesh_and_series!((x0..x1).log_scale());
-        } else {
-            mesh_and_series!(x0..x1);
+        // A log axis is ticked at the swept values (1, 4, 16, not 1 to 10) when there are few
+        // enough to read.
+        let ticks = self.x_values();
+        match (self.log_x, (2..=16).contains(&ticks.len())) {
+            (true, true) => mesh_and_series!((x0..x1).log_scale().with_key_points(ticks)),
+            (true, false) => mesh_and_series!((x0..x1).log_scale()),
+            (false, _) => mesh_and_series!(x0..x1),
         }
         Ok(())
     }
@@ -361,5 +377,30 @@ mod tests {
         assert_eq!(&png[1..4], b"PNG");
         let empty = Chart::new("e", "nothing", "x", "y");
         assert!(empty.svg().is_err());
+    }
+
+    /// A log axis of concurrency 1, 4, 16 is ticked at 1, 4 and 16 (a plain log axis has
+    /// ticks 1 to 10 and none at 16).
+    #[test]
+    fn a_log_axis_is_ticked_at_the_swept_values() {
+        let mut c = Chart::new("t", "TTFT", "concurrency", "ms");
+        c.log_x = true;
+        c.series.push(Series::line(
+            "a",
+            vec![(1.0, 200.0), (4.0, 220.0), (16.0, 300.0)],
+            0,
+        ));
+        let svg = c.svg().expect("svg");
+        let texts: Vec<&str> = svg
+            .split("</text>")
+            .filter_map(|t| t.rsplit_once('>').map(|(_, text)| text.trim()))
+            .collect();
+        // The y axis (0 to 300) has its own ticks; the x axis exactly the swept values.
+        let small: Vec<&str> = texts
+            .iter()
+            .copied()
+            .filter(|t| t.parse::<f64>().is_ok_and(|v| v > 0.0 && v < 50.0))
+            .collect();
+        assert_eq!(small, ["1", "4", "16"], "{texts:?}");
     }
 }

@@ -32,6 +32,12 @@ pub struct RunData {
     pub rows: Vec<CellRow>,
     /// GPUs serving the model, when the experiment says.
     pub gpus: Option<u32>,
+    /// GPUs of each treatment's deployment, when known.
+    pub treatment_gpus: BTreeMap<String, u32>,
+    /// The run's SLO searches (`search.json`), when it has any.
+    pub search: Vec<harness_core::search::SearchOutcome>,
+    /// The treatment these rows are restricted to ([`RunData::treatment_only`]).
+    pub treatment: Option<String>,
 }
 
 fn status_word(s: CellStatus) -> String {
@@ -43,9 +49,9 @@ fn status_word(s: CellStatus) -> String {
 
 /// The GPUs the deploy step recorded (`setup/artifacts/deploy/deployed.json`, written by
 /// backends that know them, such as Kubernetes), when it did and they are more than 0.
-async fn deployed_gpus(store: &dyn ArtifactStore, layout: &RunLayout) -> Option<u32> {
+async fn deployed_gpus(store: &dyn ArtifactStore, layout: &RunLayout, scope: &str) -> Option<u32> {
     let key = layout
-        .step_artifacts("setup", "deploy")
+        .step_artifacts(scope, "deploy")
         .and_then(|k| k.join("deployed.json"))
         .ok()?;
     let v: serde_json::Value = store.get_json(&key).await.ok()?;
@@ -69,7 +75,23 @@ impl RunData {
         // GPUs: as the experiment says, else as the deploy step recorded what it deployed.
         let gpus = match exp.deployment.gpus() {
             Some(g) => Some(g),
-            None => deployed_gpus(store, &layout).await,
+            None => deployed_gpus(store, &layout, "setup").await,
+        };
+        let mut treatment_gpus = BTreeMap::new();
+        for name in exp.treatment_names() {
+            let own = exp.treatment(name).ok().and_then(|t| t.deployment.gpus());
+            let g = match own {
+                Some(g) => Some(g),
+                None => deployed_gpus(store, &layout, &format!("treatments/{name}/setup")).await,
+            };
+            if let Some(g) = g {
+                treatment_gpus.insert(name.to_owned(), g);
+            }
+        }
+        let search = match store.get_json(&layout.search()).await {
+            Ok(s) => s,
+            Err(harness_core::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
         };
         let mut rows = Vec::with_capacity(plan.len());
         for cell in plan.cells() {
@@ -81,6 +103,10 @@ impl RunData {
                 Err(harness_core::Error::NotFound { .. }) => CellStatus::Pending,
                 Err(e) => return Err(e.into()),
             };
+            // Candidates an SLO search did not need are not part of the results.
+            if status == CellStatus::Skipped {
+                continue;
+            }
             let stats = match store
                 .get_json::<CellStats>(&layout.cell_stats(&cell.id))
                 .await
@@ -101,12 +127,59 @@ impl RunData {
             manifest,
             rows,
             gpus,
+            treatment_gpus,
+            search,
+            treatment: None,
         })
     }
 
-    /// `experiment/run-id`.
+    /// `experiment/run-id`, and `@treatment` when restricted to one.
     pub fn label(&self) -> String {
-        format!("{}/{}", self.manifest.experiment_name, self.manifest.run_id)
+        let at = self
+            .treatment
+            .as_ref()
+            .map(|t| format!("@{t}"))
+            .unwrap_or_default();
+        format!(
+            "{}/{}{at}",
+            self.manifest.experiment_name, self.manifest.run_id
+        )
+    }
+
+    /// The cells of treatment `name` alone, as if they were a run of their own: ids and
+    /// parameters without `treatment=<name>`, so that they match another treatment's cells
+    /// (of this run or another) in a comparison. `samples` (keyed by cell id) are re-keyed
+    /// alike.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the run has no cell of that treatment.
+    pub fn treatment_only<T>(
+        mut self,
+        name: &str,
+        samples: BTreeMap<String, T>,
+    ) -> Result<(Self, BTreeMap<String, T>), Error> {
+        let prefix = format!("treatment={name},");
+        let mut rekeyed = BTreeMap::new();
+        for (id, v) in samples {
+            if let Some(rest) = id.strip_prefix(&prefix) {
+                rekeyed.insert(rest.to_owned(), v);
+            }
+        }
+        self.rows.retain(|r| r.cell.starts_with(&prefix));
+        if self.rows.is_empty() {
+            return Err(Error::invalid(
+                format!("{}@{name}", self.label()),
+                "the run has no cell of this treatment",
+            ));
+        }
+        for r in &mut self.rows {
+            r.cell = r.cell[prefix.len()..].to_owned();
+            r.params.retain(|(n, _)| n != "treatment");
+        }
+        self.gpus = self.treatment_gpus.get(name).copied().or(self.gpus);
+        self.search.retain(|o| o.treatment.as_deref() == Some(name));
+        self.treatment = Some(name.to_owned());
+        Ok((self, rekeyed))
     }
 
     /// The summary table of the run, one row per cell.
@@ -136,12 +209,26 @@ impl RunData {
         }
     }
 
+    /// The GPUs serving `row`'s cell: its treatment's, else the run's.
+    pub fn gpus_of(&self, row: &CellRow) -> Option<u32> {
+        row.params
+            .iter()
+            .find(|(n, _)| n == "treatment")
+            .and_then(|(_, t)| self.treatment_gpus.get(&t.to_string()).copied())
+            .or(self.gpus)
+    }
+
     /// The series of the sweep: cells grouped by everything but the load parameter
-    /// (typically ISL/OSL), in first-seen order, each with its label.
+    /// (typically treatment and ISL/OSL), in first-seen order, each with its label. Repeated
+    /// probes of an SLO search are left out (their value was probed already).
     pub fn series(&self) -> Vec<(String, Vec<&CellRow>)> {
         let axis = self.load_axis();
         let mut out: Vec<(String, Vec<&CellRow>)> = Vec::new();
-        for row in &self.rows {
+        for row in self
+            .rows
+            .iter()
+            .filter(|r| !r.params.iter().any(|(n, _)| n == "repeat"))
+        {
             let label = row
                 .params
                 .iter()
@@ -221,9 +308,10 @@ pub fn charts(run: &RunData) -> Vec<Chart> {
     }
     out.push(t);
 
-    let per = match run.gpus {
-        Some(g) => format!("per GPU ({g} GPUs)"),
-        None => "per deployment (GPU count unknown)".to_owned(),
+    let per = match (run.gpus, run.treatment_gpus.is_empty()) {
+        (_, false) => "per GPU (each treatment's GPUs)".to_owned(),
+        (Some(g), true) => format!("per GPU ({g} GPUs)"),
+        (None, true) => "per deployment (GPU count unknown)".to_owned(),
     };
     let mut p = Chart::new(
         "pareto",
@@ -238,7 +326,7 @@ pub fn charts(run: &RunData) -> Vec<Chart> {
             .filter_map(|r| {
                 let s = r.stats.as_ref()?;
                 let x = s.value("output_token_throughput_per_user.p50")?;
-                let y = s.output_token_throughput / f64::from(run.gpus.unwrap_or(1).max(1));
+                let y = s.output_token_throughput / f64::from(run.gpus_of(r).unwrap_or(1).max(1));
                 Some((x, y))
             })
             .collect();
@@ -300,6 +388,65 @@ fn table_rows(run: &RunData) -> (Vec<String>, Vec<Vec<String>>) {
                     .and_then(|s| s.value(m))
                     .map_or_else(|| "-".to_owned(), format_value)
             }));
+            row
+        })
+        .collect();
+    (header, rows)
+}
+
+/// The treatments ranked by output tokens/s per GPU (per deployment when the GPUs are
+/// unknown) at the best load of their SLO search: one row per search that found one.
+pub fn ranking(run: &RunData) -> (Vec<String>, Vec<Vec<String>>) {
+    let header = [
+        "rank",
+        "treatment",
+        "series",
+        "best load",
+        "output tokens/s",
+        "GPUs",
+        "output tokens/s per GPU",
+        "TTFT p99 ms",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut found: Vec<(f64, Vec<String>)> = Vec::new();
+    for o in &run.search {
+        let Some(best) = o.best else { continue };
+        let probe = o
+            .probes
+            .iter()
+            .find(|p| p.repeat == 1 && (p.value - best).abs() < 1e-9);
+        let Some(row) = probe.and_then(|p| run.rows.iter().find(|r| r.cell == p.cell)) else {
+            continue;
+        };
+        let Some(stats) = &row.stats else { continue };
+        let gpus = run.gpus_of(row);
+        let per = stats.output_token_throughput / f64::from(gpus.unwrap_or(1).max(1));
+        found.push((
+            per,
+            vec![
+                o.treatment.clone().unwrap_or_else(|| "-".into()),
+                o.group.clone(),
+                format!(
+                    "{} {}",
+                    o.axis_name(),
+                    harness_core::config::values::format_number(best)
+                ),
+                format_value(stats.output_token_throughput),
+                gpus.map_or_else(|| "unknown".into(), |g| g.to_string()),
+                format_value(per),
+                stats
+                    .value("ttft.p99")
+                    .map_or_else(|| "-".into(), format_value),
+            ],
+        ));
+    }
+    found.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let rows = found
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, mut row))| {
+            row.insert(0, (i + 1).to_string());
             row
         })
         .collect();
@@ -388,7 +535,27 @@ pub fn build_report(run: &RunData) -> Report {
     for (k, v) in &facts {
         let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(v));
     }
-    h.push_str("</table><h2>Cells</h2><table><tr>");
+    h.push_str("</table>");
+    let (rank_header, ranked) = ranking(run);
+    if !ranked.is_empty() {
+        h.push_str(
+            "<h2>Treatments ranked</h2><p>By output tokens/s per GPU at the highest load \
+             at which the SLO held.</p><table><tr>",
+        );
+        for c in &rank_header {
+            let _ = write!(h, "<th>{}</th>", escape(c));
+        }
+        h.push_str("</tr>");
+        for r in &ranked {
+            h.push_str("<tr>");
+            for c in r {
+                let _ = write!(h, "<td>{}</td>", escape(c));
+            }
+            h.push_str("</tr>");
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<h2>Cells</h2><table><tr>");
     for c in &header {
         let _ = write!(h, "<th>{}</th>", escape(c));
     }
@@ -415,6 +582,18 @@ pub fn build_report(run: &RunData) -> Report {
     let mut md = format!("# harness report: {}\n\n", run.label());
     for (k, v) in &facts {
         let _ = writeln!(md, "- **{k}**: {v}");
+    }
+    if !ranked.is_empty() {
+        md.push_str(
+            "\n## Treatments ranked\n\nBy output tokens/s per GPU at the highest load at which the SLO held.\n\n| ",
+        );
+        md.push_str(&rank_header.join(" | "));
+        md.push_str(" |\n|");
+        md.push_str(&"---|".repeat(rank_header.len()));
+        md.push('\n');
+        for r in &ranked {
+            let _ = writeln!(md, "| {} |", r.join(" | "));
+        }
     }
     md.push_str("\n## Cells\n\n| ");
     md.push_str(&header.join(" | "));

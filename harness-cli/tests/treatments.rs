@@ -5,6 +5,16 @@ mod common;
 
 use common::{deps, harness, repo, text};
 
+/// These runs measure latency against SLOs: one at a time, so that they do not load the
+/// machine for each other.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The run id of a `harness run` output (`run <id> of ...` on stderr).
 fn run_id(stderr: &str) -> String {
     stderr
@@ -25,6 +35,7 @@ fn show(dir: &std::path::Path, run: &str) -> serde_json::Value {
 /// `show --json` reads the result back under `search`.
 #[test]
 fn the_readme_search_finds_4_and_16_from_the_cli() {
+    let _one = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = repo().join("experiments/treatments-search.yaml");
     let out = harness(
@@ -66,6 +77,7 @@ fn the_readme_search_finds_4_and_16_from_the_cli() {
 /// The found values depend on the machine, so the test checks the search's shape.
 #[test]
 fn a_search_over_two_llama_server_treatments() {
+    let _one = serial();
     let llama = deps().join("llama");
     let (server, model) = (
         llama.join("llama-server"),
@@ -163,4 +175,69 @@ fn a_search_over_two_llama_server_treatments() {
     }
     let report = root.join("report/index.html");
     assert!(report.exists(), "{}", report.display());
+}
+
+/// Treatments of one run compare like runs: `RUN@TREATMENT` takes one treatment's cells,
+/// matched with the other's by the rest of their ids, with deltas and gates.
+#[test]
+fn treatments_of_one_run_compare_like_runs() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = "name: two-speeds\nmodel: {name: m}\nconcurrency: [1, 2]\n\
+                benchmark: {isl_osl: [[32, 8]]}\nload: {requests: 24}\n\
+                deployment: {mock: {ttft_ms: 5, itl_ms: 1}}\n\
+                treatments:\n  fast: {}\n  slow: {deployment: {mock: {ttft_ms: 40}}}\n";
+    let file = dir.path().join("two.yaml");
+    std::fs::write(&file, yaml).expect("write");
+    let out = harness(
+        dir.path(),
+        &["run", file.to_str().expect("path"), "--no-progress"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = run_id(&text(&out.stderr));
+    let (fast, slow) = (format!("{run}@fast"), format!("{run}@slow"));
+    let out = harness(
+        dir.path(),
+        &[
+            "compare",
+            &fast,
+            &slow,
+            "--json",
+            "--metric",
+            "ttft.p50",
+            "--fail-if",
+            "ttft.p50 > +50%",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the gate trips: {}",
+        text(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["baseline"], format!("two-speeds/{run}@fast"));
+    let cells = v["cells"].as_array().expect("cells");
+    let ids: Vec<&str> = cells.iter().filter_map(|c| c["cell"].as_str()).collect();
+    assert_eq!(
+        ids,
+        ["concurrency=1,isl=32,osl=8", "concurrency=2,isl=32,osl=8"]
+    );
+    for c in cells {
+        let m = &c["metrics"][0];
+        assert_eq!(m["metric"], "ttft.p50");
+        let (base, value) = (
+            m["base"].as_f64().expect("base"),
+            m["value"].as_f64().expect("value"),
+        );
+        assert!(base >= 5.0 && value >= 40.0 && value > base, "{m}");
+        assert_eq!(m["significant"], true, "{m}");
+    }
+    let err = harness(dir.path(), &["compare", &fast, &format!("{run}@nope")]);
+    assert_eq!(err.status.code(), Some(2));
+    assert!(
+        text(&err.stderr).contains("no cell of this treatment"),
+        "{}",
+        text(&err.stderr)
+    );
 }

@@ -194,9 +194,9 @@ impl Experiment {
     /// (one ISL/OSL) runs together. Ids list `treatment`, `concurrency`, `request_rate`,
     /// `isl`, `osl`, then user axes by name.
     ///
-    /// With `search`, the searched axis holds every candidate value (and, with `confirm`, a
-    /// `confirm=1` twin of each); the runner probes those the search needs and marks the
-    /// others skipped.
+    /// With `search`, the searched axis holds every candidate value (and, with `confirm`,
+    /// `repeat=2` and `repeat=3` twins of each, for probes of a value again); the runner
+    /// probes those the search needs and marks the others skipped.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] when the product has more than [`MAX_CELLS`] cells.
@@ -276,7 +276,12 @@ impl Experiment {
                 axes.push((
                     usize::MAX,
                     Axis {
-                        values: vec![Vec::new(), vec![("confirm".to_owned(), ParamValue::Int(1))]],
+                        values: (1..=i64::from(crate::search::MAX_REPEATS))
+                            .map(|n| match n {
+                                1 => Vec::new(),
+                                n => vec![("repeat".to_owned(), ParamValue::Int(n))],
+                            })
+                            .collect(),
                     },
                 ));
             }

@@ -468,6 +468,25 @@ impl Runner {
         let searches = std::mem::take(&mut state.searches);
         drop(state);
 
+        // Stored before teardown, so the report step can rank the treatments.
+        let searches = if run.experiment().search.is_some() {
+            // Searches this session did not run (`only`) keep their stored outcome.
+            let mut all: Vec<SearchOutcome> =
+                store.get_json(&layout.search()).await.unwrap_or_default();
+            all.retain(|old| {
+                !searches
+                    .iter()
+                    .any(|new| new.treatment == old.treatment && new.group == old.group)
+            });
+            all.extend(searches);
+            if let Err(e) = store.put_json(&layout.search(), &all).await {
+                store_errors.push(format!("writing the search results: {e}"));
+            }
+            all
+        } else {
+            Vec::new()
+        };
+
         // Teardown: always, each step on a fresh token and its own timeout.
         self.emit(Event::StageStarted {
             stage: Stage::Teardown,
@@ -522,23 +541,7 @@ impl Runner {
         if let Err(e) = store.put_json(&layout.summary(), &summaries).await {
             store_errors.push(format!("writing the run summary: {e}"));
         }
-        let searches = if run.experiment().search.is_some() {
-            // Searches this session did not run (`only`) keep their stored outcome.
-            let mut all: Vec<SearchOutcome> =
-                store.get_json(&layout.search()).await.unwrap_or_default();
-            all.retain(|old| {
-                !searches
-                    .iter()
-                    .any(|new| new.treatment == old.treatment && new.group == old.group)
-            });
-            all.extend(searches);
-            if let Err(e) = store.put_json(&layout.search(), &all).await {
-                store_errors.push(format!("writing the search results: {e}"));
-            }
-            all
-        } else {
-            Vec::new()
-        };
+
         manifest.status = status;
         manifest.cells = BTreeMap::new();
         for c in &cells {
@@ -622,13 +625,13 @@ impl Runner {
     ) {
         if let Some(spec) = &run.experiment().search {
             let axis = spec.axis.param();
-            // Groups: the cells that differ only in the searched value (and `confirm`).
+            // Groups: the cells that differ only in the searched value (and `repeat`).
             let mut groups: Vec<(String, Vec<&Cell>)> = Vec::new();
             for cell in cells {
                 let key = cell
                     .params
                     .iter()
-                    .filter(|(k, _)| k != axis && k != "confirm" && k != "treatment")
+                    .filter(|(k, _)| k != axis && k != "repeat" && k != "treatment")
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
                     .join(",");
@@ -745,25 +748,29 @@ impl Runner {
         let axis = spec.axis.param();
         let mut search = crate::search::Search::for_spec(spec);
         let candidates = search.candidates().to_vec();
-        // The cell of each (candidate, confirm).
-        let mut by_probe: BTreeMap<(usize, bool), &Cell> = BTreeMap::new();
+        // The cell of each (candidate, repeat).
+        let mut by_probe: BTreeMap<(usize, u32), &Cell> = BTreeMap::new();
         for cell in group {
             let Some(value) = cell.param(axis).and_then(ParamValue::as_f64) else {
                 continue;
             };
-            let confirm = cell.param("confirm").is_some();
+            let repeat = cell
+                .param("repeat")
+                .and_then(ParamValue::as_i64)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(1);
             if let Some(i) = candidates
                 .iter()
                 .position(|c| (c - value).abs() <= 1e-9 * c.abs().max(1.0))
             {
-                by_probe.insert((i, confirm), cell);
+                by_probe.insert((i, repeat), cell);
             }
         }
         let mut probes = Vec::new();
         let mut error = None;
         let mut probed: BTreeSet<CellId> = BTreeSet::new();
-        while let Some((i, confirm)) = search.next() {
-            let Some(cell) = by_probe.get(&(i, confirm)).copied() else {
+        while let Some((i, repeat)) = search.next() {
+            let Some(cell) = by_probe.get(&(i, repeat)).copied() else {
                 error = Some(format!("no cell for {axis}={}", candidates[i]));
                 search.stop();
                 break;
@@ -809,7 +816,7 @@ impl Runner {
                 .collect();
             let probe = |verdict: Verdict| Probe {
                 value,
-                confirm,
+                repeat,
                 cell: cell.id.to_string(),
                 verdict,
                 metrics: slo_metrics.clone(),
@@ -821,7 +828,7 @@ impl Runner {
             match status {
                 CellStatus::Succeeded => match crate::search::judge(spec, &metrics) {
                     Ok(verdict) => {
-                        search.record(i, confirm, verdict == Verdict::Pass);
+                        search.record(i, verdict == Verdict::Pass);
                         probes.push(probe(verdict));
                     }
                     Err(message) => {
@@ -835,7 +842,7 @@ impl Runner {
                 },
                 CellStatus::Failed if !setup_failed => {
                     // Failing under the load: the SLO does not hold there.
-                    search.record(i, confirm, false);
+                    search.record(i, false);
                     probes.push(probe(Verdict::Fail {
                         reason: reason(&cell_err),
                     }));

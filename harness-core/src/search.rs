@@ -3,9 +3,9 @@
 //! [`Search`] decides; the [`Runner`](crate::Runner) runs each probe as an ordinary cell and
 //! records its verdict. The search starts at the lowest candidate, doubles until a probe
 //! fails (or the highest candidate passes), then bisects between the best passing and the
-//! first failing value. With `confirm`, the best passing value is probed once more before it
-//! is trusted; a second probe that fails makes it a failing value and the search goes on
-//! below it. Values probed twice pass only when both probes passed.
+//! first failing value. With `confirm`, the two values at the boundary are probed once more
+//! before they are trusted, and a value whose two probes disagree a third time: a value's
+//! verdict is the majority of its probes, so one noisy probe does not move the result.
 
 use std::collections::BTreeMap;
 
@@ -33,8 +33,8 @@ pub enum Verdict {
 pub struct Probe {
     /// The axis value.
     pub value: f64,
-    /// Whether it repeated an earlier probe of the same value.
-    pub confirm: bool,
+    /// Which probe of this value it was: 1, then 2 (the confirmation) and 3 (a tie-break).
+    pub repeat: u32,
     /// Its cell.
     pub cell: String,
     /// What it found.
@@ -69,6 +69,13 @@ pub struct SearchOutcome {
     pub probes: Vec<Probe>,
 }
 
+impl SearchOutcome {
+    /// The searched axis's name: `concurrency` or `request_rate`.
+    pub fn axis_name(&self) -> &'static str {
+        self.axis.param()
+    }
+}
+
 /// The verdict of an SLO on a probe's metrics: every named metric present and at most its
 /// limit. `Err` when a metric is missing (the cell's steps do not report it).
 ///
@@ -98,14 +105,17 @@ pub fn judge(spec: &SearchSpec, metrics: &BTreeMap<String, f64>) -> Result<Verdi
     })
 }
 
+/// The most probes of one value: the first, the confirmation, and a tie-break.
+pub const MAX_REPEATS: u32 = 3;
+
 /// The decisions of one search over candidate values (ascending).
 #[derive(Debug, Clone)]
 pub struct Search {
     candidates: Vec<f64>,
     budget: usize,
     confirm: bool,
-    /// Verdicts by candidate index: (first probe passed, confirm probe passed).
-    seen: BTreeMap<usize, (Option<bool>, Option<bool>)>,
+    /// Verdicts by candidate index: (passes, fails).
+    seen: BTreeMap<usize, (u32, u32)>,
     used: usize,
     done: bool,
 }
@@ -137,13 +147,15 @@ impl Search {
         &self.candidates
     }
 
-    fn passes(&self, i: usize) -> Option<bool> {
-        let (first, confirm) = self.seen.get(&i).copied().unwrap_or_default();
-        match (first, confirm) {
-            (Some(false), _) | (_, Some(false)) => Some(false),
-            (Some(true), _) => Some(true),
-            _ => None,
-        }
+    fn probes_of(&self, i: usize) -> u32 {
+        self.seen.get(&i).map_or(0, |(p, f)| p + f)
+    }
+
+    /// The verdict of value `i` by the majority of its probes; `None` when it was not
+    /// probed or its probes are split evenly.
+    fn verdict(&self, i: usize) -> Option<bool> {
+        let (p, f) = self.seen.get(&i).copied()?;
+        (p != f).then_some(p > f)
     }
 
     /// The best passing index and the first failing one, from what was seen.
@@ -152,27 +164,41 @@ impl Search {
             .seen
             .keys()
             .copied()
-            .find(|i| self.passes(*i) == Some(false));
+            .find(|i| self.verdict(*i) == Some(false));
         let lo = self
             .seen
             .keys()
             .copied()
-            .filter(|i| hi.is_none_or(|h| *i < h) && self.passes(*i) == Some(true))
+            .filter(|i| hi.is_none_or(|h| *i < h) && self.verdict(*i) == Some(true))
             .max();
         (lo, hi)
     }
 
-    /// The next probe: a candidate index and whether it is the confirming probe; `None` when
-    /// the search is over.
-    pub fn next(&self) -> Option<(usize, bool)> {
+    /// The next probe: a candidate index and which probe of that value it is (1 for the
+    /// first, 2 for the confirmation, 3 for a tie-break); `None` when the search is over.
+    pub fn next(&self) -> Option<(usize, u32)> {
         if self.done || self.used >= self.budget || self.candidates.is_empty() {
             return None;
+        }
+        // A value whose probes disagree is probed again before it counts.
+        if let Some(i) = self
+            .seen
+            .keys()
+            .copied()
+            .find(|i| self.verdict(*i).is_none() && self.probes_of(*i) < MAX_REPEATS)
+        {
+            return Some((i, self.probes_of(i) + 1));
         }
         let last = self.candidates.len() - 1;
         let (lo, hi) = self.bracket();
         let Some(lo) = lo else {
-            // Nothing passes yet: the lowest value first; if it failed, the SLO never holds.
-            return (!self.seen.contains_key(&0)).then_some((0, false));
+            // Nothing passes yet: the lowest value first.
+            return match self.probes_of(0) {
+                0 => Some((0, 1)),
+                // It failed: confirm that before concluding the SLO never holds.
+                1 if self.confirm => Some((0, 2)),
+                _ => None,
+            };
         };
         let next = match hi {
             // Bracketing: double the best passing value.
@@ -190,24 +216,29 @@ impl Search {
             Some(hi) if hi > lo + 1 => Some(lo + (hi - lo) / 2),
             Some(_) => None,
         };
-        match next {
-            Some(i) => Some((i, false)),
-            // Converged (or the top passed): confirm the best value once.
-            None if self.confirm && self.seen.get(&lo).is_some_and(|s| s.1.is_none()) => {
-                Some((lo, true))
-            }
-            None => None,
+        if let Some(i) = next {
+            return Some((i, self.probes_of(i) + 1));
         }
+        // Converged (or the top passed): the values at the boundary are probed once more
+        // before they are trusted, the best passing one first.
+        if self.confirm {
+            for i in [Some(lo), hi].into_iter().flatten() {
+                if self.probes_of(i) == 1 {
+                    return Some((i, 2));
+                }
+            }
+        }
+        None
     }
 
-    /// Records a probe's verdict (`passed`).
-    pub fn record(&mut self, index: usize, confirm: bool, passed: bool) {
+    /// Records a probe's verdict (`passed`) for candidate `index`.
+    pub fn record(&mut self, index: usize, passed: bool) {
         self.used += 1;
         let entry = self.seen.entry(index).or_default();
-        if confirm {
-            entry.1 = Some(passed);
+        if passed {
+            entry.0 += 1;
         } else {
-            entry.0 = Some(passed);
+            entry.1 += 1;
         }
     }
 
@@ -242,14 +273,14 @@ mod tests {
         n: usize,
         budget: usize,
         confirm: bool,
-        mut oracle: impl FnMut(f64, bool) -> bool,
+        mut oracle: impl FnMut(f64, u32) -> bool,
     ) -> (Option<f64>, Option<f64>, bool, usize) {
         let candidates: Vec<f64> = (1..=n).map(|v| v as f64).collect();
         let mut s = Search::new(candidates, budget, confirm);
         let mut probes = 0;
-        while let Some((i, c)) = s.next() {
+        while let Some((i, nth)) = s.next() {
             let v = s.candidates()[i];
-            s.record(i, c, oracle(v, c));
+            s.record(i, oracle(v, nth));
             probes += 1;
             assert!(probes <= budget, "the budget is kept");
         }
@@ -265,24 +296,33 @@ mod tests {
             let want_fail = (capacity < 64).then_some(capacity as f64 + 1.0);
             assert_eq!(fail, want_fail, "capacity {capacity}");
             assert!(converged, "capacity {capacity}");
-            // Doubling and bisection: about 2 log2(64) probes, plus the confirmation.
-            assert!(probes <= 14, "capacity {capacity}: {probes} probes");
+            // Doubling and bisection: about 2 log2(64) probes, plus two confirmations.
+            assert!(probes <= 15, "capacity {capacity}: {probes} probes");
         }
     }
 
     #[test]
     fn nothing_passes_when_the_lowest_value_fails() {
         let (best, fail, converged, probes) = run(64, 16, true, |_, _| false);
-        assert_eq!((best, fail, converged, probes), (None, Some(1.0), true, 1));
+        assert_eq!((best, fail, converged, probes), (None, Some(1.0), true, 2));
     }
 
     #[test]
-    fn a_confirmation_that_fails_moves_the_search_below() {
-        // 16 passes once, by luck, and fails when repeated; 15 holds.
-        let (best, fail, converged, _) = run(64, 20, true, |v, confirm| {
-            v <= 15.0 || (v == 16.0 && !confirm)
-        });
+    fn a_lucky_pass_is_outvoted_and_the_search_goes_below() {
+        // 16 passes once, by luck, and fails on its second and third probes; 15 holds.
+        let (best, fail, converged, _) =
+            run(64, 24, true, |v, nth| v <= 15.0 || (v == 16.0 && nth == 1));
         assert_eq!((best, fail), (Some(15.0), Some(16.0)));
+        assert!(converged);
+    }
+
+    #[test]
+    fn an_unlucky_fail_is_outvoted_and_the_search_goes_above() {
+        // The capacity is 16, but the first probe of 16 fails (a noisy machine): its
+        // confirmation and tie-break pass, and the search finds 16.
+        let (best, fail, converged, _) =
+            run(64, 24, true, |v, nth| v <= 16.0 && !(v == 16.0 && nth == 1));
+        assert_eq!((best, fail), (Some(16.0), Some(17.0)));
         assert!(converged);
     }
 

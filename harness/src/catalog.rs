@@ -290,10 +290,18 @@ pub(crate) async fn compare(
     };
     let mut runs = Vec::new();
     for r in &args.runs {
-        let info = catalog::find_run(store, r).await?;
+        // `RUN@TREATMENT`: one treatment's cells, matched by the rest of their ids.
+        let (run, treatment) = match r.rsplit_once('@') {
+            Some((run, t)) => (run, Some(t)),
+            None => (r.as_str(), None),
+        };
+        let info = catalog::find_run(store, run).await?;
         let data = RunData::load(store, info.layout).await?;
         let samples = compare::load_samples(store, &data).await?;
-        runs.push((data, samples));
+        runs.push(match treatment {
+            Some(t) => data.treatment_only(t, samples)?,
+            None => (data, samples),
+        });
     }
     let result = compare::compare(&runs, &metrics, &gates, 0x5eed);
     if args.json {

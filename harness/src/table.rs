@@ -336,7 +336,7 @@ pub(crate) fn search_table(outcomes: &[harness_core::search::SearchOutcome]) -> 
         header.push("treatment");
     }
     header.extend([
-        "cells",
+        "series",
         "searched",
         "best passing",
         "first failing",
@@ -364,7 +364,7 @@ pub(crate) fn search_table(outcomes: &[harness_core::search::SearchOutcome]) -> 
                 } else {
                     "x"
                 };
-                let again = if p.confirm { " again" } else { "" };
+                let again = if p.repeat > 1 { " again" } else { "" };
                 format!(
                     "{}{again} {mark}",
                     harness_core::config::values::format_number(p.value)

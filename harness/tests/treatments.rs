@@ -25,6 +25,10 @@ impl Reporter for Deploys {
     }
 }
 
+/// The runs of these tests measure latency against SLOs: one at a time, so that they do not
+/// load the machine for each other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn store_of(dir: &tempfile::TempDir) -> String {
     format!("file://{}", dir.path().display())
 }
@@ -43,6 +47,7 @@ fn capacity_experiment() -> Experiment {
 /// number of slots exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_search_finds_each_treatments_capacity() {
+    let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let exp = capacity_experiment();
     assert_eq!(exp.treatment_names(), ["slots-4", "slots-16"]);
@@ -104,14 +109,30 @@ async fn the_search_finds_each_treatments_capacity() {
         .as_array()
         .expect("probes")
         .iter()
-        .any(|p| p["confirm"] == true && p["value"] == 16.0 && p["verdict"] == "pass");
+        .any(|p| p["repeat"] == 2 && p["value"] == 16.0 && p["verdict"] == "pass");
     assert!(confirmed, "the best value is probed twice: {stored}");
+    // The report ranks the treatments by throughput at their best passing load: 16 slots
+    // at concurrency 16 serve more than 4 at 4.
+    let md = outcome
+        .run
+        .store()
+        .get(&outcome.run.layout().report("report.md").expect("key"))
+        .await
+        .expect("report.md");
+    let md = String::from_utf8_lossy(&md);
+    let first = md.find("| 1 | slots-16 |").expect("slots-16 ranked first");
+    let second = md.find("| 2 | slots-4 |").expect("slots-4 ranked second");
+    assert!(
+        first < second && md.contains("## Treatments ranked"),
+        "{md}"
+    );
 }
 
 /// A treatment whose deployment fails fails its own cells with the reason; the other
 /// treatment runs; a resume deploys only the failed treatment again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_treatment_is_isolated_and_resumed_alone() {
+    let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     // A port where nothing listens yet.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -246,4 +267,75 @@ fn treatments_are_checked_where_they_are_written() {
             "treatment=p4,concurrency=1,isl=8,osl=8"
         ]
     );
+}
+
+/// `only("treatment=<name>")` runs one treatment; the other's cells wait for a later run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_runs_the_named_treatment() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = "name: only-one\nmodel: {name: m}\nconcurrency: [1, 2]\n\
+                benchmark: {isl_osl: [[16, 4]]}\nload: {requests: 4}\n\
+                deployment: {mock: {ttft_ms: 1, itl_ms: 1}}\n\
+                treatments:\n  a: {}\n  b: {deployment: {mock: {ttft_ms: 2}}}\n";
+    let exp = Experiment::from_yaml_str(yaml, "only.yaml").expect("experiment");
+    let outcome = App::default()
+        .run(
+            exp,
+            RunOptions::new().store(store_of(&dir)).only("treatment=b"),
+        )
+        .await
+        .expect("run");
+    let ran: Vec<&str> = outcome
+        .report
+        .cells
+        .iter()
+        .filter(|c| c.ran)
+        .map(|c| c.cell.as_str())
+        .collect();
+    assert_eq!(
+        ran,
+        [
+            "treatment=b,concurrency=1,isl=16,osl=4",
+            "treatment=b,concurrency=2,isl=16,osl=4"
+        ]
+    );
+    assert_eq!(outcome.report.status, RunStatus::Running, "a's cells wait");
+}
+
+/// A request-rate search plans its candidates from `min` by `precision` up to `max`, and a
+/// search refuses a fixed list of the loop it varies.
+#[test]
+fn a_rate_search_plans_its_candidates() {
+    let base = "name: r\nmodel: {name: m}\nbenchmark: {isl_osl: [[8, 8]]}\n\
+                search: {axis: request_rate, min: 0.5, max: 2, precision: 0.5, slo: {ttft.p99: 1s}, confirm: false}\n";
+    let exp = Experiment::from_yaml_str(base, "r.yaml").expect("experiment");
+    let ids: Vec<String> = exp
+        .plan()
+        .expect("plan")
+        .cells()
+        .iter()
+        .map(|c| c.id.to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "request_rate=0.5,isl=8,osl=8",
+            "request_rate=1,isl=8,osl=8",
+            "request_rate=1.5,isl=8,osl=8",
+            "request_rate=2,isl=8,osl=8"
+        ]
+    );
+    let err = Experiment::from_yaml_str(&format!("{base}concurrency: [1]\n"), "r.yaml")
+        .expect_err("a fixed list with a search");
+    assert!(
+        err.to_string().contains("leave the `concurrency` list out"),
+        "{err}"
+    );
+    let err = Experiment::from_yaml_str(
+        &base.replace("precision: 0.5", "precision: 0.0001"),
+        "r.yaml",
+    )
+    .expect_err("too many candidates");
+    assert!(err.to_string().contains("search.precision"), "{err}");
 }

@@ -267,8 +267,9 @@ pub struct Search {
     /// The most probes per treatment and ISL/OSL pair.
     #[serde(default = "default_max_probes")]
     pub max_probes: Positive,
-    /// Probe the best passing value once more before trusting it; if the second probe fails,
-    /// the search goes on below it.
+    /// Probe the two values at the boundary once more before trusting them, and a value
+    /// whose two probes disagree a third time: a value's verdict is the majority of its
+    /// probes, so one noisy probe does not move the result.
     #[serde(default = "default_confirm")]
     pub confirm: bool,
 }

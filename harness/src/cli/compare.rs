@@ -10,7 +10,8 @@ use crate::stores::{StoreArgs, open_plain_store};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Two or more run ids (or experiment/run-id).
+    /// Two or more run ids (or experiment/run-id); `RUN@TREATMENT` takes one treatment's
+    /// cells, so treatments of one run compare like runs.
     #[arg(num_args = 2.., required = true)]
     runs: Vec<String>,
     #[command(flatten)]

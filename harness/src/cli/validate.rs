@@ -41,9 +41,45 @@ pub(super) fn exec(app: &App, args: &Args) -> Result<(), Error> {
         return Ok(());
     }
     say!("{}: valid", path.display());
+    if !exp.treatments.is_empty() {
+        say!(
+            "treatments, deployed in turn: {}",
+            exp.treatment_names().join(", ")
+        );
+    }
+    if let Some(search) = &exp.search {
+        // The plan holds every candidate (and its repeats); the search probes few of them.
+        let candidates = search.candidates();
+        let series = plan.len() / candidates.len().max(1) / search_repeats(search);
+        say!(
+            "experiment `{}`: an SLO search of {} over {} candidates ({} to {}) in each of {series} series, at most {} probes each",
+            exp.name,
+            search.axis.param(),
+            candidates.len(),
+            harness_core::config::values::format_number(search.min),
+            harness_core::config::values::format_number(search.max),
+            search.max_probes
+        );
+        for (metric, limit) in &search.slo {
+            say!(
+                "  SLO  {metric} <= {}",
+                harness_core::config::values::format_number(limit.get())
+            );
+        }
+        return Ok(());
+    }
     say!("experiment `{}`: {} cells", exp.name, plan.len());
     for cell in plan.cells() {
         say!("  {:>4}  {}", cell.index + 1, cell.id);
     }
     Ok(())
+}
+
+/// How many cells a search plans per candidate value.
+fn search_repeats(search: &harness_core::config::Search) -> usize {
+    if search.confirm {
+        harness_core::search::MAX_REPEATS as usize
+    } else {
+        1
+    }
 }
