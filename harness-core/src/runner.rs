@@ -809,11 +809,7 @@ impl Runner {
                 None => self.run_now(run, cell, entry, steps, setup, state).await,
             };
             let value = candidates[i];
-            let slo_metrics: BTreeMap<String, f64> = spec
-                .slo
-                .keys()
-                .filter_map(|k| metrics.get(k).map(|v| (k.clone(), *v)))
-                .collect();
+            let slo_metrics = crate::search::slo_metrics(spec, &metrics);
             let probe = |verdict: Verdict| Probe {
                 value,
                 repeat,

@@ -76,21 +76,36 @@ impl SearchOutcome {
     }
 }
 
-/// The verdict of an SLO on a probe's metrics: every named metric present and at most its
-/// limit. `Err` when a metric is missing (the cell's steps do not report it).
+/// The value of `name` among a probe's metrics. `goodput_fraction` is derived: `goodput`
+/// (requests/s that met the experiment's per-request `slo`) over `request_throughput`.
+fn metric(metrics: &BTreeMap<String, f64>, name: &str) -> Option<f64> {
+    match (metrics.get(name), name) {
+        (Some(v), _) => Some(*v),
+        (None, "goodput_fraction") => {
+            let all = *metrics.get("request_throughput")?;
+            let good = *metrics.get("goodput")?;
+            Some(if all > 0.0 { good / all } else { 0.0 })
+        }
+        _ => None,
+    }
+}
+
+/// The verdict of an SLO on a probe's metrics: every named metric present and within its
+/// limit. `Err` when a metric is missing (the cell's steps do not report it; `goodput` needs
+/// the experiment's per-request `slo`).
 ///
 /// # Errors
 /// A message naming the missing metric.
 pub fn judge(spec: &SearchSpec, metrics: &BTreeMap<String, f64>) -> Result<Verdict, String> {
     let mut misses = Vec::new();
     for (name, limit) in &spec.slo {
-        let value = metrics.get(name).copied().ok_or_else(|| {
+        let value = metric(metrics, name).ok_or_else(|| {
             format!("the probe's steps did not report `{name}`, which the SLO names")
         })?;
-        // NaN fails too.
-        if value.is_nan() || value > limit.get() {
+        if !limit.holds(value) {
+            let op = if limit.is_lower() { "<" } else { ">" };
             misses.push(format!(
-                "{name} {} > {}",
+                "{name} {} {op} {}",
                 crate::config::values::format_number(value),
                 crate::config::values::format_number(limit.get())
             ));
@@ -103,6 +118,14 @@ pub fn judge(spec: &SearchSpec, metrics: &BTreeMap<String, f64>) -> Result<Verdi
             reason: misses.join(", "),
         }
     })
+}
+
+/// The metrics of a probe that `spec`'s SLO names (derived ones included).
+pub fn slo_metrics(spec: &SearchSpec, metrics: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    spec.slo
+        .keys()
+        .filter_map(|k| metric(metrics, k).map(|v| (k.clone(), v)))
+        .collect()
 }
 
 /// The most probes of one value: the first, the confirmation, and a tie-break.
@@ -333,6 +356,35 @@ mod tests {
         assert!(!converged);
         assert_eq!(best, Some(8.0));
         assert_eq!(fail, None);
+    }
+
+    #[test]
+    fn limits_hold_from_above_or_below_and_goodput_fraction_is_derived() {
+        let spec: SearchSpec = serde_json::from_value(serde_json::json!({
+            "axis": "concurrency", "min": 1, "max": 8,
+            "slo": {"ttft.p99": "30ms", "goodput_fraction": ">= 0.9"}
+        }))
+        .expect("spec");
+        let m = |ttft: f64, good: f64| {
+            BTreeMap::from([
+                ("ttft.p99".to_owned(), ttft),
+                ("goodput".to_owned(), good),
+                ("request_throughput".to_owned(), 10.0),
+            ])
+        };
+        assert_eq!(judge(&spec, &m(25.0, 9.0)), Ok(Verdict::Pass));
+        let Ok(Verdict::Fail { reason }) = judge(&spec, &m(31.0, 8.0)) else {
+            panic!("fails");
+        };
+        assert_eq!(reason, "goodput_fraction 0.8 < 0.9, ttft.p99 31 > 30");
+        let missing = BTreeMap::from([("ttft.p99".to_owned(), 1.0)]);
+        let err = judge(&spec, &missing).expect_err("no goodput");
+        assert!(err.contains("goodput_fraction"), "{err}");
+        assert_eq!(slo_metrics(&spec, &m(25.0, 9.0))["goodput_fraction"], 0.9);
+        // Stored and read back, the lower bound stays a lower bound.
+        let back: SearchSpec =
+            serde_json::from_value(serde_json::to_value(&spec).expect("json")).expect("spec");
+        assert_eq!(back, spec);
     }
 
     #[test]

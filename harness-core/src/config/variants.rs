@@ -187,16 +187,70 @@ impl SearchAxis {
     }
 }
 
-/// An upper limit on a cell metric: a duration (`500ms`, in the metric's milliseconds) or a
-/// number.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-#[serde(transparent)]
-pub struct Limit(f64);
+/// A limit on a cell metric: an upper bound, written as a duration (`500ms`, in the
+/// metric's milliseconds) or a number; or a lower bound, written `>= 0.95` (for metrics where
+/// more is better, such as `goodput_fraction`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit {
+    value: f64,
+    at_least: bool,
+}
 
 impl Limit {
-    /// The limit in the metric's unit (milliseconds for a duration).
+    /// The bound in the metric's unit (milliseconds for a duration).
     pub fn get(self) -> f64 {
-        self.0
+        self.value
+    }
+
+    /// Whether it is a lower bound (`>= v`) rather than an upper one.
+    pub fn is_lower(self) -> bool {
+        self.at_least
+    }
+
+    /// Whether `value` meets the limit (NaN never does).
+    pub fn holds(self, value: f64) -> bool {
+        if self.at_least {
+            value >= self.value
+        } else {
+            value <= self.value
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let (at_least, rest) = match (t.strip_prefix(">="), t.strip_prefix("<=")) {
+            (Some(r), _) => (true, r.trim()),
+            (_, Some(r)) => (false, r.trim()),
+            _ => (false, t),
+        };
+        let value = match rest.parse::<f64>() {
+            Ok(v) => v,
+            Err(_) => humantime::parse_duration(rest)
+                .map_err(|e| {
+                    format!(
+                        "expected a duration such as `500ms`, a number, or `>= 0.95`, got `{text}` ({e})"
+                    )
+                })?
+                .as_secs_f64()
+                * 1e3,
+        };
+        if value.is_finite() && value >= 0.0 {
+            Ok(Limit { value, at_least })
+        } else {
+            Err(format!(
+                "a limit must be a finite number of at least 0, got `{text}`"
+            ))
+        }
+    }
+}
+
+impl Serialize for Limit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.at_least {
+            s.serialize_str(&format!(">= {}", super::values::format_number(self.value)))
+        } else {
+            s.serialize_f64(self.value)
+        }
     }
 }
 
@@ -206,15 +260,10 @@ impl<'de> Deserialize<'de> for Limit {
         impl Visitor<'_> for V {
             type Value = Limit;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as `500ms`, or a number")
+                f.write_str("a duration such as `500ms`, a number, or `>= 0.95`")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Limit, E> {
-                let d = humantime::parse_duration(v.trim()).map_err(|e| {
-                    E::custom(format!(
-                        "expected a duration such as `500ms` or a number, got `{v}` ({e})"
-                    ))
-                })?;
-                Ok(Limit(d.as_secs_f64() * 1e3))
+                Limit::parse(v).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Limit, E> {
                 self.visit_f64(v as f64)
@@ -223,13 +272,7 @@ impl<'de> Deserialize<'de> for Limit {
                 self.visit_f64(v as f64)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Limit, E> {
-                if v.is_finite() && v >= 0.0 {
-                    Ok(Limit(v))
-                } else {
-                    Err(E::custom(format!(
-                        "a limit must be a finite number of at least 0, got {v}"
-                    )))
-                }
+                Limit::parse(&v.to_string()).map_err(E::custom)
             }
         }
         d.deserialize_any(V)
@@ -261,8 +304,9 @@ pub struct Search {
     /// passing one (default 1: an exact concurrency; for a rate, `min`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<f64>,
-    /// Upper limits on cell metrics that a probe must all meet, e.g. `ttft.p99: 500ms`,
-    /// `itl.p99: 50ms`, `errors: 0` (failed requests).
+    /// Limits on cell metrics that a probe must all meet, e.g. `ttft.p99: 500ms`,
+    /// `itl.p99: 50ms`, `errors: 0` (failed requests), or `goodput_fraction: ">= 0.95"` (the
+    /// share of requests that meet the experiment's per-request `slo`).
     pub slo: BTreeMap<String, Limit>,
     /// The most probes per treatment and ISL/OSL pair.
     #[serde(default = "default_max_probes")]
