@@ -1,11 +1,13 @@
 //! [`App`]: the whole `harness` program, with the step kinds of its builder.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches};
 use harness_core::pipeline::StepFactory;
-use harness_core::{Error, StepRegistry};
+use harness_core::{Backend, Error, Experiment, StepRegistry};
 
 use crate::cli::Cli;
 
@@ -42,19 +44,47 @@ use crate::cli::Cli;
 ///     }
 /// }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct App {
     registry: StepRegistry,
+    backends: BTreeMap<String, BackendFactory>,
     name: Option<String>,
 }
 
+/// Makes the backend of a run whose `backend.kind` names it, from the run's experiment and
+/// run id; see [`AppBuilder::backend_kind`].
+pub type BackendFactory =
+    Arc<dyn Fn(&Experiment, &str) -> Result<Arc<dyn Backend>, Error> + Send + Sync>;
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("registry", &self.registry)
+            .field("backends", &self.backends.keys().collect::<Vec<_>>())
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
 /// Builds an [`App`]; see [`App::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct AppBuilder {
     registry: StepRegistry,
     own: Vec<String>,
+    backends: BTreeMap<String, BackendFactory>,
     name: Option<String>,
+}
+
+impl std::fmt::Debug for AppBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppBuilder")
+            .field("registry", &self.registry)
+            .field("own", &self.own)
+            .field("backends", &self.backends.keys().collect::<Vec<_>>())
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 impl App {
@@ -77,6 +107,7 @@ impl App {
         AppBuilder {
             registry: r,
             own: Vec::new(),
+            backends: BTreeMap::new(),
             name: None,
         }
     }
@@ -84,6 +115,18 @@ impl App {
     /// The step kinds an experiment's `steps` may name.
     pub fn registry(&self) -> &StepRegistry {
         &self.registry
+    }
+
+    /// The factory of a backend kind registered with [`AppBuilder::backend_kind`].
+    pub(crate) fn backend_kind(&self, kind: &str) -> Option<&BackendFactory> {
+        self.backends.get(kind)
+    }
+
+    /// The backend kinds an experiment may name: `local`, `kubernetes` and those registered.
+    pub fn backend_kinds(&self) -> Vec<&str> {
+        let mut out = vec!["local", "kubernetes"];
+        out.extend(self.backends.keys().map(String::as_str));
+        out
     }
 
     /// Runs the command line of this process and returns its exit code (see
@@ -127,6 +170,7 @@ impl Default for App {
     fn default() -> Self {
         App {
             registry: App::builder().registry,
+            backends: BTreeMap::new(),
             name: None,
         }
     }
@@ -142,6 +186,14 @@ impl AppBuilder {
         self
     }
 
+    /// Registers backend kind `kind`: an experiment with `backend: {kind: <kind>}` runs its
+    /// deployments and workloads on the backend `factory` makes for the run (from the
+    /// experiment and the run id).
+    pub fn backend_kind(mut self, kind: impl Into<String>, factory: BackendFactory) -> Self {
+        self.backends.insert(kind.into(), factory);
+        self
+    }
+
     /// The program's name in help and usage messages (default `harness`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -152,9 +204,18 @@ impl AppBuilder {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] when a kind's name is empty or not lower-case letters,
-    /// digits and `-` (the form experiment files use).
+    /// digits and `-` (the form experiment files use), or a backend kind is `local` or
+    /// `kubernetes`.
     pub fn build(self) -> Result<App, Error> {
-        for kind in &self.own {
+        for kind in self.backends.keys() {
+            if matches!(kind.as_str(), "local" | "kubernetes") {
+                return Err(Error::invalid(
+                    format!("backend kind `{kind}`"),
+                    "is built in; give yours another name",
+                ));
+            }
+        }
+        for kind in self.own.iter().chain(self.backends.keys()) {
             let ok = !kind.is_empty()
                 && kind
                     .chars()
@@ -168,6 +229,7 @@ impl AppBuilder {
         }
         Ok(App {
             registry: self.registry,
+            backends: self.backends,
             name: self.name,
         })
     }

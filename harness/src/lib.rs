@@ -50,7 +50,7 @@ mod stores;
 mod table;
 mod wiring;
 
-pub use app::{App, AppBuilder};
+pub use app::{App, AppBuilder, BackendFactory};
 pub use harness_analytics as analytics;
 pub use harness_core as core;
 #[cfg(feature = "kubernetes")]

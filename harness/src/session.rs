@@ -314,7 +314,7 @@ impl App {
         let backend: Arc<dyn Backend> = if here.is_some() || plan_only {
             Arc::new(local.clone())
         } else {
-            backend_for(&exp, &run_id, &url, &local).await?
+            backend_for(self, &exp, &run_id, &url, &local).await?
         };
         let run = RunContext::new(run_id, Arc::new(exp), backend, store.clone(), cancel)?
             .with_provenance(provenance);

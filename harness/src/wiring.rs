@@ -135,6 +135,7 @@ pub(crate) fn build_pipelines(
     mock: &MockServing,
     extra: &CellSteps,
 ) -> Result<RunPipelines, Error> {
+    check_backend_kind(app, exp)?;
     if exp.treatments.is_empty() {
         return Ok(RunPipelines {
             main: build_pipeline(app, exp, file, store_url, mock, extra)?,
@@ -223,14 +224,38 @@ pub(crate) async fn kube_client() -> Result<kube::Client, Error> {
     })
 }
 
+/// Refuses a `backend.kind` that this program does not know.
+pub(crate) fn check_backend_kind(app: &App, exp: &Experiment) -> Result<(), Error> {
+    if let harness_core::config::BackendKind::Other(kind) = &exp.backend.kind
+        && app.backend_kind(kind.as_str()).is_none()
+    {
+        return Err(Error::invalid(
+            "backend.kind",
+            format!(
+                "`{kind}` is not a backend kind of this program; it knows {}",
+                app.backend_kinds().join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The backend the experiment asks for.
 pub(crate) async fn backend_for(
+    app: &App,
     exp: &Experiment,
     run_id: &str,
     store_url: &str,
     local: &LocalBackend,
 ) -> Result<Arc<dyn Backend>, Error> {
-    Ok(match exp.backend.kind {
+    Ok(match &exp.backend.kind {
+        harness_core::config::BackendKind::Other(kind) => {
+            check_backend_kind(app, exp)?;
+            let factory = app
+                .backend_kind(kind.as_str())
+                .ok_or_else(|| Error::invalid("backend.kind", format!("`{kind}`")))?;
+            factory(exp, run_id)?
+        }
         #[cfg(not(feature = "kubernetes"))]
         harness_core::config::BackendKind::Kubernetes => {
             let _ = (run_id, store_url);

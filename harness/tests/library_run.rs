@@ -151,3 +151,92 @@ async fn bad_options_are_refused_naming_them() {
         .expect_err("unknown store");
     assert!(err.to_string().contains("nope"), "{err}");
 }
+
+/// A backend of the program's own: the local one, counting what it launches.
+#[derive(Debug)]
+struct Counting {
+    inner: harness::core::LocalBackend,
+    launched: Arc<AtomicUsize>,
+}
+
+#[harness::core::async_trait]
+impl harness::core::Backend for Counting {
+    async fn launch(
+        &self,
+        spec: &harness::core::WorkloadSpec,
+    ) -> harness::core::Result<harness::core::Workload> {
+        self.launched.fetch_add(1, Ordering::SeqCst);
+        self.inner.launch(spec).await
+    }
+    async fn status(
+        &self,
+        w: &harness::core::Workload,
+    ) -> harness::core::Result<harness::core::WorkloadStatus> {
+        self.inner.status(w).await
+    }
+    async fn logs(&self, w: &harness::core::Workload) -> harness::core::Result<bytes::Bytes> {
+        self.inner.logs(w).await
+    }
+    async fn teardown(&self, w: &harness::core::Workload) -> harness::core::Result<()> {
+        self.inner.teardown(w).await
+    }
+    fn name(&self) -> &str {
+        "counting"
+    }
+}
+
+/// `backend: {kind: counting}` runs the deployment on the backend the program registered;
+/// a kind nobody registered is refused before anything runs, naming the kinds there are.
+#[tokio::test]
+async fn a_registered_backend_kind_runs_the_deployment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let launched = Arc::new(AtomicUsize::new(0));
+    let counter = launched.clone();
+    let factory: harness::BackendFactory = Arc::new(move |_exp, _run_id| {
+        Ok(Arc::new(Counting {
+            inner: harness::core::LocalBackend::new()?,
+            launched: counter.clone(),
+        }) as Arc<dyn harness::core::Backend>)
+    });
+    let app = App::builder()
+        .backend_kind("counting", factory)
+        .build()
+        .expect("app");
+    let yaml = "name: own-backend\nmodel: {name: m}\nconcurrency: [1]\n\
+                benchmark: {isl_osl: [[8, 8]]}\nbackend: {kind: counting}\n\
+                deployment: {command: [python3, -m, http.server, \"{port}\", --bind, 127.0.0.1], health: /}\n\
+                policy: {ready_timeout: 30s}\n";
+    let exp = Experiment::from_yaml_str(yaml, "own.yaml").expect("experiment");
+    let ok: Arc<dyn Step> = Arc::new(step_fn("noop", |_| async { Ok(StepOutput::new()) }));
+    let outcome = app
+        .run(
+            exp.clone(),
+            RunOptions::new().store(store_of(&dir)).cell_step(ok),
+        )
+        .await
+        .expect("run");
+    assert_eq!(outcome.report.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(launched.load(Ordering::SeqCst), 1, "the server ran on it");
+
+    let other = Experiment::from_yaml_str(&yaml.replace("counting", "nope"), "own.yaml")
+        .expect("experiment");
+    let err = app
+        .run(other, RunOptions::new().store(store_of(&dir)))
+        .await
+        .expect_err("unknown kind");
+    let text = err.to_string();
+    assert!(
+        text.contains("backend.kind") && text.contains("local, kubernetes, counting"),
+        "{text}"
+    );
+    let err = App::builder()
+        .backend_kind(
+            "local",
+            Arc::new(|_: &Experiment, _: &str| {
+                Err(harness::core::Error::invalid("never", "called"))
+            }),
+        )
+        .build()
+        .expect_err("a built-in name");
+    assert!(err.to_string().contains("built in"), "{err}");
+}

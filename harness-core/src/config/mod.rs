@@ -670,7 +670,7 @@ pub(crate) fn is_dns_label(s: &str) -> bool {
 }
 
 /// The backend kinds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum BackendKind {
@@ -679,6 +679,9 @@ pub enum BackendKind {
     Local,
     /// A Kubernetes cluster (kubeconfig or in-cluster configuration).
     Kubernetes,
+    /// A kind a program registers itself (`harness::AppBuilder::backend_kind`).
+    #[serde(untagged)]
+    Other(Name),
 }
 
 /// How much load each cell gets.
