@@ -580,3 +580,74 @@ fn the_argo_workflows_tasks_run_in_order_make_a_complete_run() {
         text(&out.stderr)
     );
 }
+
+/// Treatments on a cluster with cells in Jobs: each treatment's Jobs get the treatment's
+/// resolved experiment and the run's cell ids (`treatment=<name>,...`), measure the
+/// treatment's own deployment, and write under the run's cell folders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn treatments_run_their_cells_in_cluster_against_their_own_deployment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (_fast, fast) = Mock::start(2);
+    let (_slow, slow) = Mock::start(40);
+    let yaml = format!(
+        "name: incluster-treatments\n\
+         model: {{name: harness-mock}}\n\
+         concurrency: [1]\n\
+         benchmark: {{isl_osl: [[64, 8]]}}\n\
+         deployment: {{url: http://127.0.0.1:{fast}, health: /health}}\n\
+         backend: {{kind: kubernetes, namespace: bench, image: harness:test}}\n\
+         load: {{requests: 4}}\n\
+         treatments:\n  fast: {{}}\n  slow: {{deployment: {{url: http://127.0.0.1:{slow}}}}}\n"
+    );
+    let exp = Arc::new(Experiment::from_yaml_str(&yaml, "t.yaml").expect("experiment"));
+    let fake = cluster();
+    let run_id = "20261206-000000-abcd";
+    let backend: Arc<dyn Backend> =
+        Arc::new(K8sBackend::new(fake.client(), "bench").label("harness.dev/run", run_id));
+    let store_url = format!("file://{}", d.join("runs").display());
+    let store = harness_storage::open(&store_url).expect("store");
+    let mut runner = Runner::new(Pipeline::builder().build().expect("empty"));
+    for name in exp.treatment_names() {
+        let t = Arc::new(exp.treatment(name).expect("treatment"));
+        assert!(t.backend.in_cluster());
+        let pipeline = in_cluster_pipeline(&t, &store_url);
+        runner = runner.treatment(name, t, pipeline);
+    }
+    let run = RunContext::new(
+        run_id,
+        exp.clone(),
+        backend,
+        store,
+        CancellationToken::new(),
+    )
+    .expect("run");
+    let report = runner
+        .run(
+            &run,
+            &exp.plan().expect("plan"),
+            RunMode::New { input: None },
+        )
+        .await
+        .expect("run");
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let ttft = |id: &str| {
+        report
+            .cells
+            .iter()
+            .find(|c| c.cell.as_str() == id)
+            .and_then(|c| c.metrics.get("ttft.p50").copied())
+            .unwrap_or_else(|| panic!("{id}: {report:#?}"))
+    };
+    let (f, s) = (
+        ttft("treatment=fast,concurrency=1,isl=64,osl=8"),
+        ttft("treatment=slow,concurrency=1,isl=64,osl=8"),
+    );
+    assert!(f >= 2.0 && s >= 40.0 && f < s, "fast {f} ms, slow {s} ms");
+    let records = d
+        .join("runs/runs/incluster-treatments")
+        .join(run_id)
+        .join("cells/treatment=slow,concurrency=1,isl=64,osl=8/records.parquet");
+    assert!(records.is_file(), "{}", records.display());
+    assert!(fake.objects("jobs").is_empty() && fake.objects("configmaps").is_empty());
+}

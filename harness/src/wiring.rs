@@ -142,12 +142,6 @@ pub(crate) fn build_pipelines(
             treatments: Vec::new(),
         });
     }
-    if exp.backend.in_cluster() {
-        return Err(Error::invalid(
-            "treatments",
-            "treatments run their cells from this process; they cannot be combined with `backend.in_cluster` yet",
-        ));
-    }
     let built = app
         .registry()
         .build_into(exp, file, Pipeline::builder())?
@@ -163,8 +157,13 @@ pub(crate) fn build_pipelines(
     for name in exp.treatment_names() {
         let texp = exp.treatment(name)?;
         let mut b = Pipeline::builder().deployment(deployment_steps(&texp, mock)?);
-        for step in cell_steps(app, &texp, file, extra)? {
-            b = b.add(Stage::Cell, step, None);
+        if texp.backend.in_cluster() {
+            // Each cell's steps run in a Job next to the treatment's deployment.
+            b = b.add(Stage::Cell, in_cluster_step(store_url)?, None);
+        } else {
+            for step in cell_steps(app, &texp, file, extra)? {
+                b = b.add(Stage::Cell, step, None);
+            }
         }
         treatments.push((name.to_owned(), Arc::new(texp), b.build()?));
     }
@@ -176,7 +175,6 @@ pub(crate) fn build_pipelines(
 
 /// The pipeline of an in-cluster run: the cell's steps run in the agent; here only the Job
 /// that runs them, between the setup and teardown steps of `builder`.
-#[cfg(feature = "kubernetes")]
 fn in_cluster_pipeline(
     builder: harness_core::PipelineBuilder,
     store_url: &str,
@@ -188,19 +186,18 @@ fn in_cluster_pipeline(
             b = b.add(stage, s.step.clone(), s.timeout);
         }
     }
-    b.add(
-        Stage::Cell,
-        Arc::new(harness_k8s::InClusterStep::new(store_url)),
-        None,
-    )
-    .build()
+    b.add(Stage::Cell, in_cluster_step(store_url)?, None)
+        .build()
+}
+
+/// The step that runs a cell's steps in a Job (`harness agent`) writing to `store_url`.
+#[cfg(feature = "kubernetes")]
+fn in_cluster_step(store_url: &str) -> Result<Arc<dyn harness_core::Step>, Error> {
+    Ok(Arc::new(harness_k8s::InClusterStep::new(store_url)))
 }
 
 #[cfg(not(feature = "kubernetes"))]
-fn in_cluster_pipeline(
-    _builder: harness_core::PipelineBuilder,
-    _store_url: &str,
-) -> Result<Pipeline, Error> {
+fn in_cluster_step(_store_url: &str) -> Result<Arc<dyn harness_core::Step>, Error> {
     Err(without_kubernetes("backend.in_cluster"))
 }
 

@@ -64,15 +64,7 @@ pub(super) async fn exec(app: &App, args: Args) -> Result<ExitCode, Error> {
             Experiment::from_json(&v, "$HARNESS_EXPERIMENT")?
         }
     };
-    let plan = exp.plan()?;
-    let cell = plan
-        .cells()
-        .iter()
-        .find(|c| c.id.as_str() == cell_id)
-        .cloned()
-        .ok_or_else(|| {
-            Error::invalid("--cell", format!("`{cell_id}` is not a cell of the plan"))
-        })?;
+    let cell = find_cell(&exp, cell_id)?;
     let steps = cell_steps(app, &exp, "experiment", &CellSteps::default())?;
     let store = open_plain_store(&args.store, Some(&exp.storage))?;
     let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new()?);
@@ -96,4 +88,33 @@ pub(super) async fn exec(app: &App, args: Args) -> Result<ExitCode, Error> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The cell `id` of `exp`'s plan. A treatment's Job gets the treatment's resolved experiment
+/// (which has no treatments) and the run's cell id (`treatment=<name>,...`): the cell is the
+/// rest of the id, with the treatment put back first.
+fn find_cell(exp: &Experiment, id: &str) -> Result<harness_core::Cell, Error> {
+    let plan = exp.plan()?;
+    if let Some(c) = plan.cells().iter().find(|c| c.id.as_str() == id) {
+        return Ok(c.clone());
+    }
+    let treatment = exp.vars.iter().find(|(k, _)| k.as_str() == "treatment");
+    if let (Some((_, name)), Some(rest)) = (
+        treatment,
+        id.strip_prefix("treatment=")
+            .and_then(|r| r.split_once(',')),
+    ) && rest.0 == name.as_str()
+        && let Some(c) = plan.cells().iter().find(|c| c.id.as_str() == rest.1)
+    {
+        let mut params = vec![(
+            "treatment".to_owned(),
+            harness_core::ParamValue::Str(rest.0.to_owned()),
+        )];
+        params.extend(c.params.iter().cloned());
+        return harness_core::Cell::new(c.index, params);
+    }
+    Err(Error::invalid(
+        "--cell",
+        format!("`{id}` is not a cell of the plan"),
+    ))
 }
