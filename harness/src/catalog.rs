@@ -44,7 +44,7 @@ pub(crate) async fn ls(
                     "experiment": r.manifest.experiment_name,
                     "created_at": r.manifest.created_at,
                     "status": r.status(),
-                    "cells": r.manifest.plan.len(),
+                    "cells": r.manifest.plan.len() - r.count(CellStatus::Skipped),
                     "succeeded": r.succeeded(),
                     "failed": r.count(CellStatus::Failed),
                     "duration_s": r.duration_s(),
@@ -89,7 +89,8 @@ pub(crate) async fn ls(
                 "{}/{}/{}",
                 r.succeeded(),
                 r.count(CellStatus::Failed),
-                r.manifest.plan.len()
+                // Candidates an SLO search did not need are not cells of the results.
+                r.manifest.plan.len() - r.count(CellStatus::Skipped)
             ),
             duration_text(r),
         ]);

@@ -50,6 +50,12 @@ pub(super) fn exec(command: Command) -> Result<(), Error> {
             store,
         } => {
             let (exp, _) = load(&experiment, &sets)?;
+            if !exp.treatments.is_empty() {
+                return Err(Error::invalid(
+                    "treatments",
+                    "`k8s render` prints the manifests of one deployment's cells; run an experiment with treatments with `harness run`, which deploys each in turn",
+                ));
+            }
             let url = store_url(&store, Some(&exp.storage));
             let run_id = run_id.unwrap_or_else(crate::session::new_run_id);
             let endpoint = match (endpoint, &exp.deployment) {
