@@ -29,6 +29,16 @@ impl Reporter for Deploys {
 /// load the machine for each other.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The ids of an experiment's planned cells, in order.
+fn cell_ids(exp: &Experiment) -> Vec<String> {
+    exp.plan()
+        .expect("plan")
+        .cells()
+        .iter()
+        .map(|c| c.id.to_string())
+        .collect()
+}
+
 fn store_of(dir: &tempfile::TempDir) -> String {
     format!("file://{}", dir.path().display())
 }
@@ -253,13 +263,7 @@ fn treatments_are_checked_where_they_are_written() {
         described.contains("\"4\"") && described.contains("{port}"),
         "{described}"
     );
-    let ids: Vec<String> = exp
-        .plan()
-        .expect("plan")
-        .cells()
-        .iter()
-        .map(|c| c.id.to_string())
-        .collect();
+    let ids = cell_ids(&exp);
     assert_eq!(
         ids,
         [
@@ -310,13 +314,7 @@ fn a_rate_search_plans_its_candidates() {
     let base = "name: r\nmodel: {name: m}\nbenchmark: {isl_osl: [[8, 8]]}\n\
                 search: {axis: request_rate, min: 0.5, max: 2, precision: 0.5, slo: {ttft.p99: 1s}, confirm: false}\n";
     let exp = Experiment::from_yaml_str(base, "r.yaml").expect("experiment");
-    let ids: Vec<String> = exp
-        .plan()
-        .expect("plan")
-        .cells()
-        .iter()
-        .map(|c| c.id.to_string())
-        .collect();
+    let ids = cell_ids(&exp);
     assert_eq!(
         ids,
         [
