@@ -154,6 +154,12 @@ pub(crate) fn dns_label(s: &str, max: usize) -> String {
     if out.is_empty() { "x".into() } else { out }
 }
 
+/// Seconds a cell's Job may wait to be scheduled, beyond the step's timeout.
+const JOB_SCHEDULING_GRACE_S: u64 = 300;
+
+/// Seconds a finished Job is kept for `kubectl logs` before Kubernetes deletes it.
+const JOB_TTL_S: u64 = 3600;
+
 /// The ConfigMap (resolved experiment) and the Job (`harness agent`) of one cell, as
 /// Kubernetes objects; an Indexed Job of `backend.clients` pods when more than one.
 pub fn cell_job_manifests(job: &CellJob<'_>) -> Vec<Value> {
@@ -192,6 +198,11 @@ pub fn cell_job_manifests(job: &CellJob<'_>) -> Vec<Value> {
             "valueFrom": {"configMapKeyRef": {"name": name, "key": "experiment.json"}},
         }],
         "resources": {"requests": {"cpu": "2", "memory": "512Mi"}},
+        // The `restricted` Pod Security Standard: no escalation, no capabilities.
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+        },
     });
     if let Some(secret) = &b.env_secret {
         container["envFrom"] = json!([{"secretRef": {"name": secret}}]);
@@ -199,12 +210,22 @@ pub fn cell_job_manifests(job: &CellJob<'_>) -> Vec<Value> {
     let mut pod = json!({
         "restartPolicy": "Never",
         "containers": [container],
+        // The image runs as a numeric non-root user (65532).
+        "securityContext": {
+            "runAsNonRoot": true,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
     });
     if let Some(sa) = &b.service_account {
         pod["serviceAccountName"] = json!(sa);
     }
+    // A Job outlives neither the step that waits for it (plus time to be scheduled) nor, once
+    // finished, an hour: a controller that died leaves nothing running or behind for long.
+    let deadline = job.experiment.policy.step_timeout.get().as_secs() + JOB_SCHEDULING_GRACE_S;
     let mut spec = json!({
         "backoffLimit": 0,
+        "activeDeadlineSeconds": deadline,
+        "ttlSecondsAfterFinished": JOB_TTL_S,
         "template": {"metadata": {"labels": labels}, "spec": pod},
     });
     if clients > 1 {
@@ -397,4 +418,51 @@ async fn merge_shards(cx: &StepContext, cell: &Cell, clients: u32) -> Result<Ste
         out = out.metric(k, v);
     }
     Ok(out.metric("clients", f64::from(clients)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cell's Job meets the `restricted` Pod Security Standard (what an admission
+    /// controller enforcing it checks) and cannot outlive its step, or an hour once finished.
+    #[test]
+    fn a_cell_job_is_restricted_and_bounded_in_time() {
+        let exp = Experiment::from_yaml_str(
+            "name: j\nmodel: {name: m}\nconcurrency: [1]\nbenchmark: {isl_osl: [[8, 8]]}\n\
+             deployment: {url: \"http://m:8000\"}\nbackend: {kind: kubernetes}\n\
+             policy: {step_timeout: 10m}\n",
+            "j.yaml",
+        )
+        .expect("experiment");
+        let plan = exp.plan().expect("plan");
+        let objects = cell_job_manifests(&CellJob {
+            run_id: "r",
+            experiment: &exp,
+            cell: &plan.cells()[0],
+            endpoint: "http://m:8000",
+            store_url: "s3://b",
+        });
+        let job = objects.iter().find(|o| o["kind"] == "Job").expect("a Job");
+        assert_eq!(job["spec"]["activeDeadlineSeconds"], 600 + 300);
+        assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 3600);
+        let pod = &job["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        for key in ["hostNetwork", "hostPID", "hostIPC", "volumes"] {
+            assert!(pod.get(key).is_none(), "{key}");
+        }
+        for c in pod["containers"].as_array().expect("containers") {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{c}");
+            assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{c}");
+            assert!(
+                sc.get("privileged").is_none() && c.get("ports").is_none(),
+                "{c}"
+            );
+        }
+    }
 }
