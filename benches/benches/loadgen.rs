@@ -308,8 +308,8 @@ async fn accuracy(synth: &PromptSynth, quick: bool) {
         let s = BenchSummary::of(&recs, &Slo::default()).expect("stats");
         // The mock's own lateness (time past each token's due time when it left), so the
         // client's error can be told apart from the server's: for first tokens per measured
-        // request, for later tokens over the whole run (`/metrics`).
-        let metrics = mock_get(mock.port, "/metrics").await;
+        // request, for later tokens over the whole run (`/v1/mock/lateness`).
+        let metrics = mock_get(mock.port, "/v1/mock/lateness").await;
         let wire = per_request(synth, &spec, &recs, epoch_ns, mock.port).await;
         let pair = |d: &Option<harness_analytics::Distribution>| {
             d.as_ref().map_or(String::new(), |d| {

@@ -8,6 +8,8 @@
 //! * [`table`] and [`io`]: records and summaries to and from Arrow batches and parquet.
 //! * [`chart`], [`report`], [`compare`]: charts (SVG and PNG), the HTML and Markdown report
 //!   of a run, and comparison of runs with regression gates.
+//! * [`telemetry`]: server metrics scraped during a cell (`server_metrics.parquet`), what
+//!   known servers' names mean, `server.*` summaries and cross-checks against the client.
 //!
 //! Column names and units (`records.parquet`, one row per request): `index`, `warmup`,
 //! `start_ns`, `first_token_ns`, `last_token_ns`, `end_ns` and `chunk_gaps_ns` (nanoseconds,
@@ -46,6 +48,7 @@ pub mod report;
 pub mod schema;
 mod stats;
 pub mod table;
+pub mod telemetry;
 
 pub use dist::{Distribution, PERCENTILES, STATS, percentile_sorted};
 pub use stats::CellStats;

@@ -258,8 +258,9 @@ pub enum ParamType {
 }
 
 /// The per-cell summary schema for cells with parameters `params` (e.g. `concurrency`,
-/// `isl`, `osl`): identity columns, the parameters, then every metric.
-pub fn summary_schema(params: &[(String, ParamType)]) -> SchemaRef {
+/// `isl`, `osl`): identity columns, the parameters, then every metric, and last the
+/// server's metrics `server` (`server.running.mean`, ...) that some cell has.
+pub fn summary_schema(params: &[(String, ParamType)], server: &[String]) -> SchemaRef {
     use DataType::*;
     let mut fields = vec![
         Field::new("run_id", Utf8, false),
@@ -315,6 +316,24 @@ pub fn summary_schema(params: &[(String, ParamType)]) -> SchemaRef {
             f = f.with_metadata(m);
             fields.push(f);
         }
+    }
+    for name in server {
+        let quantity = name
+            .strip_prefix("server.")
+            .and_then(|n| n.split(['.']).next())
+            .map(|n| n.trim_end_matches("_per_s"));
+        let unit = match quantity.and_then(crate::telemetry::quantity) {
+            Some(q) if name.ends_with("_per_s") => format!("{}/s", q.unit),
+            Some(q) => q.unit.to_owned(),
+            None => "J/token".to_owned(),
+        };
+        fields.push(metric_field(
+            name,
+            Float64,
+            true,
+            &unit,
+            "server telemetry over the measured window",
+        ));
     }
     Arc::new(Schema::new_with_metadata(fields, schema_meta("summary")))
 }

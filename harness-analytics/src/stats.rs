@@ -49,6 +49,11 @@ pub struct CellStats {
     /// (`aiperf 0.13.0`); set by importers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
+    /// The server's side of the cell over its measured window, from its scraped metrics
+    /// (see [`crate::telemetry`]): `kv_cache_usage.max`, `running.mean`, `ttft.p99`, ...;
+    /// read as metrics `server.<name>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub server: BTreeMap<String, f64>,
 }
 
 /// The counts of a cell: one pass over the rows.
@@ -351,11 +356,13 @@ impl CellStats {
             output_token_sources: sources,
             distributions,
             tool: None,
+            server: BTreeMap::new(),
         })
     }
 
-    /// A metric by name: a scalar (`request_throughput`, `errors`, `errors.timeout`, ...) or
-    /// a distribution's statistic (`ttft.p99`, `itl.mean`, ...).
+    /// A metric by name: a scalar (`request_throughput`, `errors`, `errors.timeout`, ...),
+    /// a distribution's statistic (`ttft.p99`, `itl.mean`, ...) or the server's
+    /// (`server.kv_cache_usage.max`).
     pub fn value(&self, metric: &str) -> Option<f64> {
         match metric {
             "requests" => Some(self.requests as f64),
@@ -369,6 +376,9 @@ impl CellStats {
             "goodput" => self.goodput,
             "retried" => Some(self.retried as f64),
             other => {
+                if let Some(name) = other.strip_prefix("server.") {
+                    return self.server.get(name).copied();
+                }
                 let (base, stat) = other.split_once('.')?;
                 if base == "errors" {
                     return Some(self.errors.get(stat).copied().unwrap_or(0) as f64);
@@ -385,9 +395,10 @@ impl CellStats {
         self.metrics_of(&names, &crate::dist::STATS)
     }
 
-    /// The metrics a cell's summary row carries: the scalars, errors by kind, and p50, p99
-    /// and mean of TTFT, ITL, request latency and tokens/s per user. Every statistic stays in
-    /// the cell's `stats.json` and the run's `summary.parquet`.
+    /// The metrics a cell's summary row carries: the scalars, errors by kind, p50, p99
+    /// and mean of TTFT, ITL, request latency and tokens/s per user, and the server's
+    /// metrics. Every statistic stays in the cell's `stats.json` and the run's
+    /// `summary.parquet`.
     pub fn headline_metrics(&self) -> Vec<(String, f64)> {
         self.metrics_of(
             &[
@@ -417,6 +428,7 @@ impl CellStats {
                 }
             }
         }
+        out.extend(self.server.iter().map(|(k, v)| (format!("server.{k}"), *v)));
         out
     }
 

@@ -280,7 +280,13 @@ pub fn summary_batch(
     rows: &[CellRow],
 ) -> Result<RecordBatch, Error> {
     let params = param_columns(rows);
-    let schema = summary_schema(&params);
+    let server: std::collections::BTreeSet<String> = rows
+        .iter()
+        .filter_map(|r| r.stats.as_ref())
+        .flat_map(|s| s.server.keys().map(|k| format!("server.{k}")))
+        .collect();
+    let server: Vec<String> = server.into_iter().collect();
+    let schema = summary_schema(&params, &server);
     let text = |f: &dyn Fn(&CellRow) -> Option<String>| -> ArrayRef {
         let mut b = StringBuilder::new();
         for r in rows {

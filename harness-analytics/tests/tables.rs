@@ -60,7 +60,10 @@ fn schema_snapshots() {
         ("isl".to_owned(), ParamType::Number),
         ("osl".to_owned(), ParamType::Number),
     ];
-    snapshot("summary_schema.json", &describe(&summary_schema(&params)));
+    snapshot(
+        "summary_schema.json",
+        &describe(&summary_schema(&params, &[])),
+    );
 }
 
 fn sample_records() -> Vec<Record> {

@@ -340,6 +340,15 @@ impl RunLayout {
     pub fn cell_stats(&self, cell: &CellId) -> ArtifactKey {
         self.key(&format!("cells/{cell}/stats.json"))
     }
+    /// The server metrics scraped during a cell (`server_metrics.parquet`,
+    /// harness-analytics' telemetry table).
+    pub fn cell_server_metrics(&self, cell: &CellId) -> ArtifactKey {
+        self.key(&format!("cells/{cell}/server_metrics.parquet"))
+    }
+    /// The summary of a cell's telemetry: targets, gaps, cross-checks (`telemetry.json`).
+    pub fn cell_telemetry(&self, cell: &CellId) -> ArtifactKey {
+        self.key(&format!("cells/{cell}/telemetry.json"))
+    }
     /// The run summary, one row per cell.
     pub fn summary(&self) -> ArtifactKey {
         self.key("summary.json")

@@ -9,6 +9,8 @@
 //!   are harness-analytics' ([`harness_analytics::record::Record`], `CellStats`).
 //! * [`checks`]: functional and accuracy checks of an endpoint, as steps.
 //! * [`tools`]: other tools as steps: aiperf, and any command whose export is imported.
+//! * [`telemetry`]: the server's Prometheus metrics scraped during each cell, off the load
+//!   generator's threads.
 //! * [`mock`]: a mock OpenAI server with fault injection.
 //! * [`client::sse`], [`openai`]: the stream parser and the wire format.
 
@@ -21,6 +23,7 @@ pub mod mock;
 pub mod openai;
 pub mod prompts;
 pub mod step;
+pub mod telemetry;
 pub mod tools;
 
 pub use error::{Error, Result};

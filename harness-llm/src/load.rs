@@ -216,7 +216,19 @@ pub async fn run(
     spec: &LoadSpec,
     cancel: &CancellationToken,
 ) -> Vec<Record> {
-    let epoch = Instant::now();
+    run_at(client, synth, spec, Instant::now(), cancel).await
+}
+
+/// As [`run`], with the cell's epoch given (now, or just past): records count their times
+/// from it, so that other measurements of the cell (the server's scrapes) can share its
+/// clock.
+pub async fn run_at(
+    client: &Client,
+    synth: &PromptSynth,
+    spec: &LoadSpec,
+    epoch: Instant,
+    cancel: &CancellationToken,
+) -> Vec<Record> {
     let total = spec.total();
     // A duration too long to add to the clock has no deadline in practice.
     let deadline = spec.duration.and_then(|d| epoch.checked_add(d));

@@ -14,6 +14,9 @@ use crate::prompts::PromptSynth;
 use harness_analytics::CellStats;
 use harness_analytics::io::to_parquet;
 use harness_analytics::table::records_batch;
+use harness_analytics::telemetry::{self, ClientCounts, Window};
+
+use crate::telemetry::{ScrapeConfig, ScrapeTarget, Scraper};
 
 /// Runs one cell of load: concurrency or request rate, ISL and OSL from the cell's
 /// parameters; everything else from the experiment (`model`, `endpoint`, `endpoint_type`,
@@ -206,19 +209,86 @@ impl Step for BenchmarkStep {
         } else {
             Vec::new()
         };
-        let records = load::run(&client, &synth, &spec, cx.cancel()).await;
+        let mut warnings = warnings;
+        // The server's metrics, scraped from just before the load to just after it. With
+        // several clients per cell each would scrape the same server: none does.
+        let scraper = match shard {
+            None => start_scraper(&exp, &endpoint, &mut warnings).await,
+            Some(_) => None,
+        };
+        let epoch = tokio::time::Instant::now();
+        let records = load::run_at(&client, &synth, &spec, epoch, cx.cancel()).await;
         if cx.cancel().is_cancelled() {
             return Err(Error::Cancelled {
                 what: format!("benchmark of `{}`", cell.id),
             });
         }
-        let mut out =
-            store_records(cx, &format!("benchmark of `{}`", cell.id), records, None).await?;
+        let telemetry = match scraper {
+            Some(s) => match s.finish(epoch).await {
+                Ok(log) => Some(CellTelemetry {
+                    log,
+                    tolerance: exp.telemetry.tolerance,
+                }),
+                Err(e) => {
+                    warnings.push(format!("server telemetry: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let what = format!("benchmark of `{}`", cell.id);
+        let mut out = store_records(cx, &what, records, None, telemetry).await?;
         for w in warnings {
             out = out.note(w);
         }
         Ok(out)
     }
+}
+
+/// Starts scraping the deployment's metrics endpoint (when it answers) and the experiment's
+/// telemetry targets; `None` when telemetry is off or nothing answers. A failure to start is
+/// a warning: telemetry never fails a cell.
+async fn start_scraper(
+    exp: &harness_core::Experiment,
+    endpoint: &Endpoint,
+    warnings: &mut Vec<String>,
+) -> Option<Scraper> {
+    let t = &exp.telemetry;
+    if !t.enabled {
+        return None;
+    }
+    let mut targets = Vec::new();
+    if t.endpoint {
+        targets.push(ScrapeTarget::new("endpoint", endpoint.url(&t.metrics_path)).optional());
+    }
+    targets.extend(
+        t.targets
+            .iter()
+            .map(|x| ScrapeTarget::new(x.label(), x.url.clone())),
+    );
+    if targets.is_empty() {
+        return None;
+    }
+    let mut cfg = ScrapeConfig::new(targets, t.interval.get());
+    cfg.max_bytes = t.max_bytes.get();
+    match Scraper::start(cfg).await {
+        Ok(s) => {
+            for (target, why) in s.left_out() {
+                tracing::debug!(url = %target.url, %why, "no server metrics from the endpoint");
+            }
+            Some(s)
+        }
+        Err(e) => {
+            warnings.push(format!("server telemetry: {e}"));
+            None
+        }
+    }
+}
+
+/// What was scraped during a cell, stored with its records.
+pub(crate) struct CellTelemetry {
+    log: harness_analytics::telemetry::ScrapeLog,
+    tolerance: f64,
 }
 
 /// Above this p99 of `schedule_lag` a cell's notes say the client queued its arrivals.
@@ -233,6 +303,7 @@ pub(crate) async fn store_records(
     what: &str,
     records: Vec<Record>,
     tool: Option<String>,
+    telemetry: Option<CellTelemetry>,
 ) -> Result<StepOutput> {
     let cell = cx
         .cell()
@@ -241,12 +312,30 @@ pub(crate) async fn store_records(
         .clone();
     let slo = cx.experiment().slo.clone();
     // Statistics and parquet encoding are CPU work: off the async workers.
-    let (records, summary, parquet) = tokio::task::spawn_blocking(move || {
+    let (records, summary, parquet, server) = tokio::task::spawn_blocking(move || {
         let batch = records_batch(&records)?;
         let mut summary = CellStats::of_batch(&batch, &slo)?;
         summary.tool = tool;
         let parquet = to_parquet(&batch)?;
-        Ok::<_, harness_analytics::Error>((records, summary, parquet))
+        let server = match (telemetry, Window::of_records(&records)) {
+            (Some(t), Some(window)) if !t.log.targets.is_empty() => {
+                let client = ClientCounts::of_records(&records);
+                let (tsum, table) = telemetry::summarise(&t.log, window, &client, t.tolerance)?;
+                summary.server = tsum.server.clone();
+                // Energy per output token: the GPUs' power (W, summed) over the output rate.
+                if let Some(power) = summary.server.get("gpu_power.mean").copied()
+                    && summary.output_token_throughput > 0.0
+                {
+                    summary.server.insert(
+                        "energy_per_output_token_j".into(),
+                        power / summary.output_token_throughput,
+                    );
+                }
+                Some((tsum, to_parquet(&table)?))
+            }
+            _ => None,
+        };
+        Ok::<_, harness_analytics::Error>((records, summary, parquet, server))
     })
     .await
     .map_err(|e| Error::failed_from("summarising the records", e))??;
@@ -258,6 +347,18 @@ pub(crate) async fn store_records(
         None => (layout.cell_records(&cell), Some(layout.cell_stats(&cell))),
     };
     cx.store().put(&records_key, parquet).await?;
+    let mut telemetry_notes = Vec::new();
+    let mut telemetry_keys = Vec::new();
+    if let Some((tsum, table)) = server {
+        let (table_key, json_key) = (
+            layout.cell_server_metrics(&cell),
+            layout.cell_telemetry(&cell),
+        );
+        cx.store().put(&table_key, table).await?;
+        cx.store().put_json(&json_key, &tsum).await?;
+        telemetry_notes = tsum.notes();
+        telemetry_keys = vec![table_key, json_key];
+    }
     if let Some(key) = &summary_key {
         cx.store().put_json(key, &summary).await?;
     }
@@ -278,6 +379,12 @@ pub(crate) async fn store_records(
     let mut out = StepOutput::new().artifact(records_key);
     if let Some(key) = summary_key {
         out = out.artifact(key);
+    }
+    for key in telemetry_keys {
+        out = out.artifact(key);
+    }
+    for note in telemetry_notes {
+        out = out.note(note);
     }
     for (k, v) in summary.headline_metrics() {
         out = out.metric(k, v);

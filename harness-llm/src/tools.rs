@@ -97,7 +97,7 @@ impl ResultHook for ImportHook {
             })?;
         let tool = imported.tool.clone();
         let what = format!("{tool} run");
-        let mut out = store_records(cx, &what, imported.records, Some(tool.clone())).await?;
+        let mut out = store_records(cx, &what, imported.records, Some(tool.clone()), None).await?;
         out = out.note(format!("measured by {tool}, imported by harness"));
         for n in imported.notes {
             out = out.note(n);

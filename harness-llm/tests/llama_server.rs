@@ -35,7 +35,8 @@ async fn a_sweep_against_llama_server_produces_sane_records() {
     let yaml = format!(
         "name: llama\nmodel: {{name: smollm2-135m}}\nconcurrency: [1, 4]\nbenchmark: {{isl_osl: [[128, 32]]}}\n\
          deployment:\n  command: ['{}', -m, '{}', --host, 127.0.0.1, --port, '{{port}}', --parallel, '8', --threads, '1', --metrics, --no-warmup]\n  health: /health\n\
-         load: {{requests: 8, extra_body: {{ignore_eos: true}}, request_timeout: 2m}}\npolicy: {{ready_timeout: 2m}}\n",
+         load: {{requests: 8, extra_body: {{ignore_eos: true}}, request_timeout: 2m}}\npolicy: {{ready_timeout: 2m}}\n\
+         telemetry: {{interval: 200ms}}\n",
         server.display(),
         model.display()
     );
@@ -88,5 +89,52 @@ async fn a_sweep_against_llama_server_produces_sane_records() {
         assert!(cell.metrics.get("ttft.p50").is_some_and(|v| *v > 0.0));
         assert!(cell.metrics.get("itl.p50").is_some_and(|v| *v > 0.0));
         assert_eq!(cell.metrics.get("errors"), Some(&0.0));
+
+        // The server's view, scraped from its `/metrics` (`--metrics`) during the cell.
+        let t: harness_analytics::telemetry::TelemetrySummary = store
+            .get_json(&run.layout().cell_telemetry(&cell.cell))
+            .await
+            .expect("telemetry.json");
+        let checks: Vec<(&str, f64, f64)> = t
+            .cross_checks
+            .iter()
+            .map(|c| (c.quantity.as_str(), c.server, c.client))
+            .collect();
+        let prompt: u64 = records.iter().map(|r| r.input_tokens).sum();
+        assert_eq!(
+            checks,
+            [
+                ("prompt_tokens", prompt as f64, prompt as f64),
+                ("generation_tokens", 8.0 * 32.0, 8.0 * 32.0),
+            ],
+            "llama.cpp counts what the client counted (it has no request counter)"
+        );
+        let table = harness_analytics::io::from_parquet(
+            store
+                .get(&run.layout().cell_server_metrics(&cell.cell))
+                .await
+                .expect("server_metrics.parquet"),
+        )
+        .expect("parquet");
+        let series = harness_analytics::telemetry::server_timeline(&table).expect("series");
+        let names: Vec<&str> = series.iter().map(|s| s.quantity.as_str()).collect();
+        assert!(
+            names.contains(&"running") && names.contains(&"generation_tokens"),
+            "{names:?}"
+        );
+        for s in &series {
+            assert!(
+                s.points
+                    .iter()
+                    .all(|(x, _)| (t.window_start_s..=t.window_end_s).contains(x))
+            );
+        }
+        let running = cell.metrics.get("server.running.max").copied();
+        let concurrency = cell.cell.as_str().contains("concurrency=4");
+        assert!(
+            running.is_some_and(|r| r >= 1.0 && r <= if concurrency { 4.0 } else { 1.0 }),
+            "{running:?} requests processing"
+        );
+        assert!(cell.metrics.contains_key("server.generation_tokens_per_s"));
     }
 }

@@ -152,7 +152,7 @@ async fn measures_the_injected_ttft_and_itl() {
     // The mock reports its own lateness: one first-token sample per request, one per
     // later token; the client's TTFT cannot be below the server's due time plus lateness p50
     // by more than the loopback hop.
-    let metrics = get_text(&server, "/metrics").await;
+    let metrics = get_text(&server, "/v1/mock/lateness").await;
     assert!(
         metrics.contains("mock_first_token_lateness_seconds_count 64\n"),
         "{metrics}"

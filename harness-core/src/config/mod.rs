@@ -106,6 +106,9 @@ pub struct Experiment {
     /// sections over the experiment's (`deployment`, `load`, `vars`, ...).
     #[serde(default, skip_serializing_if = "Treatments::is_empty")]
     pub treatments: Treatments,
+    /// Server metrics scraped during each cell (read by the benchmark step).
+    #[serde(default, skip_serializing_if = "Telemetry::is_default")]
+    pub telemetry: Telemetry,
     /// Find the largest concurrency or request rate at which an SLO holds, instead of
     /// sweeping a fixed list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -787,6 +790,143 @@ impl Default for Load {
 
 fn default_true() -> bool {
     true
+}
+
+/// Server metrics scraped during each cell: the deployment's own Prometheus endpoint when
+/// it answers, and any other target listed. On by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Telemetry {
+    /// Scrape at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Time between scrapes (10 ms at least).
+    #[serde(
+        default = "default_scrape_interval",
+        deserialize_with = "de_scrape_interval"
+    )]
+    pub interval: HumanDuration,
+    /// Scrape the deployment's endpoint at `metrics_path`, when it answers there with
+    /// Prometheus metrics (quietly left out when it does not).
+    #[serde(default = "default_true")]
+    pub endpoint: bool,
+    /// The path of the deployment's metrics.
+    #[serde(default = "default_metrics_path")]
+    pub metrics_path: String,
+    /// More Prometheus endpoints: a DCGM exporter, Dynamo's frontend, a router.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TelemetryTarget>,
+    /// The largest exposition read from one scrape, in bytes; a larger one is a gap.
+    #[serde(default = "default_max_scrape_bytes")]
+    pub max_bytes: Positive64,
+    /// How far (relative) a server's request or token count over a cell may be from the
+    /// client's before the cell's notes say so.
+    #[serde(default = "default_tolerance", deserialize_with = "de_tolerance")]
+    pub tolerance: f64,
+}
+
+/// A `u64` of 1 or more.
+pub type Positive64 = std::num::NonZeroU64;
+
+/// One more Prometheus endpoint to scrape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TelemetryTarget {
+    /// A short name for tables and notes (default: the URL's host and port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Name>,
+    /// The URL of its metrics, `http://host:port/metrics`.
+    #[serde(deserialize_with = "de_target_url")]
+    pub url: String,
+}
+
+impl TelemetryTarget {
+    /// A target at `url` (not checked; experiments check theirs when read).
+    pub fn new(url: impl Into<String>) -> Self {
+        TelemetryTarget {
+            name: None,
+            url: url.into(),
+        }
+    }
+
+    /// Its name: the one given, else the URL's host and port.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) => n.to_string(),
+            None => {
+                let rest = self
+                    .url
+                    .split_once("://")
+                    .map_or(self.url.as_str(), |x| x.1);
+                rest.split('/').next().unwrap_or(rest).to_owned()
+            }
+        }
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            enabled: true,
+            interval: default_scrape_interval(),
+            endpoint: true,
+            metrics_path: default_metrics_path(),
+            targets: Vec::new(),
+            max_bytes: default_max_scrape_bytes(),
+            tolerance: default_tolerance(),
+        }
+    }
+}
+
+impl Telemetry {
+    fn is_default(&self) -> bool {
+        *self == Telemetry::default()
+    }
+}
+
+fn default_scrape_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+
+fn de_scrape_interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HumanDuration, D::Error> {
+    let v = HumanDuration::deserialize(d)?;
+    if v.get() < Duration::from_millis(10) {
+        return Err(serde::de::Error::custom(format!(
+            "a scrape interval of {:?} is too short: 10ms at least",
+            v.get()
+        )));
+    }
+    Ok(v)
+}
+
+fn default_metrics_path() -> String {
+    "/metrics".into()
+}
+
+fn default_max_scrape_bytes() -> Positive64 {
+    Positive64::new(16 << 20).unwrap_or(Positive64::MIN)
+}
+
+fn default_tolerance() -> f64 {
+    0.01
+}
+
+fn de_tolerance<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if !v.is_finite() || !(0.0..=1.0).contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "expected a fraction from 0 to 1 (0.01 is 1%), got {v}"
+        )));
+    }
+    Ok(v)
+}
+
+fn de_target_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let url = String::deserialize(d)?;
+    check_http_url(&url).map_err(serde::de::Error::custom)?;
+    Ok(url)
 }
 
 fn default_request_timeout() -> HumanDuration {

@@ -16,8 +16,9 @@
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (streamed or not; a usage
 //! chunk when `stream_options.include_usage` is set), `GET /v1/models`, `GET /health`,
-//! `GET /metrics` (Prometheus text: counters, the streams under way, the mock's own
-//! lateness), `GET /v1/mock/requests`
+//! `GET /metrics` (Prometheus text, cheap to scrape: requests, prompt and output tokens,
+//! requests running and waiting for a slot, a TTFT histogram), `GET /v1/mock/lateness`
+//! (the mock's own lateness as Prometheus summaries), `GET /v1/mock/requests`
 //! (per streamed request, the first million: handler start and first token sent on
 //! `CLOCK_MONOTONIC`, keyed by [`prompt_key`], so a client on the machine can check its
 //! timestamps request by request).
@@ -58,6 +59,38 @@ struct Counters {
     output_tokens: AtomicU64,
     /// Streamed responses under way.
     streams_running: AtomicU64,
+    /// Prompt tokens of completed responses.
+    prompt_tokens: AtomicU64,
+    /// Requests being served: past the slot wait, until their response ends.
+    serving: AtomicU64,
+    /// Requests waiting for a slot.
+    waiting: AtomicU64,
+    /// Streamed requests' time to first token: counts per [`TTFT_BUCKETS`] bound (not
+    /// cumulative), the last past every bound; and their sum in microseconds.
+    ttft_buckets: [AtomicU64; TTFT_BUCKETS.len() + 1],
+    ttft_sum_us: AtomicU64,
+}
+
+/// The upper bounds, in seconds, of the mock's TTFT histogram.
+const TTFT_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Adds one to a gauge of [`Counters`] while it lives.
+#[derive(Debug)]
+struct Held(Arc<Shared>, fn(&Counters) -> &AtomicU64);
+
+impl Held {
+    fn new(shared: &Arc<Shared>, gauge: fn(&Counters) -> &AtomicU64) -> Self {
+        gauge(&shared.counters).fetch_add(1, Ordering::Relaxed);
+        Held(shared.clone(), gauge)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        (self.1)(&self.0.counters).fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts a streamed response as running while it lives: until its last chunk is sent, or
@@ -266,6 +299,7 @@ fn router(cfg: MockDeployment) -> Router {
         .route("/v1/models", get(models))
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route("/v1/mock/lateness", get(lateness))
         .route("/v1/mock/requests", get(request_timings))
         .with_state(shared)
 }
@@ -460,6 +494,7 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         return error_response(status, "injected error");
     }
     // A slot, in arrival order (tokio's semaphore is fair); the wait is part of the TTFT.
+    let waiting = Held::new(&s, |c| &c.waiting);
     let slot = match &s.slots {
         Some(slots) => match slots.clone().acquire_owned().await {
             Ok(permit) => Some(permit),
@@ -467,6 +502,8 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         },
         None => None,
     };
+    drop(waiting);
+    let serving = Held::new(&s, |c| &c.serving);
     let model = req.model.unwrap_or_else(|| MOCK_MODEL.to_owned());
     let id = format!("cmpl-mock-{n}");
     let usage = serde_json::json!({
@@ -482,6 +519,9 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         s.counters
             .output_tokens
             .fetch_add(u64::from(tokens), Ordering::Relaxed);
+        s.counters
+            .prompt_tokens
+            .fetch_add(prompt_tokens, Ordering::Relaxed);
         s.counters.completed.fetch_add(1, Ordering::Relaxed);
         let text = match &answer {
             Some(words) => words.concat(),
@@ -504,6 +544,7 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         };
         let body = serde_json::json!({ "id": id, "object": object, "model": model, "choices": [choice], "usage": usage });
         drop(slot);
+        drop(serving);
         return axum::Json(body).into_response();
     }
     match fate {
@@ -535,7 +576,9 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         )
     };
     let stream = TokenStream {
+        _serving: serving,
         _slot: slot,
+        prompt_tokens,
         running: Some(Running::new(&s)),
         shared: s.clone(),
         n,
@@ -621,8 +664,13 @@ enum Next {
 }
 
 struct TokenStream {
+    /// Counts the request as being served until the response ends; dropped before the slot,
+    /// so that the next request's count never overlaps this one's.
+    _serving: Held,
     /// The serving slot, freed when the response ends (`cfg.slots`).
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The prompt's tokens, counted when the response completes.
+    prompt_tokens: u64,
     /// Taken when a stalled stream hands its count to the connection, which keeps it until the
     /// client leaves.
     running: Option<Running>,
@@ -674,6 +722,8 @@ impl TokenStream {
         let c = &self.shared.counters;
         c.output_tokens
             .fetch_add(u64::from(self.tokens), Ordering::Relaxed);
+        c.prompt_tokens
+            .fetch_add(self.prompt_tokens, Ordering::Relaxed);
         c.completed.fetch_add(1, Ordering::Relaxed);
         match self.usage.take() {
             Some(usage) => Bytes::from(format!(
@@ -802,6 +852,19 @@ impl TokenStream {
 
     /// Notes how late token `i` left, and for the first, the request's timing.
     fn record(&self, i: u32, due: Instant, sent: Instant) {
+        if i == 1 {
+            let ttft = sent.saturating_duration_since(self.start);
+            let c = &self.shared.counters;
+            let bucket = TTFT_BUCKETS
+                .iter()
+                .position(|b| ttft.as_secs_f64() <= *b)
+                .unwrap_or(TTFT_BUCKETS.len());
+            c.ttft_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+            c.ttft_sum_us.fetch_add(
+                u64::try_from(ttft.as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+        }
         let late = sent.saturating_duration_since(due).as_micros();
         let mut l = self
             .shared
@@ -896,8 +959,13 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         ),
         (
             "mock_output_tokens_total",
-            "Output tokens sent.",
+            "Output tokens of completed responses.",
             &c.output_tokens,
+        ),
+        (
+            "mock_prompt_tokens_total",
+            "Prompt tokens of completed responses.",
+            &c.prompt_tokens,
         ),
     ] {
         out.push_str(&format!(
@@ -905,10 +973,51 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
             v.load(Ordering::Relaxed)
         ));
     }
+    for (name, help, v) in [
+        (
+            "mock_streams_running",
+            "Streamed responses under way.",
+            &c.streams_running,
+        ),
+        (
+            "mock_requests_running",
+            "Requests being served (past the slot wait).",
+            &c.serving,
+        ),
+        (
+            "mock_requests_waiting",
+            "Requests waiting for a serving slot.",
+            &c.waiting,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}\n",
+            v.load(Ordering::Relaxed)
+        ));
+    }
+    let name = "mock_time_to_first_token_seconds";
     out.push_str(&format!(
-        "# HELP mock_streams_running Streamed responses under way.\n# TYPE mock_streams_running gauge\nmock_streams_running {}\n",
-        c.streams_running.load(Ordering::Relaxed)
+        "# HELP {name} Time from a streamed request's arrival to its first token.\n# TYPE {name} histogram\n"
     ));
+    let mut cumulative = 0;
+    for (i, b) in c.ttft_buckets.iter().enumerate() {
+        cumulative += b.load(Ordering::Relaxed);
+        let le = TTFT_BUCKETS
+            .get(i)
+            .map_or_else(|| "+Inf".to_owned(), |v| v.to_string());
+        out.push_str(&format!("{name}_bucket{{le=\"{le}\"}} {cumulative}\n"));
+    }
+    out.push_str(&format!(
+        "{name}_sum {}\n{name}_count {cumulative}\n",
+        c.ttft_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The mock's own scheduling error: how late first and later tokens left after their due
+/// time, as Prometheus summaries (computed on each call, over every sample kept).
+async fn lateness(State(s): State<Arc<Shared>>) -> Response {
+    let mut out = String::new();
     let lateness = {
         let l = s.lateness.lock().unwrap_or_else(|e| e.into_inner());
         [
