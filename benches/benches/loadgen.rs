@@ -5,7 +5,7 @@
 //! `cargo bench -p benches --bench loadgen` (about two minutes). The mock runs in its own
 //! process on core 0 and this client on core 1 (`taskset`), each on one thread. Set
 //! `LOADGEN_QUICK=1` for a short smoke run (what `cargo test --all-targets` does),
-//! `LOADGEN_ONLY=throughput,accuracy,memory,wrk` for some sections, `LOADGEN_CONCURRENCY=512`
+//! `LOADGEN_ONLY=throughput,accuracy,memory,telemetry,wrk` for some sections, `LOADGEN_CONCURRENCY=512`
 //! (comma-separated) for some concurrencies of the first two, `LOADGEN_ROUNDS=N` for N
 //! measured requests per client in the accuracy section (8), and `LOADGEN_DUMP=DIR`
 //! to write each accuracy run's per-request timestamps to `DIR/acc<concurrency>.csv`.
@@ -186,7 +186,7 @@ fn concurrencies(default: &[u32]) -> Vec<u32> {
 }
 
 /// Whether `section` should run: all of them unless `LOADGEN_ONLY` lists some
-/// (comma-separated: `throughput`, `accuracy`, `memory`, `wrk`).
+/// (comma-separated: `throughput`, `accuracy`, `memory`, `telemetry`, `wrk`).
 fn wanted(section: &str) -> bool {
     std::env::var("LOADGEN_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == section))
 }
@@ -202,6 +202,9 @@ async fn bench(quick: bool) {
     }
     if wanted("memory") {
         memory(&synth, quick).await;
+    }
+    if wanted("telemetry") {
+        telemetry(&synth, quick).await;
     }
     if wanted("wrk") && has("wrk") && !quick {
         wrk(&synth);
@@ -358,6 +361,102 @@ async fn accuracy(synth: &PromptSynth, quick: bool) {
             s.errors
         );
     }
+}
+
+/// The load generator's timing with the server's metrics scraped during the run, against
+/// the same run without: the scraper's thread shares the client's core (both pinned to
+/// core 1), so what it costs shows in the client's TTFT and CPU.
+async fn telemetry(synth: &PromptSynth, quick: bool) {
+    use harness_llm::telemetry::{ScrapeConfig, ScrapeTarget, Scraper};
+    println!(
+        "\n## Telemetry: scraping the mock's /metrics during the accuracy load (TTFT 50 ms, ITL 10 ms)\n"
+    );
+    println!(
+        "| concurrency | scrape interval | scrapes | TTFT p50 / p99 ms | ITL p50 / p99 ms | client CPU % |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|");
+    let mut cfg = MockDeployment::default();
+    cfg.ttft_ms = 50.0;
+    cfg.itl_ms = 10.0;
+    cfg.output_tokens = std::num::NonZeroU32::new(32);
+    let conc = concurrencies(&[256])[0];
+    for interval in [None, Some(1000), Some(100), Some(10)] {
+        let mock = Mock::start(&cfg);
+        let requests = if quick {
+            u64::from(conc)
+        } else {
+            u64::from(conc) * 8
+        };
+        let c = client(mock.port, conc);
+        let mut spec = LoadSpec::closed(conc, requests + 2 * u64::from(conc), 128, 32);
+        spec.warmup = 2 * u64::from(conc);
+        spec.ramp = Some(Duration::from_millis(360));
+        let scraper = match interval {
+            Some(ms) => {
+                let target =
+                    ScrapeTarget::new("mock", format!("http://127.0.0.1:{}/metrics", mock.port));
+                let cfg = ScrapeConfig::new(vec![target], Duration::from_millis(ms));
+                Some(Scraper::start(cfg).await.expect("scraper"))
+            }
+            None => None,
+        };
+        let (c0, t0) = (cpu_s(), Instant::now());
+        let epoch = tokio::time::Instant::now();
+        let recs = load::run_at(&c, synth, &spec, epoch, &CancellationToken::new()).await;
+        let wall = t0.elapsed().as_secs_f64();
+        let scrapes = match scraper {
+            Some(s) => {
+                let log = s.finish(epoch).await.expect("scrapes");
+                log.targets.iter().map(|t| t.scrapes().len()).sum::<usize>()
+            }
+            None => 0,
+        };
+        let client_pct = (cpu_s() - c0) / wall * 100.0;
+        let s = BenchSummary::of(&recs, &Slo::default()).expect("stats");
+        let pair = |name: &str| {
+            s.distributions.get(name).map_or(String::new(), |d| {
+                format!(
+                    "{:.3} / {:.3}",
+                    d.p(50).unwrap_or(f64::NAN),
+                    d.p(99).unwrap_or(f64::NAN)
+                )
+            })
+        };
+        println!(
+            "| {conc} | {} | {scrapes} | {} | {} | {client_pct:.0} |",
+            interval.map_or("off".to_owned(), |ms| format!("{ms} ms")),
+            pair("ttft"),
+            pair("itl"),
+        );
+        assert_eq!(s.requests, s.succeeded, "errors: {:?}", s.errors);
+    }
+    // Parsing a large exposition, as vLLM's with many label sets is: the scraper's cost per
+    // scrape, off the client's runtime.
+    let mut text = String::from("# TYPE vllm:e2e_request_latency_seconds histogram\n");
+    for model in 0..200 {
+        for le in ["0.1", "0.5", "1.0", "5.0", "+Inf"] {
+            text.push_str(&format!(
+                "vllm:e2e_request_latency_seconds_bucket{{le=\"{le}\",model_name=\"m{model}\",engine=\"0\"}} {model}\n"
+            ));
+        }
+        text.push_str(&format!(
+            "vllm:num_requests_running{{model_name=\"m{model}\",engine=\"0\"}} 3\n"
+        ));
+    }
+    let text = text.repeat(if quick { 1 } else { 4 });
+    let t0 = Instant::now();
+    let rounds = 20;
+    let mut samples = 0;
+    for _ in 0..rounds {
+        samples = harness_analytics::telemetry::expo::parse(&text)
+            .samples
+            .len();
+    }
+    println!(
+        "\nParsing a {:.0} KB exposition of {samples} samples: {:.2} ms",
+        text.len() as f64 / 1e3,
+        t0.elapsed().as_secs_f64() * 1e3 / f64::from(rounds)
+    );
 }
 
 async fn memory(synth: &PromptSynth, quick: bool) {

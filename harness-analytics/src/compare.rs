@@ -492,11 +492,16 @@ mod tests {
             g.trips(0.0, 1.0, Some(false)),
             "a value gate ignores significance"
         );
+        let g: Gate = "server.kv_cache_usage.max > 0.9"
+            .parse()
+            .expect("a server gate");
+        assert!(g.trips(0.5, 0.95, None));
         let g: Gate = "ttft.p99 >= +2".parse().expect("gate");
         assert!(g.trips(10.0, 12.0, None) && !g.trips(10.0, 11.0, None));
         for (bad, says) in [
             ("ttft.p99 +5%", "operator"),
             ("nonsense.p99 > +5%", "unknown metric"),
+            ("server.running.p99 > 1", "unknown metric"),
             ("ttft.p99 > lots", "not a number"),
         ] {
             let e = bad.parse::<Gate>().expect_err(bad).to_string();

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use harness_core::journal::{JournalEntry, Manifest};
 use harness_core::{
-    ArtifactStore, ArtifactStoreExt, CellStatus, Experiment, RunLayout, Step, StepContext,
+    ArtifactStore, ArtifactStoreExt, CellId, CellStatus, Experiment, RunLayout, Step, StepContext,
     StepOutput,
 };
 
@@ -19,6 +19,7 @@ use crate::chart::{Chart, Series, pareto_front};
 use crate::io::to_parquet;
 use crate::stats::CellStats;
 use crate::table::{CellRow, summary_batch};
+use crate::telemetry::{ClientPoint, ServerSeries, client_timeline, server_timeline};
 
 /// A stored run, read back for reports and comparisons.
 #[derive(Debug, Clone)]
@@ -38,6 +39,36 @@ pub struct RunData {
     pub search: Vec<harness_core::search::SearchOutcome>,
     /// The treatment these rows are restricted to ([`RunData::treatment_only`]).
     pub treatment: Option<String>,
+    /// Each cell's time series, once [`RunData::load_timelines`] read them.
+    pub timelines: Vec<CellTimeline>,
+}
+
+/// One cell's time series: the client's (from its records) and the server's (from its
+/// `server_metrics.parquet`), for the report's charts.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct CellTimeline {
+    /// The cell.
+    pub cell: String,
+    /// The width of the client's buckets, in seconds.
+    pub bucket_s: f64,
+    /// The client's series.
+    pub client: Vec<ClientPoint>,
+    /// The server's series.
+    pub server: Vec<ServerSeries>,
+}
+
+/// At most this many cells get time series charts in a report.
+pub const MAX_TIMELINES: usize = 32;
+
+/// The bucket of a cell's client series: 1 s, or a twentieth of a cell shorter than 20 s
+/// (10 ms at least), so that a short cell still shows its shape.
+fn bucket_for(duration_s: f64) -> f64 {
+    if duration_s >= 20.0 || !duration_s.is_finite() {
+        1.0
+    } else {
+        (duration_s / 20.0).max(0.01)
+    }
 }
 
 fn status_word(s: CellStatus) -> String {
@@ -130,7 +161,44 @@ impl RunData {
             treatment_gpus,
             search,
             treatment: None,
+            timelines: Vec::new(),
         })
+    }
+
+    /// Reads the time series of the run's first [`MAX_TIMELINES`] cells that have records:
+    /// the client's from `records.parquet`, the server's from `server_metrics.parquet` when
+    /// telemetry was scraped.
+    ///
+    /// # Errors
+    /// When a stored table cannot be read or decoded.
+    pub async fn load_timelines(&mut self, store: &dyn ArtifactStore) -> Result<(), Error> {
+        let mut out = Vec::new();
+        for row in &self.rows {
+            if out.len() == MAX_TIMELINES {
+                break;
+            }
+            let id = CellId::new(&row.cell)?;
+            let records = match store.get(&self.layout.cell_records(&id)).await {
+                Ok(b) => crate::table::records_from_batch(&crate::io::from_parquet(b)?)?,
+                Err(harness_core::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let server = match store.get(&self.layout.cell_server_metrics(&id)).await {
+                Ok(b) => server_timeline(&crate::io::from_parquet(b)?)?,
+                Err(harness_core::Error::NotFound { .. }) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            let end = records.iter().map(|r| r.end_ns).max().unwrap_or(0);
+            let bucket_s = bucket_for(end as f64 / 1e9);
+            out.push(CellTimeline {
+                cell: row.cell.clone(),
+                bucket_s,
+                client: client_timeline(&records, bucket_s),
+                server,
+            });
+        }
+        self.timelines = out;
+        Ok(())
     }
 
     /// `experiment/run-id`, and `@treatment` when restricted to one.
@@ -341,6 +409,78 @@ pub fn charts(run: &RunData) -> Vec<Chart> {
     out
 }
 
+/// The charts of one cell's time series (`i`: its position, which names the files): requests
+/// in flight and the server's running and waiting requests; completed requests and output
+/// tokens per second, the client's and the server's; and the server's KV cache usage and GPU utilisation, in
+/// percent, when it reports them.
+pub fn timeline_charts(i: usize, t: &CellTimeline) -> Vec<Chart> {
+    let x = "seconds since the cell started";
+    let mid = t.bucket_s / 2.0;
+    let client = |f: fn(&ClientPoint) -> f64| -> Vec<(f64, f64)> {
+        t.client.iter().map(|p| (p.t_s + mid, f(p))).collect()
+    };
+    let server = |name: &str, scale: f64| -> Vec<(f64, f64)> {
+        t.server
+            .iter()
+            .find(|s| s.quantity == name)
+            .map(|s| s.points.iter().map(|(x, y)| (*x, y * scale)).collect())
+            .unwrap_or_default()
+    };
+    let chart = |kind: &str, title: &str, unit: &str, series: Vec<Series>| {
+        let mut c = Chart::new(
+            format!("cell-{i}-{kind}"),
+            format!("{}: {title}", t.cell),
+            x,
+            unit,
+        );
+        c.series = series;
+        c
+    };
+    let load = chart(
+        "requests",
+        "requests",
+        "requests",
+        vec![
+            Series::line("client: in flight", client(|p| p.in_flight), 0),
+            Series::line("server: running", server("running", 1.0), 1),
+            Series::line("server: waiting", server("waiting", 1.0), 3).dashed(),
+        ],
+    );
+    let done = chart(
+        "completions",
+        "completed requests/s",
+        "requests/s",
+        vec![
+            Series::line("client", client(|p| p.completions_per_s), 0),
+            Series::line("server", server("requests", 1.0), 1),
+        ],
+    );
+    let tokens = chart(
+        "tokens",
+        "output tokens/s",
+        "tokens/s",
+        vec![
+            Series::line("client", client(|p| p.output_tokens_per_s), 0),
+            Series::line("server: generated", server("generation_tokens", 1.0), 1),
+        ],
+    );
+    let util = chart(
+        "server",
+        "server utilisation",
+        "%",
+        vec![
+            Series::line("KV cache usage", server("kv_cache_usage", 100.0), 4),
+            Series::line("GPU utilisation", server("gpu_util", 1.0), 5),
+        ],
+    );
+    let mut out = vec![load, done, tokens, util];
+    for c in &mut out {
+        c.series.retain(|s| !s.points.is_empty());
+    }
+    out.retain(Chart::has_data);
+    out
+}
+
 fn points(rows: &[&CellRow], axis: &str, f: impl Fn(&CellStats) -> Option<f64>) -> Vec<(f64, f64)> {
     rows.iter()
         .filter_map(|r| Some((x_of(r, axis)?, f(r.stats.as_ref()?)?)))
@@ -361,6 +501,16 @@ pub const TABLE_COLUMNS: [(&str, &str); 10] = [
     ("output_token_throughput_per_user.p50", "tok/s/user p50"),
 ];
 
+/// The server's columns of result tables, shown when a cell has them: metric, header.
+pub const SERVER_COLUMNS: [(&str, &str); 6] = [
+    ("server.running.mean", "server running"),
+    ("server.waiting.mean", "server waiting"),
+    ("server.kv_cache_usage.max", "KV cache max"),
+    ("server.prefix_cache_hit_rate.mean", "prefix cache hits"),
+    ("server.gpu_util.mean", "GPU util %"),
+    ("server.energy_per_output_token_j", "J/out token"),
+];
+
 /// A number for a table: integers plain, others with 1 to 3 decimals.
 pub fn format_value(v: f64) -> String {
     if !v.is_finite() {
@@ -375,14 +525,20 @@ pub fn format_value(v: f64) -> String {
 }
 
 fn table_rows(run: &RunData) -> (Vec<String>, Vec<Vec<String>>) {
+    let server = SERVER_COLUMNS.iter().filter(|(m, _)| {
+        run.rows
+            .iter()
+            .any(|r| r.stats.as_ref().and_then(|s| s.value(m)).is_some())
+    });
+    let columns: Vec<(&str, &str)> = TABLE_COLUMNS.iter().chain(server).copied().collect();
     let mut header = vec!["cell".to_owned(), "status".to_owned()];
-    header.extend(TABLE_COLUMNS.iter().map(|(_, h)| (*h).to_owned()));
+    header.extend(columns.iter().map(|(_, h)| (*h).to_owned()));
     let rows = run
         .rows
         .iter()
         .map(|r| {
             let mut row = vec![r.cell.clone(), r.status.clone()];
-            row.extend(TABLE_COLUMNS.iter().map(|(m, _)| {
+            row.extend(columns.iter().map(|(m, _)| {
                 r.stats
                     .as_ref()
                     .and_then(|s| s.value(m))
@@ -490,6 +646,27 @@ pub fn build_report(run: &RunData) -> Report {
             (Err(e), _) | (_, Err(e)) => report.warnings.push(e.to_string()),
         }
     }
+    // Each cell's time series: `(cell, [(chart name, svg)])`.
+    let mut timelines: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for (i, t) in run.timelines.iter().enumerate() {
+        let mut names = Vec::new();
+        for chart in timeline_charts(i, t) {
+            match (chart.svg(), chart.png()) {
+                (Ok(svg), Ok(png)) => {
+                    report.files.push((
+                        format!("charts/{}.svg", chart.name),
+                        Bytes::from(svg.clone()),
+                    ));
+                    report
+                        .files
+                        .push((format!("charts/{}.png", chart.name), Bytes::from(png)));
+                    names.push((chart.name.clone(), svg));
+                }
+                (Err(e), _) | (_, Err(e)) => report.warnings.push(e.to_string()),
+            }
+        }
+        timelines.push((t.cell.clone(), names));
+    }
     let m = &run.manifest;
     let (header, rows) = table_rows(run);
     let gpus = run.gpus.map_or_else(
@@ -572,8 +749,22 @@ pub fn build_report(run: &RunData) -> Report {
         // The SVG documents carry an XML-free root element; inline them as they are.
         h.push_str(svg);
     }
+    h.push_str("</div>");
+    if !timelines.is_empty() {
+        h.push_str(
+            "<h2>Cell timelines</h2><p>The client's requests and tokens (from its records) \
+             beside the server's metrics (scraped during the cell, within its measured window).</p>",
+        );
+        for (cell, names) in &timelines {
+            let _ = write!(h, "<h3>{}</h3><div class=\"charts\">", escape(cell));
+            for (_, svg) in names {
+                h.push_str(svg);
+            }
+            h.push_str("</div>");
+        }
+    }
     h.push_str(
-        "</div><p>Metric definitions follow aiperf; every statistic is in \
+        "<p>Metric definitions follow aiperf; every statistic is in \
          <code>summary.parquet</code> beside this report.</p></body></html>\n",
     );
     report.files.push(("index.html".to_owned(), Bytes::from(h)));
@@ -606,6 +797,15 @@ pub fn build_report(run: &RunData) -> Report {
     md.push_str("\n## Charts\n\n");
     for (name, _) in &svgs {
         let _ = writeln!(md, "![{name}](charts/{name}.png)\n");
+    }
+    if !timelines.is_empty() {
+        md.push_str("## Cell timelines\n\n");
+        for (cell, names) in &timelines {
+            let _ = writeln!(md, "### {cell}\n");
+            for (name, _) in names {
+                let _ = writeln!(md, "![{name}](charts/{name}.png)\n");
+            }
+        }
     }
     report.files.push(("report.md".to_owned(), Bytes::from(md)));
     report
@@ -649,7 +849,8 @@ pub struct Written {
 /// # Errors
 /// When the run cannot be read or a file cannot be written.
 pub async fn write_report(store: &dyn ArtifactStore, layout: RunLayout) -> Result<Written, Error> {
-    let run = RunData::load(store, layout.clone()).await?;
+    let mut run = RunData::load(store, layout.clone()).await?;
+    run.load_timelines(store).await?;
     let summary = run.summary()?;
     store
         .put(&layout.summary_table(), to_parquet(&summary)?)

@@ -177,8 +177,12 @@ pub const SCALARS: [MetricDef; 10] = [
     ),
 ];
 
-/// The unit of a metric name such as `ttft.p99`, `request_throughput` or `errors.timeout`.
+/// The unit of a metric name such as `ttft.p99`, `request_throughput`, `errors.timeout` or
+/// `server.kv_cache_usage.max`.
 pub fn unit_of(metric: &str) -> Option<&'static str> {
+    if let Some(name) = metric.strip_prefix("server.") {
+        return crate::telemetry::server_unit(name);
+    }
     let (base, stat) = metric.split_once('.').unwrap_or((metric, ""));
     if let Some(d) = DISTRIBUTIONS.iter().find(|d| d.name == base) {
         return Some(if stat == "count" { "count" } else { d.unit });
@@ -318,20 +322,11 @@ pub fn summary_schema(params: &[(String, ParamType)], server: &[String]) -> Sche
         }
     }
     for name in server {
-        let quantity = name
-            .strip_prefix("server.")
-            .and_then(|n| n.split(['.']).next())
-            .map(|n| n.trim_end_matches("_per_s"));
-        let unit = match quantity.and_then(crate::telemetry::quantity) {
-            Some(q) if name.ends_with("_per_s") => format!("{}/s", q.unit),
-            Some(q) => q.unit.to_owned(),
-            None => "J/token".to_owned(),
-        };
         fields.push(metric_field(
             name,
             Float64,
             true,
-            &unit,
+            unit_of(name).unwrap_or("unknown"),
             "server telemetry over the measured window",
         ));
     }

@@ -211,6 +211,38 @@ async fn the_mock_s_counters_agree_exactly_with_the_client() {
             .iter()
             .any(|s| s.quantity == "running" && !s.points.is_empty())
     );
+
+    // The report: the server's columns in the cell table, the cell's time series charted.
+    let layout = ran.run.layout().clone();
+    harness_analytics::report::write_report(ran.store.as_ref(), layout.clone())
+        .await
+        .expect("report");
+    let text = |rel: &'static str| {
+        let (store, key) = (ran.store.clone(), layout.report(rel).expect("key"));
+        async move { String::from_utf8(store.get(&key).await.expect(rel).to_vec()).expect("utf-8") }
+    };
+    let html = text("index.html").await;
+    for needle in [
+        "<th>server running</th>",
+        "<th>server waiting</th>",
+        "<h2>Cell timelines</h2>",
+    ] {
+        assert!(html.contains(needle), "{needle}");
+    }
+    let chart = text("charts/cell-0-requests.svg").await;
+    for legend in ["client: in flight", "server: running", "server: waiting"] {
+        assert!(chart.contains(legend), "{legend}");
+    }
+    assert!(
+        text("charts/cell-0-tokens.svg")
+            .await
+            .contains("server: generated")
+    );
+    assert!(
+        text("report.md")
+            .await
+            .contains("![cell-0-completions](charts/cell-0-completions.png)")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

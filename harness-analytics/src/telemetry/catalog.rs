@@ -221,6 +221,36 @@ pub fn quantity(name: &str) -> Option<&'static Quantity> {
     QUANTITIES.iter().find(|q| q.name == name)
 }
 
+/// The unit of the server metric `name` (without `server.`, e.g. `running.mean`,
+/// `generation_tokens_per_s`, `ttft.p99`); `None` for a name the summaries never produce.
+///
+/// ```
+/// use harness_analytics::telemetry::server_unit;
+/// assert_eq!(server_unit("ttft.p99"), Some("ms"));
+/// assert_eq!(server_unit("generation_tokens_per_s"), Some("tokens/s"));
+/// assert_eq!(server_unit("running.p99"), None);
+/// ```
+pub fn server_unit(name: &str) -> Option<&'static str> {
+    if name == "energy_per_output_token_j" {
+        return Some("J/token");
+    }
+    let (base, stat) = name.split_once('.').unwrap_or((name, ""));
+    if let Some(q) = base.strip_suffix("_per_s").and_then(quantity) {
+        return (q.kind == Counter && stat.is_empty()).then_some(match q.unit {
+            "requests" => "requests/s",
+            "tokens" => "tokens/s",
+            _ => "1/s",
+        });
+    }
+    let q = quantity(base)?;
+    let known = match q.kind {
+        Gauge(_) => matches!(stat, "mean" | "max"),
+        Histogram => matches!(stat, "p50" | "p90" | "p99" | "mean"),
+        Counter => false,
+    };
+    known.then_some(q.unit)
+}
+
 impl Quantity {
     /// Whether sample `sample` (a full sample name) belongs to source name `source`.
     pub(crate) fn matches(&self, source: &str, sample: &str) -> bool {

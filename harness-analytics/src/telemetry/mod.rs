@@ -35,7 +35,7 @@ mod catalog;
 pub mod expo;
 mod timeline;
 
-pub use catalog::{Across, QUANTITIES, Quantity, QuantityKind, quantity};
+pub use catalog::{Across, QUANTITIES, Quantity, QuantityKind, quantity, server_unit};
 use expo::{Exposition, MetricKind};
 pub use timeline::{ClientPoint, ServerSeries, client_timeline, server_timeline};
 
@@ -384,6 +384,10 @@ pub struct TargetSummary {
     /// The first failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_failure: Option<String>,
+    /// Successful scrapes within the measured window: the `server.*` metrics come from
+    /// these.
+    #[serde(default)]
+    pub in_window: usize,
     /// Series seen.
     pub series: usize,
     /// Known quantities found, with the metric names read for each.
@@ -438,6 +442,15 @@ impl TelemetrySummary {
                     t.first_failure.as_deref().unwrap_or("?")
                 ));
             }
+            // A cell shorter than the interval has no scrape inside it, as expected; a longer
+            // one without any means the scrapes took too long.
+            let window = self.window_end_s - self.window_start_s;
+            if t.in_window == 0 && t.failed == 0 && window >= 2.0 * self.interval_s {
+                out.push(format!(
+                    "server telemetry: no scrape of {} fell within the measured window ({window:.2} s), so there are no server.* metrics from it; its scrapes took longer than the interval",
+                    t.name,
+                ));
+            }
             for w in &t.warnings {
                 out.push(format!("server telemetry: {w}"));
             }
@@ -477,7 +490,8 @@ impl Ord for OrdF64 {
 
 /// Every known quantity a target's series answer, from `rows` (which the caller produces
 /// per target with [`TargetLog::rows`] or from a stored table).
-fn find_quantities(series: &[SeriesKey], rows: &[Row]) -> Vec<Found> {
+/// Gauges read only rows up to `gauge_end_ns`.
+fn find_quantities(series: &[SeriesKey], rows: &[Row], gauge_end_ns: i64) -> Vec<Found> {
     let mut out = Vec::new();
     for q in QUANTITIES {
         let Some(source) = q.source_in(series.iter().map(|s| s.name.as_str())) else {
@@ -533,7 +547,7 @@ fn find_quantities(series: &[SeriesKey], rows: &[Row]) -> Vec<Found> {
                 }
             }
             match q.kind {
-                QuantityKind::Gauge(across) if !vals.is_empty() => {
+                QuantityKind::Gauge(across) if !vals.is_empty() && t <= gauge_end_ns => {
                     let v = match across {
                         Across::Sum => vals.iter().sum(),
                         Across::Mean => vals.iter().sum::<f64>() / vals.len() as f64,
@@ -663,16 +677,35 @@ pub fn summarise(
     let mut cols = Columns::default();
     let mut found = Vec::new();
     for target in &log.targets {
+        // Counters and histograms count what happened up to the first scrape after the
+        // window too: a server that counts a request when it ends (llama.cpp) reports the
+        // window's last completions there. Gauges and the table keep to the window.
+        // Without a scrape inside the window the bracket would be mostly time outside it.
+        let inside = target
+            .scrapes()
+            .iter()
+            .any(|s| s.outcome.is_ok() && window.contains(s.t_ns));
+        let after = target
+            .scrapes()
+            .iter()
+            .find(|s| inside && s.outcome.is_ok() && s.t_ns > window.end_ns)
+            .map_or(window.end_ns, |s| s.t_ns);
+        let bracket = Window {
+            start_ns: window.start_ns,
+            end_ns: after,
+        };
         let mut rows = Vec::new();
         target.rows(
-            Some(window),
+            Some(bracket),
             |_| true,
             |r| {
-                cols.push(target, &r);
+                if r.t_ns <= window.end_ns {
+                    cols.push(target, &r);
+                }
                 rows.push(r);
             },
         );
-        let mut f = find_quantities(target.series(), &rows);
+        let mut f = find_quantities(target.series(), &rows, window.end_ns);
         drop(rows);
         let failures = target
             .scrapes()
@@ -684,6 +717,11 @@ pub fn summarise(
             scrapes: target.scrapes().len(),
             failed: failures.clone().count(),
             first_failure: failures.clone().next().cloned(),
+            in_window: target
+                .scrapes()
+                .iter()
+                .filter(|s| s.outcome.is_ok() && window.contains(s.t_ns))
+                .count(),
             series: target.series().len(),
             quantities: f
                 .iter()

@@ -79,9 +79,10 @@ fn the_window_keeps_its_scrapes_and_counters_become_rates() {
     assert_eq!(s["running.max"], 6.0);
     // KV cache: 0.3, then 0.6.
     assert!((s["kv_cache_usage.max"] - 0.6).abs() < 1e-12);
-    // Requests: +4 over 0.6 s, +6 over 1 s (across the gap): 10 over 1.6 s.
-    assert!((s["requests_per_s"] - 10.0 / 1.6).abs() < 1e-9, "{s:?}");
-    assert!((s["generation_tokens_per_s"] - 100.0 / 1.6).abs() < 1e-9);
+    // Requests: +4 over 0.6 s, +6 over 1 s (across the gap), and +5 over the second up to
+    // the first scrape after the window, which holds the window's last completions.
+    assert!((s["requests_per_s"] - 15.0 / 2.6).abs() < 1e-9, "{s:?}");
+    assert!((s["generation_tokens_per_s"] - 150.0 / 2.6).abs() < 1e-9);
     // TTFT: 4 under 100 ms, 6 between 100 and 500 ms.
     assert!(
         (s["ttft.p50"] - (100.0 + 400.0 * (5.0 - 4.0) / 6.0)).abs() < 1e-9,
@@ -89,7 +90,7 @@ fn the_window_keeps_its_scrapes_and_counters_become_rates() {
     );
     assert!((s["ttft.mean"] - (4.0 * 50.0 + 6.0 * 300.0) / 10.0).abs() < 1e-9);
     let t = &summary.targets[0];
-    assert_eq!((t.scrapes, t.failed), (5, 1));
+    assert_eq!((t.scrapes, t.failed, t.in_window), (5, 1, 2));
     assert_eq!(t.first_failure.as_deref(), Some("connection refused"));
     assert_eq!(t.quantities["requests"], ["vllm:request_success_total"]);
     // The cell's whole run: 15 requests and 150 tokens from the first scrape to the last.
@@ -131,6 +132,14 @@ fn a_disagreeing_counter_is_a_note_and_no_baseline_means_no_check() {
     // Within the tolerance it agrees.
     let (summary, _) = summarise(&log(), window(), &client(14, 150), 0.1).expect("summary");
     assert!(summary.cross_checks.iter().all(|c| c.agrees));
+    // A window shorter than the interval, which no scrape fell in, has no server metrics.
+    let short = Window {
+        start_ns: 6 * S / 10,
+        end_ns: 9 * S / 10,
+    };
+    let (summary, _) = summarise(&log(), short, &client(15, 150), 0.01).expect("summary");
+    assert!(summary.server.is_empty(), "{:?}", summary.server);
+    assert_eq!(summary.targets[0].in_window, 0);
     // Without a scrape before the first request there is nothing to check against.
     let mut late = log();
     late.targets[0].scrapes.remove(0);

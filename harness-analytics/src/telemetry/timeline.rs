@@ -115,7 +115,7 @@ pub struct ServerSeries {
 pub fn server_timeline(batch: &RecordBatch) -> Result<Vec<ServerSeries>, Error> {
     let mut out: Vec<ServerSeries> = Vec::new();
     for target in rows_of_batch(batch)? {
-        for f in find_quantities(&target.series, &target.rows) {
+        for f in find_quantities(&target.series, &target.rows, i64::MAX) {
             if matches!(f.quantity.kind, QuantityKind::Histogram)
                 || f.points.is_empty()
                 || out.iter().any(|s| s.quantity == f.quantity.name)

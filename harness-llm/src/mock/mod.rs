@@ -934,64 +934,76 @@ async fn models(State(s): State<Arc<Shared>>) -> Response {
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let c = &s.counters;
     let mut out = String::new();
-    for (name, help, v) in [
-        ("mock_requests_total", "Requests received.", &c.requests),
-        ("mock_completed_total", "Responses completed.", &c.completed),
+    for (name, kind, help, v) in [
+        (
+            "mock_requests_total",
+            "counter",
+            "Requests received.",
+            &c.requests,
+        ),
+        (
+            "mock_completed_total",
+            "counter",
+            "Responses completed.",
+            &c.completed,
+        ),
         (
             "mock_injected_errors_total",
+            "counter",
             "Requests answered with an injected error status.",
             &c.injected_errors,
         ),
         (
             "mock_injected_disconnects_total",
+            "counter",
             "Streams cut on purpose.",
             &c.injected_disconnects,
         ),
         (
             "mock_injected_stalls_total",
+            "counter",
             "Streams stalled on purpose.",
             &c.injected_stalls,
         ),
         (
             "mock_injected_malformed_total",
+            "counter",
             "Streams with a malformed chunk.",
             &c.injected_malformed,
         ),
         (
             "mock_output_tokens_total",
+            "counter",
             "Output tokens of completed responses.",
             &c.output_tokens,
         ),
         (
             "mock_prompt_tokens_total",
+            "counter",
             "Prompt tokens of completed responses.",
             &c.prompt_tokens,
         ),
-    ] {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-            v.load(Ordering::Relaxed)
-        ));
-    }
-    for (name, help, v) in [
         (
             "mock_streams_running",
+            "gauge",
             "Streamed responses under way.",
             &c.streams_running,
         ),
         (
             "mock_requests_running",
+            "gauge",
             "Requests being served (past the slot wait).",
             &c.serving,
         ),
         (
             "mock_requests_waiting",
+            "gauge",
             "Requests waiting for a serving slot.",
             &c.waiting,
         ),
     ] {
         out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}\n",
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
             v.load(Ordering::Relaxed)
         ));
     }
