@@ -176,6 +176,27 @@ async fn in_cluster_sweep(clients: u32) {
     if clients > 1 {
         assert!(log.contains("==> pod"), "both pods' logs: {log}");
     }
+    // The agent scraped the server it benchmarked, by the address it reached it at; with
+    // several clients none does (each would count the others' load).
+    assert_eq!(
+        cell_dir.join("server_metrics.parquet").is_file(),
+        clients == 1,
+        "server telemetry from the agent"
+    );
+    if clients == 1 {
+        // Its counts of the cell, from its scrape before the first request to the one after
+        // the last, agree with the records.
+        let t: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(cell_dir.join("telemetry.json")).expect("telemetry.json"),
+        )
+        .expect("json");
+        let checks = t["cross_checks"].as_array().cloned().unwrap_or_default();
+        assert!(
+            checks.len() == 3 && checks.iter().all(|c| c["agrees"] == true),
+            "{t}"
+        );
+        assert_eq!(checks[0]["server"], 8.0, "{t}");
+    }
 
     // `harness show` and `harness report` read it like any run.
     let shown = harness(d, &["show", run_id, "--store", &store_url, "--json"]);

@@ -246,7 +246,7 @@ impl Step for BenchmarkStep {
 }
 
 /// Starts scraping the deployment's metrics endpoint (when it answers) and the experiment's
-/// telemetry targets; `None` when telemetry is off or nothing answers. A failure to start is
+/// telemetry targets; `None` when telemetry is off or has no target. A failure to start is
 /// a warning: telemetry never fails a cell.
 async fn start_scraper(
     exp: &harness_core::Experiment,
