@@ -204,12 +204,11 @@ impl Step for BenchmarkStep {
             osl_stddev: load.osl_stddev.unwrap_or(0.0),
             dataset,
         };
-        let warnings = if load.preflight {
+        let mut warnings = if load.preflight {
             preflight(&client, &synth, &spec, cx.cancel()).await
         } else {
             Vec::new()
         };
-        let mut warnings = warnings;
         // The server's metrics, scraped from just before the load to just after it. With
         // several clients per cell each would scrape the same server: none does.
         let scraper = match shard {

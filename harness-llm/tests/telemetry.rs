@@ -325,19 +325,22 @@ async fn a_target_that_dies_mid_cell_leaves_gaps_and_the_cell_succeeds() {
     );
     // What it did answer is summarised: GPU utilisation averaged, power summed, energy.
     let stats = ran.stats().await;
-    if dcgm.scrapes - dcgm.failed > 1 {
-        assert_eq!(
-            stats.value("server.gpu_util.mean"),
-            Some(70.0),
-            "{:?}",
-            stats.server
-        );
-        assert_eq!(stats.value("server.gpu_power.max"), Some(500.0));
-        let j = stats
-            .value("server.energy_per_output_token_j")
-            .expect("energy per token");
-        assert!((j - 500.0 / stats.output_token_throughput).abs() < 1e-9);
-    }
+    assert_eq!(
+        dcgm.scrapes - dcgm.failed,
+        4,
+        "the baseline and three in the window"
+    );
+    assert_eq!(
+        stats.value("server.gpu_util.mean"),
+        Some(70.0),
+        "{:?}",
+        stats.server
+    );
+    assert_eq!(stats.value("server.gpu_power.max"), Some(500.0));
+    let j = stats
+        .value("server.energy_per_output_token_j")
+        .expect("energy per token");
+    assert!((j - 500.0 / stats.output_token_throughput).abs() < 1e-9);
     // The endpoint's own metrics were scraped all along.
     let endpoint = t
         .targets

@@ -66,11 +66,17 @@ impl Sample {
     /// Whether the value only goes up between resets: counters, and the buckets, sums and
     /// counts of histograms and summaries. Such samples are stored as rates.
     pub fn is_cumulative(&self) -> bool {
-        match self.kind {
-            MetricKind::Counter | MetricKind::Histogram => true,
-            MetricKind::Summary => !self.labels.iter().any(|(k, _)| k == "quantile"),
-            MetricKind::Gauge | MetricKind::Untyped => false,
-        }
+        is_cumulative(self.kind, &self.labels)
+    }
+}
+
+/// Whether a sample of `kind` with `labels` only goes up between resets (a summary's
+/// quantiles do not; its sum and count do).
+pub(crate) fn is_cumulative(kind: MetricKind, labels: &[(String, String)]) -> bool {
+    match kind {
+        MetricKind::Counter | MetricKind::Histogram => true,
+        MetricKind::Summary => !labels.iter().any(|(k, _)| k == "quantile"),
+        MetricKind::Gauge | MetricKind::Untyped => false,
     }
 }
 

@@ -52,13 +52,7 @@ pub struct SeriesKey {
 
 impl SeriesKey {
     fn cumulative(&self) -> bool {
-        expo::Sample {
-            name: String::new(),
-            labels: self.labels.clone(),
-            value: 0.0,
-            kind: self.kind,
-        }
-        .is_cumulative()
+        expo::is_cumulative(self.kind, &self.labels)
     }
 
     fn le(&self) -> Option<f64> {
@@ -225,6 +219,7 @@ impl TargetLog {
     ) {
         let mut prev: Vec<Option<(i64, f64)>> = vec![None; self.series.len()];
         let wanted: Vec<bool> = self.series.iter().map(&keep).collect();
+        let cumulative: Vec<bool> = self.series.iter().map(SeriesKey::cumulative).collect();
         for scrape in &self.scrapes {
             let Ok(values) = &scrape.outcome else {
                 continue;
@@ -235,8 +230,7 @@ impl TargetLog {
                 if !wanted[i] || v.is_nan() {
                     continue;
                 }
-                let key = &self.series[i];
-                if key.cumulative() {
+                if cumulative[i] {
                     let last = prev[i].replace((scrape.t_ns, v));
                     if let Some((t0, v0)) = last
                         && inside

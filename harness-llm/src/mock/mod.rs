@@ -76,7 +76,9 @@ const TTFT_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Adds one to a gauge of [`Counters`] while it lives.
+/// Adds one to a gauge of [`Counters`] while it lives: a request waiting for a slot, being
+/// served, or a streamed response running (until its last chunk is sent, or the stream is
+/// dropped because the client left or the connection was cut).
 #[derive(Debug)]
 struct Held(Arc<Shared>, fn(&Counters) -> &AtomicU64);
 
@@ -90,30 +92,6 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         (self.1)(&self.0.counters).fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts a streamed response as running while it lives: until its last chunk is sent, or
-/// the stream is dropped because the client left or the connection was cut.
-#[derive(Debug)]
-struct Running(Arc<Shared>);
-
-impl Running {
-    fn new(shared: &Arc<Shared>) -> Self {
-        shared
-            .counters
-            .streams_running
-            .fetch_add(1, Ordering::Relaxed);
-        Running(shared.clone())
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0
-            .counters
-            .streams_running
-            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -579,7 +557,7 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         _serving: serving,
         _slot: slot,
         prompt_tokens,
-        running: Some(Running::new(&s)),
+        running: Some(Held::new(&s, |c| &c.streams_running)),
         shared: s.clone(),
         n,
         chat,
@@ -673,7 +651,7 @@ struct TokenStream {
     prompt_tokens: u64,
     /// Taken when a stalled stream hands its count to the connection, which keeps it until the
     /// client leaves.
-    running: Option<Running>,
+    running: Option<Held>,
     shared: Arc<Shared>,
     n: u64,
     chat: bool,
