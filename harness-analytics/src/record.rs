@@ -128,6 +128,16 @@ pub struct Record {
     /// been closed by the server before answering.
     #[serde(default)]
     pub retried: bool,
+    /// Input tokens the server served from its prefix cache, when it reports them
+    /// (`usage.prompt_tokens_details.cached_tokens`).
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
+    /// The multi-turn session the request belongs to (sessions and conversations only).
+    #[serde(default)]
+    pub session: Option<u64>,
+    /// Its turn in the session, from 1.
+    #[serde(default)]
+    pub turn: Option<u32>,
 }
 
 impl Record {
@@ -186,6 +196,9 @@ impl Record {
             error_message: None,
             scheduled_ns: None,
             retried: false,
+            cached_tokens: None,
+            session: None,
+            turn: None,
         }
     }
 }

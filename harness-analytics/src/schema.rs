@@ -56,7 +56,7 @@ const fn def(
 
 /// The per-request distributions; each becomes `<name>.count`, `.min`, `.max`, `.mean`,
 /// `.std`, `.p1` ... `.p99` in the summary. Over successful, non-warmup requests.
-pub const DISTRIBUTIONS: [MetricDef; 9] = [
+pub const DISTRIBUTIONS: [MetricDef; 12] = [
     def(
         "ttft",
         "ms",
@@ -111,10 +111,28 @@ pub const DISTRIBUTIONS: [MetricDef; 9] = [
         "ttft.from_schedule",
         "open loop only: first content chunk - scheduled arrival time (TTFT as a user arriving on schedule sees it, the client's queueing included)",
     ),
+    def(
+        "ttft_first_turn",
+        "ms",
+        "ttft.turn_1",
+        "sessions only: TTFT of each session's first turn (nothing of it can be cached yet)",
+    ),
+    def(
+        "ttft_later_turns",
+        "ms",
+        "ttft.turn_2_on",
+        "sessions only: TTFT of turns 2 and later, whose history the server may have cached",
+    ),
+    def(
+        "session_duration",
+        "ms",
+        "session_duration",
+        "sessions only: last response end - first request start of each session whose requests all succeeded, think times included",
+    ),
 ];
 
 /// The per-cell scalar metrics.
-pub const SCALARS: [MetricDef; 10] = [
+pub const SCALARS: [MetricDef; 13] = [
     def(
         "requests",
         "count",
@@ -174,6 +192,24 @@ pub const SCALARS: [MetricDef; 10] = [
         "count",
         "requests.retried",
         "measured requests sent twice because the pooled keep-alive connection they were written to had been closed by the server",
+    ),
+    def(
+        "cached_tokens",
+        "tokens",
+        "cached_tokens.sum",
+        "input tokens served from the server's prefix cache (usage.prompt_tokens_details.cached_tokens), over successful measured requests that report them",
+    ),
+    def(
+        "prefix_cache_hit_rate",
+        "fraction",
+        "cached_tokens / input_tokens",
+        "cached input tokens / input tokens, over successful measured requests whose usage reports cached tokens",
+    ),
+    def(
+        "sessions",
+        "count",
+        "sessions.measured",
+        "multi-turn sessions with a measured request",
     ),
 ];
 
@@ -246,6 +282,9 @@ pub fn records_schema() -> SchemaRef {
             metric_field("itl_ms", Float64, true, "ms", "itl.per_request_mean"),
             ns("scheduled_ns", true),
             Field::new("retried", Boolean, false),
+            metric_field("cached_tokens", UInt64, true, "tokens", "cached_tokens"),
+            Field::new("session", UInt64, true),
+            Field::new("turn", UInt32, true),
         ],
         schema_meta("records"),
     ))

@@ -54,6 +54,122 @@ pub struct CellStats {
     /// read as metrics `server.<name>`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub server: BTreeMap<String, f64>,
+    /// Input tokens the server served from its prefix cache, summed over successful
+    /// measured requests that report them; `None` when none does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u64>,
+    /// `cached_tokens` over the input tokens of the same requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_cache_hit_rate: Option<f64>,
+    /// Multi-turn sessions with a measured request (sessions and conversations only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<u64>,
+    /// Per turn of a session, from turn 1: TTFT and prefix-cache hits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turns: Vec<TurnStats>,
+}
+
+/// One turn of the cell's sessions: turn `turn` of every session, over successful measured
+/// requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TurnStats {
+    /// The turn, from 1.
+    pub turn: u32,
+    /// Successful measured requests at this turn.
+    pub requests: u64,
+    /// Median TTFT, in ms.
+    pub ttft_p50_ms: f64,
+    /// Mean TTFT, in ms.
+    pub ttft_mean_ms: f64,
+    /// Mean input tokens (the history grows turn by turn).
+    pub input_tokens_mean: f64,
+    /// Cached over input tokens, where the server reports cached tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_cache_hit_rate: Option<f64>,
+}
+
+/// What a cell's prefix-cache and session columns say.
+#[derive(Default)]
+struct Reuse {
+    cached: Option<u64>,
+    cached_input: u64,
+    sessions: Option<u64>,
+    turns: Vec<TurnStats>,
+    first_turn_ttft: Vec<f64>,
+    later_turn_ttft: Vec<f64>,
+    session_ms: Vec<f64>,
+}
+
+impl Reuse {
+    fn of(c: &RecordColumns<'_>, ok: &[bool]) -> Self {
+        let mut out = Reuse::default();
+        if let Some(cached) = c.cached_tokens {
+            for (i, &ok) in ok.iter().enumerate() {
+                if ok && cached.is_valid(i) {
+                    *out.cached.get_or_insert(0) += cached.value(i);
+                    out.cached_input += c.input_tokens.value(i);
+                }
+            }
+        }
+        let (Some(session), Some(turn)) = (c.session, c.turn) else {
+            return out;
+        };
+        // Per turn: TTFTs, input tokens, cached and input tokens where reported.
+        type Turn = (Vec<f64>, u64, u64, u64, bool);
+        let mut turns: BTreeMap<u32, Turn> = BTreeMap::new();
+        // Per session: first start, last end, and whether every request of it succeeded.
+        let mut spans: BTreeMap<u64, (u64, u64, bool)> = BTreeMap::new();
+        for (i, &ok) in ok.iter().enumerate() {
+            if c.warmup.value(i) || session.is_null(i) || turn.is_null(i) {
+                continue;
+            }
+            let span = spans.entry(session.value(i)).or_insert((u64::MAX, 0, true));
+            span.0 = span.0.min(c.start_ns.value(i));
+            span.1 = span.1.max(c.end_ns.value(i));
+            span.2 &= ok;
+            if !ok {
+                continue;
+            }
+            let t = turns.entry(turn.value(i)).or_default();
+            let input = c.input_tokens.value(i);
+            t.1 += input;
+            if let Some(cached) = c.cached_tokens.filter(|a| a.is_valid(i)) {
+                t.2 += cached.value(i);
+                t.3 += input;
+                t.4 = true;
+            }
+            if c.ttft_ms.is_valid(i) {
+                let v = c.ttft_ms.value(i);
+                t.0.push(v);
+                if turn.value(i) <= 1 {
+                    out.first_turn_ttft.push(v);
+                } else {
+                    out.later_turn_ttft.push(v);
+                }
+            }
+        }
+        out.sessions = Some(spans.len() as u64);
+        out.session_ms = spans
+            .values()
+            .filter(|s| s.2)
+            .map(|s| s.1.saturating_sub(s.0) as f64 / 1e6)
+            .collect();
+        for (turn, (ttft, input, cached, cached_input, reported)) in turns {
+            let n = ttft.len();
+            let d = Distribution::of(&ttft);
+            out.turns.push(TurnStats {
+                turn,
+                requests: n as u64,
+                ttft_p50_ms: d.as_ref().and_then(|d| d.stat("p50")).unwrap_or(f64::NAN),
+                ttft_mean_ms: d.as_ref().and_then(|d| d.stat("mean")).unwrap_or(f64::NAN),
+                input_tokens_mean: if n > 0 { input as f64 / n as f64 } else { 0.0 },
+                prefix_cache_hit_rate: (reported && cached_input > 0)
+                    .then(|| cached as f64 / cached_input as f64),
+            });
+        }
+        out
+    }
 }
 
 /// The counts of a cell: one pass over the rows.
@@ -305,19 +421,29 @@ impl CellStats {
             }
         };
         let big = n >= 1 << 16;
-        let (scalars, distributions) = std::thread::scope(|s| {
+        let (scalars, mut distributions, reuse) = std::thread::scope(|s| {
             // Large cells: a second thread starts on the distributions while this one does
             // the counts, then helps.
             let helper = big.then(|| s.spawn(work));
             let scalars = Scalars::of(&c, ok, slo);
+            let reuse = Reuse::of(&c, ok);
             let mut distributions: BTreeMap<String, Distribution> = work().into_iter().collect();
             if let Some(h) = helper {
                 // A panic there is a bug; the statistics it held must not go missing
                 // silently.
                 distributions.extend(joined(h.join())?);
             }
-            Ok::<_, Error>((scalars, distributions))
+            Ok::<_, Error>((scalars, distributions, reuse))
         })?;
+        for (name, sample) in [
+            ("ttft_first_turn", &reuse.first_turn_ttft),
+            ("ttft_later_turns", &reuse.later_turn_ttft),
+            ("session_duration", &reuse.session_ms),
+        ] {
+            if let Some(d) = Distribution::of(sample) {
+                distributions.insert(name.to_owned(), d);
+            }
+        }
         let Scalars {
             requests,
             succeeded,
@@ -357,6 +483,13 @@ impl CellStats {
             distributions,
             tool: None,
             server: BTreeMap::new(),
+            cached_tokens: reuse.cached,
+            prefix_cache_hit_rate: reuse
+                .cached
+                .filter(|_| reuse.cached_input > 0)
+                .map(|c| c as f64 / reuse.cached_input as f64),
+            sessions: reuse.sessions,
+            turns: reuse.turns,
         })
     }
 
@@ -375,6 +508,9 @@ impl CellStats {
             "total_token_throughput" => Some(self.total_token_throughput),
             "goodput" => self.goodput,
             "retried" => Some(self.retried as f64),
+            "cached_tokens" => self.cached_tokens.map(|v| v as f64),
+            "prefix_cache_hit_rate" => self.prefix_cache_hit_rate,
+            "sessions" => self.sessions.map(|v| v as f64),
             other => {
                 if let Some(name) = other.strip_prefix("server.") {
                     return self.server.get(name).copied();
@@ -406,6 +542,9 @@ impl CellStats {
                 "itl",
                 "request_latency",
                 "output_token_throughput_per_user",
+                "ttft_first_turn",
+                "ttft_later_turns",
+                "session_duration",
             ],
             &["p50", "p99", "mean"],
         )

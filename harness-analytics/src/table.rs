@@ -94,6 +94,11 @@ pub fn records_batch(records: &[Record]) -> Result<RecordBatch, Error> {
         Arc::new(BooleanArray::from_iter(
             records.iter().map(|r| Some(r.retried)),
         )),
+        Arc::new(UInt64Array::from_iter(
+            records.iter().map(|r| r.cached_tokens),
+        )),
+        Arc::new(UInt64Array::from_iter(records.iter().map(|r| r.session))),
+        Arc::new(UInt32Array::from_iter(records.iter().map(|r| r.turn))),
     ];
     Ok(RecordBatch::try_new(records_schema(), columns)?)
 }
@@ -138,6 +143,9 @@ pub(crate) struct RecordColumns<'a> {
     pub(crate) itl_ms: &'a Float64Array,
     pub(crate) scheduled_ns: Option<&'a UInt64Array>,
     pub(crate) retried: Option<&'a BooleanArray>,
+    pub(crate) cached_tokens: Option<&'a UInt64Array>,
+    pub(crate) session: Option<&'a UInt64Array>,
+    pub(crate) turn: Option<&'a UInt32Array>,
 }
 
 impl<'a> RecordColumns<'a> {
@@ -156,6 +164,9 @@ impl<'a> RecordColumns<'a> {
             itl_ms: col(batch, "itl_ms")?,
             scheduled_ns: optional_col(batch, "scheduled_ns")?,
             retried: optional_col(batch, "retried")?,
+            cached_tokens: optional_col(batch, "cached_tokens")?,
+            session: optional_col(batch, "session")?,
+            turn: optional_col(batch, "turn")?,
         })
     }
 }
@@ -174,6 +185,7 @@ pub fn records_from_batch(batch: &RecordBatch) -> Result<Vec<Record>, Error> {
     let status: &UInt16Array = col(batch, "http_status")?;
     let message: &StringArray = col(batch, "error_message")?;
     let opt_u64 = |a: &UInt64Array, i: usize| a.is_valid(i).then(|| a.value(i));
+    let opt = |a: Option<&UInt64Array>, i: usize| a.and_then(|a| opt_u64(a, i));
     let mut out = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
         let gaps = c.gaps.value(i);
@@ -231,6 +243,9 @@ pub fn records_from_batch(batch: &RecordBatch) -> Result<Vec<Record>, Error> {
                 .scheduled_ns
                 .and_then(|a| a.is_valid(i).then(|| a.value(i))),
             retried: c.retried.is_some_and(|a| a.value(i)),
+            cached_tokens: opt(c.cached_tokens, i),
+            session: opt(c.session, i),
+            turn: c.turn.and_then(|a| a.is_valid(i).then(|| a.value(i))),
         });
     }
     Ok(out)

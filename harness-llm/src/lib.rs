@@ -5,6 +5,7 @@
 //! * [`load`]: closed loop (concurrency) and open loop (request rate, Poisson or constant)
 //!   scheduling, with warmup.
 //! * [`prompts`]: prompts of an exact token count under a built-in tiktoken encoding.
+//! * [`workload`]: shared prefixes, multi-turn sessions, trace replay and conversations.
 //! * [`step::BenchmarkStep`]: all of the above as a pipeline step; records and statistics
 //!   are harness-analytics' ([`harness_analytics::record::Record`], `CellStats`).
 //! * [`checks`]: functional and accuracy checks of an endpoint, as steps.
@@ -22,9 +23,11 @@ pub mod load;
 pub mod mock;
 pub mod openai;
 pub mod prompts;
+mod sessions;
 pub mod step;
 pub mod telemetry;
 pub mod tools;
+pub mod workload;
 
 pub use error::{Error, Result};
 pub use step::BenchmarkStep;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{Client, Record};
 use crate::clock::Clock;
 use crate::prompts::PromptSynth;
+use crate::workload::Workload;
 
 /// What one cell sends.
 #[derive(Debug, Clone)]
@@ -49,6 +50,8 @@ pub struct LoadSpec {
     pub osl_stddev: f64,
     /// Prompts from a dataset instead of synthetic ones.
     pub dataset: Option<Arc<Dataset>>,
+    /// What the requests are: synthetic (or the dataset's) by default.
+    pub workload: Workload,
 }
 
 /// Prompts read from a JSON-lines file: `{"prompt": "...", "output_tokens": 128}` per line.
@@ -137,6 +140,7 @@ impl LoadSpec {
             isl_stddev: 0.0,
             osl_stddev: 0.0,
             dataset: None,
+            workload: Workload::Synthetic,
         }
     }
 
@@ -152,6 +156,18 @@ impl LoadSpec {
             return (prompt.clone(), words, out.unwrap_or(osl));
         }
         let isl = normal(&mut rng, self.isl, self.isl_stddev);
+        match &self.workload {
+            Workload::SharedPrefix(w) => {
+                let (prompt, n) = w.prompt(synth, self.seed, index, isl);
+                return (prompt, n, osl);
+            }
+            Workload::Trace(t) => {
+                if let Some(request) = t.prompt(synth, self.seed, index) {
+                    return request;
+                }
+            }
+            _ => {}
+        }
         (synth.prompt(isl, seed), u64::from(isl), osl)
     }
 
@@ -162,18 +178,33 @@ impl LoadSpec {
         (u64::from(concurrency.unwrap_or(1)) * 4).max(100)
     }
 
-    fn total(&self) -> Option<u64> {
-        match (self.requests, self.duration) {
+    /// Requests to send, warmup included; `None`: until the duration ends.
+    pub(crate) fn total(&self) -> Option<u64> {
+        let planned = match (self.requests, self.duration) {
             (Some(n), _) => Some(self.warmup + n),
             (None, Some(_)) => None,
-            (None, None) => Some(self.warmup + Self::default_requests(self.concurrency)),
+            (None, None) => Some(
+                self.warmup
+                    + match &self.workload {
+                        // A trace's requests, or each conversation once.
+                        Workload::Trace(t) => t.len() as u64,
+                        Workload::Conversations(c) => {
+                            c.items().iter().map(|c| c.turns.len() as u64).sum()
+                        }
+                        _ => Self::default_requests(self.concurrency),
+                    },
+            ),
+        };
+        match &self.workload {
+            Workload::Trace(t) => Some(planned.unwrap_or(u64::MAX).min(t.len() as u64)),
+            _ => planned,
         }
     }
 }
 
 /// A draw from a normal distribution with `mean` and `stddev`, rounded, at least 1
 /// (Box-Muller; exactly `mean` when `stddev` is 0).
-fn normal(rng: &mut SmallRng, mean: u32, stddev: f64) -> u32 {
+pub(crate) fn normal(rng: &mut SmallRng, mean: u32, stddev: f64) -> u32 {
     if stddev <= 0.0 {
         return mean;
     }
@@ -185,7 +216,7 @@ fn normal(rng: &mut SmallRng, mean: u32, stddev: f64) -> u32 {
 }
 
 /// The seed of request `index`'s prompt.
-fn prompt_seed(seed: u64, index: u64) -> u64 {
+pub(crate) fn prompt_seed(seed: u64, index: u64) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index
 }
 
@@ -235,6 +266,13 @@ pub async fn run_at(
     let ramp = spec.ramp.unwrap_or_default();
     // Arrivals and ramp steps need better than tokio's millisecond timer.
     let clock = Arc::new(Clock::default());
+    if spec.workload.is_sessions() {
+        return crate::sessions::run(client, synth, spec, epoch, clock, cancel).await;
+    }
+    let trace = match &spec.workload {
+        Workload::Trace(t) => Some(t.clone()),
+        _ => None,
+    };
     let synth = Arc::new(synth.clone());
     let mut tasks: JoinSet<Vec<Record>> = JoinSet::new();
     let one = move |index: u64, client: Client, synth: Arc<PromptSynth>, spec: LoadSpec| async move {
@@ -243,7 +281,7 @@ pub async fn run_at(
             .send(index, index < spec.warmup, prompt, isl, osl, epoch)
             .await
     };
-    match spec.rate {
+    match spec.rate.or(trace.as_ref().map(|_| 0.0)) {
         None => {
             let next = Arc::new(AtomicU64::new(0));
             let workers = spec.concurrency.unwrap_or(1).max(1);
@@ -286,7 +324,13 @@ pub async fn run_at(
             let mut lambda = 0.0f64;
             let mut index = 0u64;
             loop {
-                if index > 0 {
+                if let Some(t) = &trace {
+                    // The trace's own time, from the epoch.
+                    match t.due(index).and_then(|d| epoch.checked_add(d)) {
+                        Some(due) => at = due,
+                        None => break,
+                    }
+                } else if index > 0 {
                     lambda += match spec.arrival {
                         Arrival::Constant => 1.0,
                         _ => -(1.0 - rng.random::<f64>()).ln(),

@@ -15,6 +15,78 @@ pub struct Usage {
     /// Output tokens.
     #[serde(default)]
     pub completion_tokens: u64,
+    /// Input tokens served from the server's prefix cache
+    /// (`prompt_tokens_details.cached_tokens`), when it reports them.
+    #[serde(
+        default,
+        rename = "prompt_tokens_details",
+        deserialize_with = "de_cached_tokens"
+    )]
+    pub cached_tokens: Option<u64>,
+}
+
+/// `prompt_tokens_details` (an object, or null) to its `cached_tokens`.
+fn de_cached_tokens<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Details {
+        #[serde(default)]
+        cached_tokens: Option<u64>,
+    }
+    Ok(Option::<Details>::deserialize(d)?.and_then(|x| x.cached_tokens))
+}
+
+/// Who said a message of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Instructions before the conversation.
+    System,
+    /// The user.
+    User,
+    /// The model.
+    Assistant,
+}
+
+/// One message of a chat history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Message {
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub content: String,
+}
+
+impl Message {
+    /// A message.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Message {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TextChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<Choice<'a>>>,
+}
+
+/// Appends the generated content of one chunk (or a whole response) to `out`: what a
+/// multi-turn session carries into its next turn. Reasoning is left out, as chat templates
+/// drop it from the history.
+///
+/// # Errors
+/// The JSON error when the payload is not a chunk object.
+pub fn append_text(data: &str, out: &mut String) -> Result<(), serde_json::Error> {
+    let chunk: TextChunk<'_> = serde_json::from_str(data)?;
+    for c in chunk.choices.into_iter().flatten() {
+        for m in [&c.delta, &c.message].into_iter().flatten() {
+            out.push_str(m.content.as_deref().unwrap_or_default());
+        }
+        out.push_str(c.text.as_deref().unwrap_or_default());
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -36,15 +108,15 @@ struct ErrorBody<'a> {
 #[derive(Deserialize)]
 struct Choice<'a> {
     #[serde(default, borrow)]
-    delta: Option<Message<'a>>,
+    delta: Option<Said<'a>>,
     #[serde(default, borrow)]
-    message: Option<Message<'a>>,
+    message: Option<Said<'a>>,
     #[serde(default, borrow)]
     text: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct Message<'a> {
+struct Said<'a> {
     #[serde(default, borrow)]
     content: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -126,7 +198,7 @@ struct Body<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     model: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    messages: Option<[ChatMessage<'a>; 1]>,
+    messages: Option<&'a [Message]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     prompt: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,12 +209,6 @@ struct Body<'a> {
     stream_options: Option<StreamOptions>,
     #[serde(flatten)]
     extra: &'a serde_json::Map<String, serde_json::Value>,
-}
-
-#[derive(serde::Serialize)]
-struct ChatMessage<'a> {
-    role: &'static str,
-    content: &'a str,
 }
 
 #[derive(serde::Serialize)]
@@ -162,14 +228,53 @@ pub fn request_body(
     stream: bool,
     extra: &serde_json::Map<String, serde_json::Value>,
 ) -> Vec<u8> {
+    if matches!(kind, EndpointType::Completions) {
+        return body(kind, model, None, prompt, max_tokens, stream, extra);
+    }
+    let messages = [Message::new(Role::User, prompt)];
+    body(kind, model, Some(&messages), "", max_tokens, stream, extra)
+}
+
+/// Builds a request body for a chat history. On a completions endpoint the history's
+/// contents are joined into one prompt, each message on a line of its own.
+pub fn history_body(
+    kind: EndpointType,
+    model: &str,
+    messages: &[Message],
+    max_tokens: u32,
+    stream: bool,
+    extra: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<u8> {
+    if matches!(kind, EndpointType::Completions) {
+        let prompt: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+        return body(
+            kind,
+            model,
+            None,
+            &prompt.join("\n"),
+            max_tokens,
+            stream,
+            extra,
+        );
+    }
+    body(kind, model, Some(messages), "", max_tokens, stream, extra)
+}
+
+fn body(
+    kind: EndpointType,
+    model: &str,
+    messages: Option<&[Message]>,
+    prompt: &str,
+    max_tokens: u32,
+    stream: bool,
+    extra: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<u8> {
     let own = |key: &str| !extra.contains_key(key);
     let chat = !matches!(kind, EndpointType::Completions);
+    let size = prompt.len() + messages.map_or(0, |m| m.iter().map(|m| m.content.len() + 32).sum());
     let body = Body {
         model: own("model").then_some(model),
-        messages: (chat && own("messages")).then_some([ChatMessage {
-            role: "user",
-            content: prompt,
-        }]),
+        messages: messages.filter(|_| chat && own("messages")),
         prompt: (!chat && own("prompt")).then_some(prompt),
         max_tokens: own("max_tokens").then_some(max_tokens),
         stream: own("stream").then_some(stream),
@@ -178,7 +283,7 @@ pub fn request_body(
         }),
         extra,
     };
-    let mut out = Vec::with_capacity(prompt.len() + 256);
+    let mut out = Vec::with_capacity(size + 256);
     // Serialising borrowed strings and a JSON map cannot fail.
     let _ = serde_json::to_writer(&mut out, &body);
     out
@@ -202,7 +307,8 @@ mod tests {
             info.usage,
             Some(Usage {
                 prompt_tokens: 12,
-                completion_tokens: 34
+                completion_tokens: 34,
+                cached_tokens: None,
             })
         );
         assert_eq!(info.text_bytes, 0);

@@ -143,6 +143,57 @@ impl PromptSynth {
     }
 }
 
+/// Counts tokens under the experiment's tokenizer: for files whose lengths are measured
+/// once (conversations), not for hot paths.
+pub struct TokenCounter {
+    count: Box<dyn Fn(&str) -> usize + Send + Sync>,
+}
+
+impl std::fmt::Debug for TokenCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCounter").finish_non_exhaustive()
+    }
+}
+
+impl TokenCounter {
+    /// A counter for a built-in encoding (blocking: loads its tables).
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] when `encoding` is not built in.
+    pub fn new(encoding: &str) -> Result<Self> {
+        let bpe = load(encoding)?;
+        Ok(TokenCounter {
+            count: Box::new(move |t| bpe.encode_ordinary(t).len()),
+        })
+    }
+
+    /// A counter for a `tokenizer.json` file (blocking: reads it).
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] when the file cannot be read, or this program was built without
+    /// the `hf-tokenizers` feature.
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        #[cfg(feature = "hf-tokenizers")]
+        {
+            let tok = HfTokenizer::open(path)?;
+            Ok(TokenCounter {
+                count: Box::new(move |t| tok.count(t).unwrap_or(0)),
+            })
+        }
+        #[cfg(not(feature = "hf-tokenizers"))]
+        Err(Error::tokenizer(
+            path.display().to_string(),
+            "this program was built without harness-llm's `hf-tokenizers` feature",
+            None,
+        ))
+    }
+
+    /// Tokens in `text`, without special tokens.
+    pub fn count(&self, text: &str) -> usize {
+        (self.count)(text)
+    }
+}
+
 /// Loads a built-in encoding (not a process-wide singleton: dropped after use).
 fn load(encoding: &str) -> Result<CoreBPE> {
     match encoding {

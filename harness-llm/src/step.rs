@@ -10,7 +10,8 @@ use serde::Deserialize;
 
 use crate::client::{Client, ClientConfig, Record};
 use crate::load::{self, LoadSpec};
-use crate::prompts::PromptSynth;
+use crate::prompts::{PromptSynth, TokenCounter};
+use crate::workload::Workload;
 use harness_analytics::CellStats;
 use harness_analytics::io::to_parquet;
 use harness_analytics::table::records_batch;
@@ -28,7 +29,17 @@ use crate::telemetry::{ScrapeConfig, ScrapeTarget, Scraper};
 #[derive(Debug, Default)]
 pub struct BenchmarkStep {
     synth: Mutex<Option<PromptSynth>>,
+    /// The workload last built, with the configuration it was built from: files are read
+    /// once per run, not once per cell.
+    workload: Mutex<Option<(WorkloadConfig, Workload)>>,
 }
+
+/// What a workload is built from: its section, the model's context and the tokenizer.
+type WorkloadConfig = (
+    harness_core::config::Workload,
+    Option<u32>,
+    Option<harness_core::config::Tokenizer>,
+);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +60,37 @@ impl BenchmarkStep {
             }
             Ok(Arc::new(BenchmarkStep::new()) as Arc<dyn Step>)
         })
+    }
+}
+
+impl BenchmarkStep {
+    /// The experiment's workload, built once per configuration (files are read off the
+    /// async workers).
+    async fn workload(&self, exp: &harness_core::Experiment) -> Result<Workload> {
+        let key: WorkloadConfig = (
+            exp.workload.clone(),
+            exp.model.max_context.map(|m| m.get()),
+            exp.tokenizer.clone(),
+        );
+        if let Some((k, w)) = &*self.workload.lock().unwrap_or_else(|e| e.into_inner())
+            && *k == key
+        {
+            return Ok(w.clone());
+        }
+        let k = key.clone();
+        let w = tokio::task::spawn_blocking(move || {
+            let (cfg, max_context, tokenizer) = k;
+            let counter = || match tokenizer.as_ref().and_then(|t| t.path.as_ref()) {
+                Some(p) => TokenCounter::from_file(p),
+                None => TokenCounter::new(&synth_key(tokenizer.as_ref())),
+            };
+            Workload::from_config(&cfg, max_context, counter)
+        })
+        .await
+        .map_err(|e| Error::failed_from("reading the workload", e))?
+        .map_err(|e| e.at("workload.path"))?;
+        *self.workload.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, w.clone()));
+        Ok(w)
     }
 }
 
@@ -160,6 +202,7 @@ impl Step for BenchmarkStep {
             }
             None => None,
         };
+        let workload = self.workload(&exp).await?;
         let api_key = match &load.api_key_env {
             Some(var) => Some(std::env::var(var).map_err(|_| {
                 Error::failed(
@@ -203,6 +246,7 @@ impl Step for BenchmarkStep {
             isl_stddev: load.isl_stddev.unwrap_or(0.0),
             osl_stddev: load.osl_stddev.unwrap_or(0.0),
             dataset,
+            workload,
         };
         let mut warnings = if load.preflight {
             preflight(&client, &synth, &spec, cx.cancel()).await

@@ -138,3 +138,131 @@ async fn a_sweep_against_llama_server_produces_sane_records() {
         assert!(cell.metrics.contains_key("server.generation_tokens_per_s"));
     }
 }
+
+/// Runs `yaml` (an experiment deploying llama-server) and returns each cell's records and
+/// statistics.
+async fn run_llama(
+    yaml: &str,
+) -> Vec<(
+    Vec<harness_analytics::record::Record>,
+    harness_analytics::CellStats,
+)> {
+    let exp = Arc::new(Experiment::from_yaml_str(yaml, "llama.yaml").expect("experiment"));
+    let pipeline = Pipeline::builder()
+        .deployment(DeploymentSteps::for_experiment(&exp, None).expect("deployment"))
+        .per_cell(harness_llm::BenchmarkStep::new())
+        .build()
+        .expect("pipeline");
+    let store = Arc::new(MemoryStore::new());
+    let (report, run) = run_new(
+        exp,
+        pipeline,
+        Arc::new(LocalBackend::new().expect("backend")),
+        store.clone(),
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let mut out = Vec::new();
+    for cell in &report.cells {
+        let key = run.layout().cell_records(&cell.cell);
+        let batch = harness_analytics::io::from_parquet(store.get(&key).await.expect("records"))
+            .expect("parquet");
+        let records = harness_analytics::table::records_from_batch(&batch).expect("records");
+        let stats = store
+            .get_json(&run.layout().cell_stats(&cell.cell))
+            .await
+            .expect("stats.json");
+        out.push((records, stats));
+    }
+    out
+}
+
+/// Multi-turn workloads against llama-server: synthetic sessions, and conversations from a
+/// file whose first turn is a long document and whose later turns are short questions about
+/// it. Each turn sends the history with the server's own replies, so llama.cpp finds the
+/// history in its slot's prompt cache and reports it as cached tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_turn_sessions_reuse_llama_server_s_prompt_cache() {
+    let (server, model) = deps();
+    let deployment = format!(
+        "deployment:\n  command: ['{}', -m, '{}', --host, 127.0.0.1, --port, '{{port}}', --parallel, '2', --threads, '1', --metrics, --no-warmup, -c, '8192']\n  health: /health\n\
+         policy: {{ready_timeout: 2m}}\ntelemetry: {{interval: 200ms}}\n",
+        server.display(),
+        model.display()
+    );
+
+    // Synthetic sessions: 2 sessions of 3 turns of 96 tokens, 16 tokens per reply.
+    let yaml = format!(
+        "name: llama-sessions\nmodel: {{name: smollm2-135m}}\nconcurrency: [1]\nbenchmark: {{isl_osl: [[96, 16]]}}\n{deployment}\
+         load: {{requests: 6, extra_body: {{ignore_eos: true}}, request_timeout: 2m, preflight: false}}\n\
+         workload: {{kind: sessions, turns: 3}}\n"
+    );
+    let cells = run_llama(&yaml).await;
+    let (records, stats) = &cells[0];
+    assert_eq!(records.len(), 6);
+    for r in records {
+        assert!(r.ok(), "{r:?}");
+        let turn = r.turn.expect("turn");
+        let cached = r
+            .cached_tokens
+            .expect("llama-server reports prompt_tokens_details.cached_tokens");
+        if turn == 1 {
+            // At most the chat template's head, which every conversation shares: none of
+            // the 96 tokens of the user's turn.
+            assert!(cached <= r.input_tokens - 96, "{r:?}");
+        } else {
+            // The previous turn's prompt and reply are in the slot: at least the 96-token
+            // first turn and its 16-token reply.
+            assert!(cached >= 96 + 16, "turn {turn}: {r:?}");
+        }
+    }
+    assert_eq!(stats.sessions, Some(2));
+    assert!(
+        stats.prefix_cache_hit_rate.is_some_and(|h| h > 0.3),
+        "{stats:?}"
+    );
+
+    // Conversations: a long first turn, then short questions.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("conversations.jsonl");
+    let document = "The river runs past the old mill and the school, then under the stone bridge where the market is held on every second day. "
+        .repeat(20);
+    let line = |doc: &str| {
+        serde_json::json!({"messages": [
+            {"role": "user", "content": format!("Read this: {doc}")},
+            {"role": "assistant", "content": "I have read it."},
+            {"role": "user", "content": "Where is the market held?"},
+            {"role": "assistant", "content": "Under the stone bridge."},
+            {"role": "user", "content": "How often?"},
+            {"role": "assistant", "content": "Every second day."},
+        ]})
+        .to_string()
+    };
+    let text = format!("{}\n{}\n", line(&document), line(&document.to_uppercase()));
+    std::fs::write(&path, text).expect("conversations");
+    let yaml = format!(
+        "name: llama-conversations\nmodel: {{name: smollm2-135m, max_context: 8192}}\nconcurrency: [1]\nbenchmark: {{isl_osl: [[96, 16]]}}\n{deployment}\
+         load: {{extra_body: {{ignore_eos: true}}, request_timeout: 2m, preflight: false}}\n\
+         workload: {{kind: conversations, path: '{}'}}\n",
+        path.display()
+    );
+    let cells = run_llama(&yaml).await;
+    let (records, stats) = &cells[0];
+    assert_eq!(records.len(), 6, "2 conversations of 3 user turns");
+    assert!(records.iter().all(|r| r.ok()), "{records:?}");
+    let turn1 = stats.turns[0].ttft_p50_ms;
+    for t in &stats.turns {
+        eprintln!(
+            "conversations, turn {}: TTFT p50 {:.1} ms, {:.0} input tokens, hit rate {:?}",
+            t.turn, t.ttft_p50_ms, t.input_tokens_mean, t.prefix_cache_hit_rate
+        );
+    }
+    for later in &stats.turns[1..] {
+        assert!(
+            later.prefix_cache_hit_rate.is_some_and(|h| h > 0.8),
+            "{later:?}"
+        );
+        // Turn 1 computes the whole document; later turns only their question.
+        assert!(later.ttft_p50_ms < turn1, "{later:?} vs turn 1 {turn1} ms");
+    }
+}

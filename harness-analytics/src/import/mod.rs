@@ -292,6 +292,9 @@ impl Timeline {
             error_message,
             scheduled_ns: None,
             retried: false,
+            cached_tokens: None,
+            session: None,
+            turn: None,
         })
     }
 }

@@ -133,6 +133,7 @@ pub const QUANTITIES: &[Quantity] = &[
         kind: Counter,
         sources: &[
             &["vllm:prefix_cache_queries_total"],
+            &["mock_prefix_cache_queries_total"],
             &[
                 "llamacpp:prompt_tokens_total",
                 "llamacpp:prompt_tokens_cached_total",
@@ -145,6 +146,7 @@ pub const QUANTITIES: &[Quantity] = &[
         kind: Counter,
         sources: &[
             &["vllm:prefix_cache_hits_total"],
+            &["mock_prefix_cache_hits_total"],
             &["llamacpp:prompt_tokens_cached_total"],
         ],
     },

@@ -367,6 +367,49 @@ impl Experiment {
                 ));
             }
         }
+        if let Err((path, message)) = self.workload.check() {
+            return Err(locate("workload", ConfigError::new(file, path, message)));
+        }
+        if self.workload.kind != super::WorkloadKind::Synthetic && self.load.dataset.is_some() {
+            return Err(locate(
+                "load",
+                ConfigError::new(
+                    file,
+                    "load.dataset",
+                    format!(
+                        "a dataset's prompts are the synthetic workload's; `workload: {{kind: {}}}` makes its own",
+                        self.workload.kind.as_str()
+                    ),
+                ),
+            ));
+        }
+        if !matches!(
+            self.workload.kind,
+            super::WorkloadKind::Synthetic | super::WorkloadKind::SharedPrefix
+        ) && self.backend.clients.is_some_and(|c| c.get() > 1)
+        {
+            return Err(locate(
+                "backend",
+                ConfigError::new(
+                    file,
+                    "backend.clients",
+                    format!(
+                        "`workload: {{kind: {}}}` runs on one client: its requests depend on each other's order and replies",
+                        self.workload.kind.as_str()
+                    ),
+                ),
+            ));
+        }
+        if self.workload.kind == super::WorkloadKind::Trace && self.request_rate.is_some() {
+            return Err(locate(
+                "request_rate",
+                ConfigError::new(
+                    file,
+                    "request_rate",
+                    "a trace sets its own send times: sweep `concurrency` (a cap on requests in flight) and scale the times with `workload.time_scale`",
+                ),
+            ));
+        }
         if let Err((path, message)) = self.backend.check() {
             return Err(locate("backend", ConfigError::new(file, path, message)));
         }

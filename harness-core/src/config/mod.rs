@@ -27,6 +27,7 @@
 mod load;
 pub mod values;
 mod variants;
+mod workload;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ pub use variants::{
     Limit, MAX_SEARCH_VALUES, Search, SearchAxis, TREATMENT_SECTIONS, Treatment, Treatments,
     VarValue,
 };
+pub use workload::{GroupOrder, Workload, WorkloadKind};
 
 /// A commented experiment that shows every section with its default value.
 pub const DEFAULT_EXPERIMENT: &str = include_str!("default-experiment.yaml");
@@ -109,6 +111,10 @@ pub struct Experiment {
     /// Server metrics scraped during each cell (read by the benchmark step).
     #[serde(default, skip_serializing_if = "Telemetry::is_default")]
     pub telemetry: Telemetry,
+    /// What the requests are: synthetic prompts (the default), shared prefixes, multi-turn
+    /// sessions, a trace or conversations (read by the benchmark step).
+    #[serde(default, skip_serializing_if = "Workload::is_default")]
+    pub workload: Workload,
     /// Find the largest concurrency or request rate at which an SLO holds, instead of
     /// sweeping a fixed list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,6 +155,10 @@ pub struct Model {
     /// Where the weights live, as the deployment sees it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The model's context window in tokens: a trace or conversation that needs more is
+    /// refused with its file and line before anything is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_context: Option<Positive>,
 }
 
 /// The API flavour of the endpoint.
@@ -250,6 +260,54 @@ pub struct MockDeployment {
     /// checks can be tested against a known truth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answers: Option<PathBuf>,
+    /// Prefill cost: each prompt token not served from the prefix cache adds this to the
+    /// time to first token, in milliseconds.
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero",
+        deserialize_with = "de_millis"
+    )]
+    pub prefill_ms_per_token: f64,
+    /// A prefix cache of token blocks: requests whose leading blocks were seen recently
+    /// report them as `cached_tokens` and skip their prefill cost. Without it, nothing is
+    /// cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_cache: Option<MockPrefixCache>,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+/// The mock's prefix cache: a least-recently-used cache of `blocks` blocks of
+/// `block_tokens` tokens (the mock's tokens are words), keyed like vLLM's by a hash of the
+/// block and every block before it. A request's cached tokens are its leading blocks found
+/// in the cache (at most all but its last token, as vLLM computes at least one); its prompt
+/// and reply blocks are then stored, on arrival, so the cache's state follows the arrival
+/// order alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MockPrefixCache {
+    /// Capacity in blocks.
+    pub blocks: std::num::NonZeroU32,
+    /// Tokens per block (default 16, as vLLM).
+    #[serde(default = "default_block_tokens")]
+    pub block_tokens: std::num::NonZeroU32,
+}
+
+impl MockPrefixCache {
+    /// A cache of `blocks` blocks of 16 tokens.
+    pub fn new(blocks: std::num::NonZeroU32) -> Self {
+        MockPrefixCache {
+            blocks,
+            block_tokens: default_block_tokens(),
+        }
+    }
+}
+
+fn default_block_tokens() -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(16).unwrap_or(std::num::NonZeroU32::MIN)
 }
 
 impl Default for MockDeployment {
@@ -267,6 +325,8 @@ impl Default for MockDeployment {
             seed: 0,
             slots: None,
             answers: None,
+            prefill_ms_per_token: 0.0,
+            prefix_cache: None,
         }
     }
 }

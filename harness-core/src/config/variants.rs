@@ -58,7 +58,7 @@ impl<'de> Deserialize<'de> for VarValue {
 /// The sections a treatment may change: those of the deployment and of how each cell is
 /// measured. The sweep (`concurrency`, `benchmark`, `sweep`, `search`), `name` and `storage`
 /// belong to the whole run.
-pub const TREATMENT_SECTIONS: [&str; 11] = [
+pub const TREATMENT_SECTIONS: [&str; 12] = [
     "vars",
     "model",
     "endpoint",
@@ -70,6 +70,7 @@ pub const TREATMENT_SECTIONS: [&str; 11] = [
     "slo",
     "policy",
     "telemetry",
+    "workload",
 ];
 
 /// One treatment: a name, and the sections it sets over the experiment's (merged key by key;

@@ -237,6 +237,48 @@ impl Client {
             &cfg.extra_body,
         );
         drop(prompt);
+        self.send_body(index, warmup, body, prompt_tokens, epoch, None)
+            .await
+    }
+
+    /// Sends a chat history (the turns of a session) asking for `max_tokens`, and appends
+    /// the reply's content to `reply`, so the next turn can carry it. `prompt_tokens` is the
+    /// history's token count as the caller knows it (the server's usage replaces it).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_history(
+        &self,
+        index: u64,
+        warmup: bool,
+        messages: &[openai::Message],
+        prompt_tokens: u64,
+        max_tokens: u32,
+        epoch: Instant,
+        reply: &mut String,
+    ) -> Record {
+        let cfg = &self.inner.cfg;
+        let body = openai::history_body(
+            cfg.kind,
+            &cfg.model,
+            messages,
+            max_tokens,
+            cfg.stream,
+            &cfg.extra_body,
+        );
+        self.send_body(index, warmup, body, prompt_tokens, epoch, Some(reply))
+            .await
+    }
+
+    /// Sends a request body; with `capture`, the reply's content is appended to it.
+    async fn send_body(
+        &self,
+        index: u64,
+        warmup: bool,
+        body: Vec<u8>,
+        prompt_tokens: u64,
+        epoch: Instant,
+        mut capture: Option<&mut String>,
+    ) -> Record {
+        let cfg = &self.inner.cfg;
         let ns = move || u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let mut rec = Record {
             index,
@@ -255,6 +297,9 @@ impl Client {
             error_message: None,
             scheduled_ns: None,
             retried: false,
+            cached_tokens: None,
+            session: None,
+            turn: None,
         };
         let deadline = Instant::now() + cfg.timeout;
         let fail = |rec: &mut Record, kind: ErrorKind, msg: String| {
@@ -269,7 +314,7 @@ impl Client {
             );
             rec.end_ns = ns();
         };
-        let request = self.request(body.as_ref());
+        let request = self.request(&body);
         drop(body);
         // A pooled keep-alive connection that the server closed just as it was reused fails
         // before any response byte: a client artifact, not a server failure. Retry once on a
@@ -401,6 +446,10 @@ impl Client {
                                 return;
                             }
                             if info.text_bytes > 0 {
+                                if let Some(out) = capture.as_deref_mut() {
+                                    // Parsed a second time, for its text: sessions only.
+                                    let _ = openai::append_text(data, out);
+                                }
                                 match rec.last_token_ns {
                                     None => rec.first_token_ns = Some(now),
                                     Some(last) => rec.chunk_gaps_ns.push(now - last),
@@ -453,6 +502,9 @@ impl Client {
                         format!("the body is not a completion: {e}"),
                     ),
                     Ok(info) => {
+                        if let (Some(out), Ok(text)) = (capture, std::str::from_utf8(&body)) {
+                            let _ = openai::append_text(text, out);
+                        }
                         let now = conn.stamp().at(ns()).max(rec.start_ns);
                         rec.first_token_ns = Some(now);
                         rec.last_token_ns = Some(now);
@@ -471,6 +523,7 @@ impl Client {
                 if u.prompt_tokens > 0 {
                     rec.input_tokens = u.prompt_tokens;
                 }
+                rec.cached_tokens = u.cached_tokens;
             }
             None => rec.output_tokens = u64::from(rec.content_chunks),
         }

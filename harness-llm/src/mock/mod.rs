@@ -41,6 +41,7 @@ use harness_core::config::MockDeployment;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+mod cache;
 mod server;
 
 pub use crate::clock::monotonic_ns;
@@ -69,6 +70,9 @@ struct Counters {
     /// cumulative), the last past every bound; and their sum in microseconds.
     ttft_buckets: [AtomicU64; TTFT_BUCKETS.len() + 1],
     ttft_sum_us: AtomicU64,
+    /// Prompt tokens looked up in the prefix cache, and those found.
+    prefix_queries: AtomicU64,
+    prefix_hits: AtomicU64,
 }
 
 /// The upper bounds, in seconds, of the mock's TTFT histogram.
@@ -124,6 +128,8 @@ struct Shared {
     clock: crate::clock::Clock,
     /// Free serving slots (`cfg.slots`); a request holds one until its response ends.
     slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// The prefix cache (`cfg.prefix_cache`).
+    cache: Option<std::sync::Mutex<cache::PrefixCache>>,
 }
 
 /// Reads the answers file of the mock's configuration (JSON lines of `prompt` and `answer`).
@@ -263,8 +269,15 @@ fn router(cfg: MockDeployment) -> Router {
     let slots = cfg
         .slots
         .map(|n| Arc::new(tokio::sync::Semaphore::new(n.get() as usize)));
+    let cache = cfg.prefix_cache.map(|c| {
+        std::sync::Mutex::new(cache::PrefixCache::new(
+            c.blocks.get() as usize,
+            c.block_tokens.get() as usize,
+        ))
+    });
     let shared = Arc::new(Shared {
         slots,
+        cache,
         cfg,
         counters: Counters::default(),
         lateness: std::sync::Mutex::new(Lateness::default()),
@@ -325,6 +338,20 @@ struct StreamOptions {
 struct ChatMessage {
     #[serde(default)]
     content: Option<serde_json::Value>,
+}
+
+/// Appends the words of a message's content (text, or a list of text parts).
+fn push_words<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+    match v {
+        serde_json::Value::String(s) => out.extend(s.split_whitespace()),
+        serde_json::Value::Array(items) => items.iter().for_each(|i| push_words(i, out)),
+        serde_json::Value::Object(o) => {
+            if let Some(t) = o.get("text") {
+                push_words(t, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn words(v: &serde_json::Value) -> u64 {
@@ -471,6 +498,36 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
             StatusCode::from_u16(cfg.error_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return error_response(status, "injected error");
     }
+    // The prefix cache, on arrival: what it holds follows the arrival order alone.
+    let cached = s.cache.as_ref().map(|cache| {
+        let mut words: Vec<&str> = Vec::with_capacity(prompt_tokens as usize);
+        if chat {
+            for m in &req.messages {
+                if let Some(c) = &m.content {
+                    push_words(c, &mut words);
+                }
+            }
+        } else if let Some(p) = &req.prompt {
+            push_words(p, &mut words);
+        }
+        let reply: Box<dyn Iterator<Item = &str>> = match &answer {
+            Some(a) => Box::new(a.iter().flat_map(|w| w.split_whitespace())),
+            None => Box::new(std::iter::repeat_n("tok", tokens as usize)),
+        };
+        let hit = cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .serve(&words, reply);
+        s.counters
+            .prefix_queries
+            .fetch_add(prompt_tokens, Ordering::Relaxed);
+        s.counters.prefix_hits.fetch_add(hit, Ordering::Relaxed);
+        hit
+    });
+    // Prefill: every prompt token not found in the cache.
+    let prefill = Duration::from_secs_f64(
+        cfg.prefill_ms_per_token * prompt_tokens.saturating_sub(cached.unwrap_or(0)) as f64 / 1e3,
+    );
     // A slot, in arrival order (tokio's semaphore is fair); the wait is part of the TTFT.
     let waiting = Held::new(&s, |c| &c.waiting);
     let slot = match &s.slots {
@@ -484,15 +541,19 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
     let serving = Held::new(&s, |c| &c.serving);
     let model = req.model.unwrap_or_else(|| MOCK_MODEL.to_owned());
     let id = format!("cmpl-mock-{n}");
-    let usage = serde_json::json!({
+    let mut usage = serde_json::json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": tokens,
         "total_tokens": prompt_tokens + u64::from(tokens),
     });
+    if let Some(c) = cached {
+        usage["prompt_tokens_details"] = serde_json::json!({ "cached_tokens": c });
+    }
     if !req.stream {
         let start = Instant::now();
-        let total =
-            delay(cfg, cfg.ttft_ms, n, 0) + delay(cfg, cfg.itl_ms, n, 1) * tokens.saturating_sub(1);
+        let total = prefill
+            + delay(cfg, cfg.ttft_ms, n, 0)
+            + delay(cfg, cfg.itl_ms, n, 1) * tokens.saturating_sub(1);
         s.clock.sleep_until(start + total).await;
         s.counters
             .output_tokens
@@ -567,13 +628,14 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         fate,
         usage: include_usage.then(|| usage.to_string()),
         start: Instant::now(),
+        prefill,
         phase: Phase::Role,
         words: answer.map(Arc::new),
         head,
         key,
         scratch: Vec::new(),
     };
-    let instant = fate == Fate::Ok && cfg.ttft_ms == 0.0 && cfg.itl_ms == 0.0;
+    let instant = fate == Fate::Ok && cfg.ttft_ms == 0.0 && cfg.itl_ms == 0.0 && prefill.is_zero();
     let response = Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache");
@@ -661,6 +723,8 @@ struct TokenStream {
     fate: Fate,
     usage: Option<String>,
     start: Instant,
+    /// The prompt's prefill time, before the first token.
+    prefill: Duration,
     phase: Phase,
     /// The answer's pieces, one per token, instead of `tok`.
     words: Option<Arc<Vec<String>>>,
@@ -747,7 +811,7 @@ impl TokenStream {
     /// from the request's start, so delays do not drift.
     fn due(&self, i: u32) -> Instant {
         let cfg = &self.shared.cfg;
-        let mut at = self.start + delay(cfg, cfg.ttft_ms, self.n, 0);
+        let mut at = self.start + self.prefill + delay(cfg, cfg.ttft_ms, self.n, 0);
         if cfg.itl_ms > 0.0 {
             if cfg.jitter > 0.0 {
                 for k in 2..=i {
@@ -960,6 +1024,18 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
             "counter",
             "Prompt tokens of completed responses.",
             &c.prompt_tokens,
+        ),
+        (
+            "mock_prefix_cache_queries_total",
+            "counter",
+            "Prompt tokens looked up in the prefix cache.",
+            &c.prefix_queries,
+        ),
+        (
+            "mock_prefix_cache_hits_total",
+            "counter",
+            "Prompt tokens found in the prefix cache.",
+            &c.prefix_hits,
         ),
         (
             "mock_streams_running",

@@ -1,0 +1,344 @@
+//! Workloads end to end against the mock with its prefix cache: an experiment's `workload`
+//! section runs through the benchmark step, and what the records say is checked against
+//! what the workload and the cache make true.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness_analytics::CellStats;
+use harness_analytics::record::Record;
+use harness_core::config::{MockDeployment, MockPrefixCache};
+use harness_core::steps::WaitReadyStep;
+use harness_core::testkit::run_new;
+use harness_core::*;
+use harness_llm::mock::MockServer;
+use harness_llm::prompts::TokenCounter;
+use harness_llm::workload::Trace;
+
+struct Ran {
+    report: RunReport,
+    store: Arc<MemoryStore>,
+    run: RunContext,
+}
+
+impl Ran {
+    fn cell(&self) -> CellId {
+        self.report.cells[0].cell.clone()
+    }
+
+    async fn stats(&self) -> CellStats {
+        self.store
+            .get_json(&self.run.layout().cell_stats(&self.cell()))
+            .await
+            .expect("stats.json")
+    }
+
+    async fn records(&self) -> Vec<Record> {
+        let bytes = self
+            .store
+            .get(&self.run.layout().cell_records(&self.cell()))
+            .await
+            .expect("records.parquet");
+        let batch = harness_analytics::io::from_parquet(bytes).expect("parquet");
+        harness_analytics::table::records_from_batch(&batch).expect("records")
+    }
+}
+
+/// The mock with a prefix cache of `blocks` blocks of `block` tokens.
+async fn mock(blocks: u32, block: u32) -> MockServer {
+    let mut cfg = MockDeployment::default();
+    cfg.ttft_ms = 2.0;
+    cfg.itl_ms = 0.5;
+    cfg.prefill_ms_per_token = 0.01;
+    let mut cache = MockPrefixCache::new(std::num::NonZeroU32::new(blocks).expect("blocks"));
+    cache.block_tokens = std::num::NonZeroU32::new(block).expect("block");
+    cfg.prefix_cache = Some(cache);
+    MockServer::start(cfg, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("mock")
+}
+
+async fn bench(server: &MockServer, yaml: &str) -> Ran {
+    let exp = Arc::new(Experiment::from_yaml_str(yaml, "workload.yaml").expect("experiment"));
+    let endpoint = Endpoint::new(server.url()).expect("endpoint");
+    let pipeline = Pipeline::builder()
+        .setup(WaitReadyStep::new(
+            endpoint,
+            Some("/health".into()),
+            Duration::from_secs(10),
+        ))
+        .per_cell(harness_llm::BenchmarkStep::new())
+        .build()
+        .expect("pipeline");
+    let store = Arc::new(MemoryStore::new());
+    let (report, run) = run_new(
+        exp,
+        pipeline,
+        Arc::new(LocalBackend::new().expect("backend")),
+        store.clone(),
+    )
+    .await;
+    Ran { report, store, run }
+}
+
+fn shared_prefix_yaml(concurrency: u32, order: &str) -> String {
+    format!(
+        "name: prefix\nmodel: {{name: m}}\nconcurrency: [{concurrency}]\nbenchmark: {{isl_osl: [[40, 8]]}}\n\
+         load: {{requests: 24, preflight: false}}\ntelemetry: {{enabled: false}}\n\
+         workload: {{kind: shared_prefix, groups: 4, prompts_per_group: 6, prefix_tokens: 100, order: {order}}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_prefix_run_reports_exactly_the_hit_rate_the_cache_implies() {
+    // A cache large enough for every prefix: each group's first request misses, every later
+    // one finds the prefix's whole 16-token blocks (6 of them: 96 of its 100 tokens), in
+    // whatever order the 4 clients' requests arrive.
+    let server = mock(100_000, 16).await;
+    let ran = bench(&server, &shared_prefix_yaml(4, "round_robin")).await;
+    assert_eq!(ran.report.cells[0].status, CellStatus::Succeeded);
+    let records = ran.records().await;
+    assert_eq!(records.len(), 24);
+    for r in &records {
+        assert_eq!(r.input_tokens, 140, "prefix + question, exactly");
+        assert!(
+            r.cached_tokens == Some(0) || r.cached_tokens == Some(96),
+            "{r:?}"
+        );
+    }
+    let (n, g, hit) = (24u64, 4u64, 96u64);
+    let expected = (n - g) * hit;
+    let stats = ran.stats().await;
+    assert_eq!(stats.cached_tokens, Some(expected));
+    let rate = stats.prefix_cache_hit_rate.expect("a hit rate");
+    assert!(
+        (rate - expected as f64 / (n * 140) as f64).abs() < 1e-12,
+        "{rate}"
+    );
+    assert_eq!(stats.value("prefix_cache_hit_rate"), Some(rate));
+    server.shutdown().await;
+
+    // A cache of 20 blocks, smaller than the 4 groups' requests (9 full blocks each):
+    // round-robin evicts every prefix before its group comes back, so nothing hits.
+    let server = mock(20, 16).await;
+    let ran = bench(&server, &shared_prefix_yaml(1, "round_robin")).await;
+    let stats = ran.stats().await;
+    assert_eq!(stats.cached_tokens, Some(0));
+    assert_eq!(stats.prefix_cache_hit_rate, Some(0.0));
+    server.shutdown().await;
+
+    // The same small cache with random order: a group that comes back within two requests
+    // still finds its prefix, so some requests hit.
+    let server = mock(20, 16).await;
+    let ran = bench(&server, &shared_prefix_yaml(1, "random")).await;
+    let stats = ran.stats().await;
+    assert!(stats.cached_tokens.is_some_and(|c| c > 0), "{stats:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_carry_the_server_s_replies_and_reuse_the_cache() {
+    let server = mock(100_000, 16).await;
+    let yaml = "name: sessions\nmodel: {name: m}\nconcurrency: [2]\nbenchmark: {isl_osl: [[32, 8]]}\n\
+                load: {requests: 12, preflight: false}\ntelemetry: {enabled: false}\n\
+                workload: {kind: sessions, turns: 3, think_time: 5ms}\n";
+    let ran = bench(&server, yaml).await;
+    assert_eq!(ran.report.cells[0].status, CellStatus::Succeeded);
+    let records = ran.records().await;
+    assert_eq!(records.len(), 12);
+    let mut per_session: BTreeMap<u64, Vec<&Record>> = BTreeMap::new();
+    for r in &records {
+        per_session
+            .entry(r.session.expect("a session"))
+            .or_default()
+            .push(r);
+    }
+    assert_eq!(per_session.len(), 4);
+    for turns in per_session.values() {
+        let numbers: Vec<u32> = turns.iter().map(|r| r.turn.expect("turn")).collect();
+        assert_eq!(numbers, [1, 2, 3]);
+        // The history holds every user turn (32) and every reply (8 of the mock's words):
+        // the server counts 32, 72 and 112 prompt tokens.
+        let inputs: Vec<u64> = turns.iter().map(|r| r.input_tokens).collect();
+        assert_eq!(inputs, [32, 72, 112]);
+        // Turn 1 stored 2 blocks (40 words); turn 2 finds them and stores 5 (80 words),
+        // which turn 3 finds.
+        let cached: Vec<Option<u64>> = turns.iter().map(|r| r.cached_tokens).collect();
+        assert_eq!(cached, [Some(0), Some(32), Some(80)]);
+        // Turns follow each other: each starts after the last one's reply.
+        for w in turns.windows(2) {
+            assert!(w[1].start_ns >= w[0].end_ns);
+        }
+    }
+    let stats = ran.stats().await;
+    assert_eq!(stats.sessions, Some(4));
+    assert_eq!(stats.turns.len(), 3);
+    assert_eq!(stats.turns[1].prefix_cache_hit_rate, Some(32.0 / 72.0));
+    assert_eq!(stats.turns[2].input_tokens_mean, 112.0);
+    for name in ["ttft_first_turn", "ttft_later_turns", "session_duration"] {
+        assert!(stats.distributions.contains_key(name), "{name}");
+    }
+    assert_eq!(stats.distributions["ttft_first_turn"].count, 4);
+    assert_eq!(stats.distributions["ttft_later_turns"].count, 8);
+    assert_eq!(stats.distributions["session_duration"].count, 4);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_is_replayed_at_its_times_with_exact_lengths_and_shared_blocks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("trace.jsonl");
+    let text = Trace::synthetic_jsonl(200, 100.0, 64, 7);
+    std::fs::write(&path, &text).expect("trace");
+    let trace = Trace::parse(&text, "trace", 64).expect("trace");
+    let server = mock(100_000, 64).await;
+    let yaml = format!(
+        "name: trace\nmodel: {{name: m}}\nconcurrency: [64]\nbenchmark: {{isl_osl: [[1, 1]]}}\n\
+         load: {{preflight: false}}\ntelemetry: {{enabled: false}}\n\
+         workload: {{kind: trace, path: '{}', block_tokens: 64}}\n",
+        path.display()
+    );
+    let ran = bench(&server, &yaml).await;
+    assert_eq!(ran.report.cells[0].status, CellStatus::Succeeded);
+    let records = ran.records().await;
+    assert_eq!(records.len(), 200, "the whole trace");
+    let first = trace.entries()[0].timestamp;
+    let mut seen_first_ids: BTreeMap<u64, f64> = BTreeMap::new();
+    let (mut misses, mut hits) = (0, 0);
+    for (r, e) in records.iter().zip(trace.entries()) {
+        assert_eq!(r.input_tokens, u64::from(e.input_length), "ISL exact");
+        assert_eq!(r.output_tokens, u64::from(e.output_length));
+        // Scheduled at the trace's time; never sent early.
+        let due_ns = ((e.timestamp - first) * 1e6).round() as u64;
+        let scheduled = r.scheduled_ns.expect("scheduled");
+        assert!(scheduled.abs_diff(due_ns) <= 1, "{scheduled} vs {due_ns}");
+        assert!(r.start_ns >= scheduled);
+        // A first block no earlier request had: nothing cached (different ids differ). A
+        // full first block that a request at least 5 ms earlier had: found (equal ids are
+        // equal text).
+        let id = e.hash_ids[0];
+        let full = e.input_length > 64;
+        match seen_first_ids.get(&id) {
+            None => {
+                assert_eq!(r.cached_tokens, Some(0), "{e:?}");
+                misses += 1;
+            }
+            Some(t) if full && e.timestamp - t >= 5.0 => {
+                assert!(r.cached_tokens.is_some_and(|c| c >= 64), "{e:?} {r:?}");
+                hits += 1;
+            }
+            Some(_) => {}
+        }
+        if full {
+            seen_first_ids.entry(id).or_insert(e.timestamp);
+        } else {
+            seen_first_ids.entry(id).or_insert(f64::INFINITY);
+        }
+    }
+    assert!(
+        misses > 50 && hits > 20,
+        "{misses} misses, {hits} hits checked"
+    );
+    let stats = ran.stats().await;
+    assert!(stats.prefix_cache_hit_rate.is_some_and(|h| h > 0.0));
+    // The lag between the trace's time and the actual send is measured and reported.
+    let lag = &stats.distributions["schedule_lag"];
+    assert_eq!(lag.count, 200);
+    assert!(lag.min >= 0.0);
+    eprintln!(
+        "trace replay: send lag p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        lag.stat("p50").unwrap_or_default(),
+        lag.stat("p99").unwrap_or_default(),
+        lag.max
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_from_a_file_are_replayed_as_sessions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("conversations.jsonl");
+    let lines = [
+        r#"{"messages": [{"role": "system", "content": "You answer in one short sentence."}, {"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris is the capital of France."}, {"role": "user", "content": "And of Italy?"}, {"role": "assistant", "content": "Rome."}]}"#,
+        r#"{"conversations": [{"from": "human", "value": "Name three colours."}, {"from": "gpt", "value": "Red, green and blue."}]}"#,
+        r#"{"messages": [{"role": "user", "content": "Count to five."}, {"role": "assistant", "content": "One, two, three, four, five."}, {"role": "user", "content": "Now backwards."}]}"#,
+    ];
+    std::fs::write(&path, lines.join("\n")).expect("file");
+    let server = mock(100_000, 4).await;
+    let yaml = format!(
+        "name: conv\nmodel: {{name: m, max_context: 4096}}\nconcurrency: [2]\nbenchmark: {{isl_osl: [[16, 3]]}}\n\
+         load: {{preflight: false}}\ntelemetry: {{enabled: false}}\n\
+         workload: {{kind: conversations, path: '{}'}}\n",
+        path.display()
+    );
+    let ran = bench(&server, &yaml).await;
+    assert_eq!(ran.report.cells[0].status, CellStatus::Succeeded);
+    let records = ran.records().await;
+    assert_eq!(records.len(), 5, "each conversation's user turns, once");
+    let count = TokenCounter::new("cl100k_base").expect("encoding");
+    // Output lengths: the file's replies, measured in tokens; the last turn of the third
+    // conversation has none, so the cell's OSL (3).
+    let mut by_session: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for r in &records {
+        by_session
+            .entry(r.session.expect("session"))
+            .or_default()
+            .push(r.output_tokens);
+    }
+    let want: BTreeSet<Vec<u64>> = [
+        vec![
+            count.count("Paris is the capital of France.") as u64,
+            count.count("Rome.") as u64,
+        ],
+        vec![count.count("Red, green and blue.") as u64],
+        vec![count.count("One, two, three, four, five.") as u64, 3],
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(by_session.into_values().collect::<BTreeSet<_>>(), want);
+    // The second turn of the first conversation sends the system prompt, both user turns
+    // and the server's reply (its words), not the file's reply.
+    let second = records
+        .iter()
+        .find(|r| r.turn == Some(2) && r.output_tokens == count.count("Rome.") as u64)
+        .expect("turn 2");
+    let words = |s: &str| s.split_whitespace().count() as u64;
+    let paris = count.count("Paris is the capital of France.") as u64;
+    assert_eq!(
+        second.input_tokens,
+        words("You answer in one short sentence.")
+            + words("What is the capital of France?")
+            + paris
+            + words("And of Italy?")
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_trace_fails_the_cell_naming_its_file_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &path,
+        "{\"timestamp\": 10, \"input_length\": 8, \"output_length\": 2}\n\
+         {\"timestamp\": 3, \"input_length\": 8, \"output_length\": 2}\n",
+    )
+    .expect("file");
+    let server = mock(100, 16).await;
+    let yaml = format!(
+        "name: bad\nmodel: {{name: m}}\nconcurrency: [1]\nbenchmark: {{isl_osl: [[1, 1]]}}\n\
+         load: {{preflight: false}}\ntelemetry: {{enabled: false}}\n\
+         workload: {{kind: trace, path: '{}'}}\n",
+        path.display()
+    );
+    let ran = bench(&server, &yaml).await;
+    let cell = &ran.report.cells[0];
+    assert_eq!(cell.status, CellStatus::Failed);
+    let error = format!("{:?}", cell);
+    assert!(
+        error.contains(&format!("{}:2", path.display())) && error.contains("time order"),
+        "{error}"
+    );
+    server.shutdown().await;
+}
