@@ -5,7 +5,7 @@
 //! `cargo bench -p benches --bench loadgen` (about two minutes). The mock runs in its own
 //! process on core 0 and this client on core 1 (`taskset`), each on one thread. Set
 //! `LOADGEN_QUICK=1` for a short smoke run (what `cargo test --all-targets` does),
-//! `LOADGEN_ONLY=throughput,accuracy,memory,telemetry,wrk` for some sections, `LOADGEN_CONCURRENCY=512`
+//! `LOADGEN_ONLY=throughput,accuracy,memory,telemetry,workloads,wrk` for some sections, `LOADGEN_CONCURRENCY=512`
 //! (comma-separated) for some concurrencies of the first two, `LOADGEN_ROUNDS=N` for N
 //! measured requests per client in the accuracy section (8), and `LOADGEN_DUMP=DIR`
 //! to write each accuracy run's per-request timestamps to `DIR/acc<concurrency>.csv`.
@@ -186,7 +186,7 @@ fn concurrencies(default: &[u32]) -> Vec<u32> {
 }
 
 /// Whether `section` should run: all of them unless `LOADGEN_ONLY` lists some
-/// (comma-separated: `throughput`, `accuracy`, `memory`, `telemetry`, `wrk`).
+/// (comma-separated: `throughput`, `accuracy`, `memory`, `telemetry`, `workloads`, `wrk`).
 fn wanted(section: &str) -> bool {
     std::env::var("LOADGEN_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == section))
 }
@@ -205,6 +205,9 @@ async fn bench(quick: bool) {
     }
     if wanted("telemetry") {
         telemetry(&synth, quick).await;
+    }
+    if wanted("workloads") {
+        workloads(&synth, quick).await;
     }
     if wanted("wrk") && has("wrk") && !quick {
         wrk(&synth);
@@ -366,6 +369,68 @@ async fn accuracy(synth: &PromptSynth, quick: bool) {
 /// The load generator's timing with the server's metrics scraped during the run, against
 /// the same run without: the scraper's thread shares the client's core (both pinned to
 /// core 1), so what it costs shows in the client's TTFT and CPU.
+/// Trace replay's send lag, and what multi-turn sessions cost the client against
+/// independent requests of the same size (the mock with a prefix cache, TTFT 20 ms, ITL 5 ms).
+async fn workloads(synth: &PromptSynth, quick: bool) {
+    use harness_llm::workload::{Sessions, Trace, Workload};
+    println!("\n## Workloads (mock: TTFT 20 ms, ITL 5 ms, prefix cache)\n");
+    let mut cfg = MockDeployment::default();
+    cfg.ttft_ms = 20.0;
+    cfg.itl_ms = 5.0;
+    cfg.prefix_cache =
+        std::num::NonZeroU32::new(1 << 20).map(harness_core::config::MockPrefixCache::new);
+    let (n, rate) = if quick { (200, 100.0) } else { (4000, 400.0) };
+    let trace = Trace::parse(&Trace::synthetic_jsonl(n, rate, 512, 1), "gen", 512).expect("trace");
+    let mock = Mock::start(&cfg);
+    let c = client(mock.port, 1024);
+    let mut spec = LoadSpec::closed(1024, n as u64, 1, 1);
+    spec.requests = None;
+    spec.workload = Workload::Trace(std::sync::Arc::new(trace));
+    let (c0, t0) = (cpu_s(), Instant::now());
+    let recs = load::run(&c, synth, &spec, &CancellationToken::new()).await;
+    let wall = t0.elapsed().as_secs_f64();
+    let s = BenchSummary::of(&recs, &Slo::default()).expect("stats");
+    assert_eq!(s.requests, s.succeeded, "errors: {:?}", s.errors);
+    let lag = &s.distributions["schedule_lag"];
+    println!(
+        "Trace replay, {n} requests at {rate}/s (ISL up to 4096): send lag p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; prefix cache hit rate {:.3}; client CPU {:.0}%",
+        lag.p(50).unwrap_or(f64::NAN),
+        lag.p(99).unwrap_or(f64::NAN),
+        lag.max,
+        s.prefix_cache_hit_rate.unwrap_or(f64::NAN),
+        (cpu_s() - c0) / wall * 100.0
+    );
+    drop(mock);
+
+    println!("\n| workload | requests | client CPU µs/request | TTFT p50 ms |");
+    println!("|---|---:|---:|---:|");
+    let sessions = if quick { 16 } else { 256 };
+    let turns = 5u32;
+    // Independent prompts of the sessions' mean size (turn k sends 512 k + 32 (k - 1)
+    // tokens), then the sessions themselves.
+    for workload in ["independent", "sessions"] {
+        let mock = Mock::start(&cfg);
+        let c = client(mock.port, 64);
+        let total = u64::from(sessions * turns);
+        let mut spec = LoadSpec::closed(64, total, 512 * 3 + 32 * 2, 32);
+        if workload == "sessions" {
+            spec.isl = 512;
+            spec.workload = Workload::Sessions(Sessions::new(turns));
+        }
+        let (c0, t0) = (cpu_s(), Instant::now());
+        let recs = load::run(&c, synth, &spec, &CancellationToken::new()).await;
+        let _ = t0;
+        let s = BenchSummary::of(&recs, &Slo::default()).expect("stats");
+        assert_eq!(s.requests, s.succeeded, "errors: {:?}", s.errors);
+        println!(
+            "| {workload} | {} | {:.0} | {:.2} |",
+            s.requests,
+            (cpu_s() - c0) / s.requests as f64 * 1e6,
+            s.value("ttft.p50").unwrap_or(f64::NAN),
+        );
+    }
+}
+
 async fn telemetry(synth: &PromptSynth, quick: bool) {
     use harness_llm::telemetry::{ScrapeConfig, ScrapeTarget, Scraper};
     println!(

@@ -51,7 +51,7 @@ pub mod table;
 pub mod telemetry;
 
 pub use dist::{Distribution, PERCENTILES, STATS, percentile_sorted};
-pub use stats::CellStats;
+pub use stats::{CellStats, TurnStats};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

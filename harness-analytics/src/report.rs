@@ -405,8 +405,64 @@ pub fn charts(run: &RunData) -> Vec<Chart> {
     p.series
         .push(Series::line("Pareto front", pareto_front(&all), 7).dashed());
     out.push(p);
+    out.extend(turn_charts(run));
     out.retain(Chart::has_data);
     out
+}
+
+/// Most cells drawn in the by-turn charts (one line each).
+const MAX_TURN_SERIES: usize = 8;
+
+/// For cells of multi-turn sessions: TTFT (p50) by turn, and the prefix cache's hit rate
+/// by turn where the server reports cached tokens; one line per cell.
+fn turn_charts(run: &RunData) -> Vec<Chart> {
+    let cells: Vec<(&CellRow, &CellStats)> = run
+        .rows
+        .iter()
+        .filter_map(|r| {
+            r.stats
+                .as_ref()
+                .filter(|s| !s.turns.is_empty())
+                .map(|s| (r, s))
+        })
+        .take(MAX_TURN_SERIES)
+        .collect();
+    let mut ttft = Chart::new(
+        "ttft-by-turn",
+        "Time to first token by turn (p50)",
+        "turn",
+        "ms",
+    );
+    let mut hits = Chart::new(
+        "prefix-cache-by-turn",
+        "Prefix cache hit rate by turn",
+        "turn",
+        "cached / input tokens",
+    );
+    for (i, (row, s)) in cells.iter().enumerate() {
+        let turn = |t: &crate::TurnStats| f64::from(t.turn);
+        ttft.series.push(Series::line(
+            row.cell.clone(),
+            s.turns
+                .iter()
+                .filter(|t| t.ttft_p50_ms.is_finite())
+                .map(|t| (turn(t), t.ttft_p50_ms))
+                .collect(),
+            i,
+        ));
+        hits.series.push(Series::line(
+            row.cell.clone(),
+            s.turns
+                .iter()
+                .filter_map(|t| Some((turn(t), t.prefix_cache_hit_rate?)))
+                .collect(),
+            i,
+        ));
+    }
+    for c in [&mut ttft, &mut hits] {
+        c.series.retain(|s| !s.points.is_empty());
+    }
+    vec![ttft, hits]
 }
 
 /// The charts of one cell's time series (`i`: its position, which names the files): requests
@@ -511,6 +567,15 @@ pub const SERVER_COLUMNS: [(&str, &str); 6] = [
     ("server.energy_per_output_token_j", "J/out token"),
 ];
 
+/// The workload's columns of result tables, shown when a cell has them: the prefix cache's
+/// hit rate (from the server's usage) and, for sessions, TTFT by turn and session length.
+pub const WORKLOAD_COLUMNS: [(&str, &str); 4] = [
+    ("prefix_cache_hit_rate", "prefix cache hit rate"),
+    ("ttft_first_turn.p50", "TTFT turn 1 p50 ms"),
+    ("ttft_later_turns.p50", "TTFT turns 2+ p50 ms"),
+    ("session_duration.p50", "session p50 ms"),
+];
+
 /// A number for a table: integers plain, others with 1 to 3 decimals.
 pub fn format_value(v: f64) -> String {
     if !v.is_finite() {
@@ -525,12 +590,17 @@ pub fn format_value(v: f64) -> String {
 }
 
 fn table_rows(run: &RunData) -> (Vec<String>, Vec<Vec<String>>) {
-    let server = SERVER_COLUMNS.iter().filter(|(m, _)| {
+    let present = |(m, _): &&(&str, &str)| {
         run.rows
             .iter()
             .any(|r| r.stats.as_ref().and_then(|s| s.value(m)).is_some())
-    });
-    let columns: Vec<(&str, &str)> = TABLE_COLUMNS.iter().chain(server).copied().collect();
+    };
+    let columns: Vec<(&str, &str)> = TABLE_COLUMNS
+        .iter()
+        .chain(WORKLOAD_COLUMNS.iter().filter(present))
+        .chain(SERVER_COLUMNS.iter().filter(present))
+        .copied()
+        .collect();
     let mut header = vec!["cell".to_owned(), "status".to_owned()];
     header.extend(columns.iter().map(|(_, h)| (*h).to_owned()));
     let rows = run

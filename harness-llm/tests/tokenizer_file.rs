@@ -76,3 +76,28 @@ fn unusable_tokenizer_files_are_refused_with_the_file_named() {
     // The tokenizer library's own error is kept as the source, not flattened.
     assert!(std::error::Error::source(&e).is_some(), "{e:?}");
 }
+
+/// Shared-prefix prompts and trace prompts are exact in tokens under a tokenizer.json too:
+/// a prefix, a question, or a run of hash-id blocks each encode to their own count, and so
+/// does their concatenation.
+#[test]
+fn workload_prompts_are_exact_under_a_tokenizer_json() {
+    use harness_llm::workload::{SharedPrefix, Trace};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = train(dir.path());
+    let synth = PromptSynth::from_file(&path).expect("synthesiser");
+    let tok = tokenizers::Tokenizer::from_file(&path).expect("load");
+    let count = |p: &str| tok.encode(p, false).expect("encode").len() as u64;
+    let w = SharedPrefix::new(3, 4, 300);
+    for i in 0..12 {
+        let (prompt, n) = w.prompt(&synth, 5, i, 37);
+        assert_eq!(n, 337);
+        assert_eq!(count(&prompt), 337, "request {i}");
+    }
+    let trace = Trace::parse(&Trace::synthetic_jsonl(20, 10.0, 64, 3), "gen", 64).expect("trace");
+    for (i, e) in trace.entries().iter().enumerate() {
+        let (prompt, n, _) = trace.prompt(&synth, 9, i as u64).expect("entry");
+        assert_eq!(n, u64::from(e.input_length));
+        assert_eq!(count(&prompt), n, "trace request {i}");
+    }
+}

@@ -182,6 +182,28 @@ async fn sessions_carry_the_server_s_replies_and_reuse_the_cache() {
     assert_eq!(stats.distributions["ttft_first_turn"].count, 4);
     assert_eq!(stats.distributions["ttft_later_turns"].count, 8);
     assert_eq!(stats.distributions["session_duration"].count, 4);
+
+    // The report: the workload's columns in the cell table, TTFT and hits by turn charted.
+    let layout = ran.run.layout().clone();
+    harness_analytics::report::write_report(ran.store.as_ref(), layout.clone())
+        .await
+        .expect("report");
+    let text = |rel: &'static str| {
+        let (store, key) = (ran.store.clone(), layout.report(rel).expect("key"));
+        async move { String::from_utf8(store.get(&key).await.expect(rel).to_vec()).expect("utf-8") }
+    };
+    let html = text("index.html").await;
+    for needle in [
+        "<th>prefix cache hit rate</th>",
+        "<th>TTFT turn 1 p50 ms</th>",
+        "<th>TTFT turns 2+ p50 ms</th>",
+        "<th>session p50 ms</th>",
+    ] {
+        assert!(html.contains(needle), "{needle}");
+    }
+    let by_turn = text("charts/prefix-cache-by-turn.svg").await;
+    assert!(by_turn.contains(ran.cell().as_str()), "one line per cell");
+    assert!(text("report.md").await.contains("charts/ttft-by-turn.png"));
     server.shutdown().await;
 }
 

@@ -24,7 +24,7 @@ const CHECKS: [(&str, &str); 3] = [
 /// The headline columns of the default table in display order, with the rank that decides
 /// which stay when the terminal is too narrow for all (lowest kept first). Units go on the
 /// header's second line, so no column is wider than its numbers need.
-const HEADLINE: [(&str, &str, u8); 11] = [
+const HEADLINE: [(&str, &str, u8); 13] = [
     ("requests", "requests", 6),
     ("errors", "errors", 5),
     ("request_throughput", "req/s", 0),
@@ -36,10 +36,12 @@ const HEADLINE: [(&str, &str, u8); 11] = [
     ("functional.passed", "checks ok", 8),
     ("functional.failed", "checks failed", 9),
     ("accuracy", "accuracy", 10),
+    ("prefix_cache_hit_rate", "prefix\ncache hits", 11),
+    ("ttft_later_turns.p50", "TTFT turn 2+\np50 ms", 12),
 ];
 
 /// The cell's wall time, shown last and dropped first.
-const TIME: (&str, u8) = ("time (s)", 11);
+const TIME: (&str, u8) = ("time (s)", 13);
 
 /// Spaces between two columns of the default table.
 const GAP: usize = 2;

@@ -195,6 +195,8 @@ mod tests {
         for (i, (p, n)) in prompts.iter().enumerate() {
             assert_eq!(*n, 50);
             assert_eq!(words(p).len(), 50, "request {i}");
+            let tokens = crate::prompts::count_tokens("cl100k_base", p).expect("count");
+            assert_eq!(tokens, 50, "request {i}: exact under cl100k_base");
             assert_eq!(w.pick(7, i as u64), ((i % 3) as u32, (i / 3) as u32));
         }
         // Same group: the first 40 words agree; other groups' differ.
