@@ -73,6 +73,10 @@ fn batch(n: usize) -> RecordBatch {
         Arc::new(Float64Array::from(itl)),
         Arc::new(UInt64Array::from(scheduled)),
         Arc::new(BooleanArray::from(vec![false; n])),
+        // A server that reports cached tokens (half of each prompt); no sessions.
+        Arc::new(UInt64Array::from(vec![512u64; n])),
+        Arc::new(UInt64Array::from(vec![None::<u64>; n])),
+        Arc::new(UInt32Array::from(vec![None::<u32>; n])),
     ];
     RecordBatch::try_new(records_schema(), columns).expect("batch")
 }

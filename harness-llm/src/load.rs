@@ -237,6 +237,36 @@ fn arrival_time(lambda: f64, rate: f64, ramp: f64) -> f64 {
     }
 }
 
+/// The gap to the next arrival of a unit-rate process: 1 for constant arrivals, an
+/// exponential draw for Poisson ones.
+pub(crate) fn unit_gap(arrival: Arrival, rng: &mut SmallRng) -> f64 {
+    match arrival {
+        Arrival::Constant => 1.0,
+        _ => -(1.0 - rng.random::<f64>()).ln(),
+    }
+}
+
+/// Waits until `at`, then for a slot of the concurrency cap when there is one: `None` when
+/// `cancel` fires first, else the slot (held while the arrival's work runs).
+pub(crate) async fn arrive(
+    clock: &Clock,
+    at: Instant,
+    cap: Option<&Arc<Semaphore>>,
+    cancel: &CancellationToken,
+) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
+    tokio::select! {
+        () = clock.sleep_until(at) => {}
+        () = cancel.cancelled() => return None,
+    }
+    match cap {
+        Some(sem) => tokio::select! {
+            p = sem.clone().acquire_owned() => Some(p.ok()),
+            () = cancel.cancelled() => None,
+        },
+        None => Some(None),
+    }
+}
+
 /// Sends the cell's load and returns every record (warmup included), in index order.
 /// When `cancel` fires it stops sending, abandons the requests in flight (they are not
 /// recorded) and returns the records of those that finished; the caller reports the cell
@@ -331,10 +361,7 @@ pub async fn run_at(
                         None => break,
                     }
                 } else if index > 0 {
-                    lambda += match spec.arrival {
-                        Arrival::Constant => 1.0,
-                        _ => -(1.0 - rng.random::<f64>()).ln(),
-                    };
+                    lambda += unit_gap(spec.arrival, &mut rng);
                     let after = arrival_time(lambda, rate, ramp.as_secs_f64());
                     match Duration::try_from_secs_f64(after)
                         .ok()
@@ -350,16 +377,8 @@ pub async fn run_at(
                 {
                     break;
                 }
-                tokio::select! {
-                    () = clock.sleep_until(at) => {}
-                    () = cancel.cancelled() => break,
-                }
-                let permit = match &cap {
-                    Some(sem) => tokio::select! {
-                        p = sem.clone().acquire_owned() => p.ok(),
-                        () = cancel.cancelled() => break,
-                    },
-                    None => None,
+                let Some(permit) = arrive(&clock, at, cap.as_ref(), cancel).await else {
+                    break;
                 };
                 let (client, synth, spec) = (client.clone(), synth.clone(), spec.clone());
                 // The arrival's intended time: a later start is queueing in the client.

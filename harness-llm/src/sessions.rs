@@ -5,9 +5,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use harness_core::config::Arrival;
+use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -15,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, Record};
 use crate::clock::Clock;
-use crate::load::{LoadSpec, normal, prompt_seed};
+use crate::load::{LoadSpec, arrive, normal, prompt_seed, unit_gap};
 use crate::openai::{Message, Role};
 use crate::prompts::PromptSynth;
 use crate::workload::{Workload, mix};
@@ -198,16 +197,8 @@ pub(crate) async fn run(
                 .ok()
                 .and_then(|d| epoch.checked_add(d))
             {
-                tokio::select! {
-                    () = clock.sleep_until(at) => {}
-                    () = cancel.cancelled() => break,
-                }
-                let permit = match &cap {
-                    Some(sem) => tokio::select! {
-                        p = sem.clone().acquire_owned() => p.ok(),
-                        () = cancel.cancelled() => break,
-                    },
-                    None => None,
+                let Some(permit) = arrive(&clock, at, cap.as_ref(), cancel).await else {
+                    break;
                 };
                 let Some((s, warmup)) = shared.claim() else {
                     break;
@@ -219,10 +210,7 @@ pub(crate) async fn run(
                     drop(permit);
                     out
                 });
-                after += match spec.arrival {
-                    Arrival::Constant => 1.0,
-                    _ => -(1.0 - rng.random::<f64>()).ln(),
-                } / rate;
+                after += unit_gap(spec.arrival, &mut rng) / rate;
             }
         }
     }

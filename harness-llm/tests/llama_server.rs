@@ -40,22 +40,12 @@ async fn a_sweep_against_llama_server_produces_sane_records() {
         server.display(),
         model.display()
     );
-    let exp = Arc::new(Experiment::from_yaml_str(&yaml, "llama.yaml").expect("experiment"));
-    let pipeline = Pipeline::builder()
-        .deployment(DeploymentSteps::for_experiment(&exp, None).expect("deployment"))
-        .per_cell(harness_llm::BenchmarkStep::new())
-        .build()
-        .expect("pipeline");
-    let store = Arc::new(MemoryStore::new());
-    let backend = LocalBackend::new().expect("backend");
-    let (report, run) = run_new(
-        exp.clone(),
-        pipeline,
-        Arc::new(backend.clone()),
-        store.clone(),
-    )
-    .await;
-    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let Llama {
+        report,
+        run,
+        store,
+        backend,
+    } = run_llama(&yaml).await;
     assert_eq!(backend.live_workloads(), 0, "llama-server was torn down");
 
     for cell in &report.cells {
@@ -139,14 +129,16 @@ async fn a_sweep_against_llama_server_produces_sane_records() {
     }
 }
 
-/// Runs `yaml` (an experiment deploying llama-server) and returns each cell's records and
-/// statistics.
-async fn run_llama(
-    yaml: &str,
-) -> Vec<(
-    Vec<harness_analytics::record::Record>,
-    harness_analytics::CellStats,
-)> {
+/// A finished run of an experiment that deployed llama-server.
+struct Llama {
+    report: RunReport,
+    run: RunContext,
+    store: Arc<MemoryStore>,
+    backend: LocalBackend,
+}
+
+/// Runs `yaml` (an experiment deploying llama-server) to success.
+async fn run_llama(yaml: &str) -> Llama {
     let exp = Arc::new(Experiment::from_yaml_str(yaml, "llama.yaml").expect("experiment"));
     let pipeline = Pipeline::builder()
         .deployment(DeploymentSteps::for_experiment(&exp, None).expect("deployment"))
@@ -154,27 +146,37 @@ async fn run_llama(
         .build()
         .expect("pipeline");
     let store = Arc::new(MemoryStore::new());
-    let (report, run) = run_new(
-        exp,
-        pipeline,
-        Arc::new(LocalBackend::new().expect("backend")),
-        store.clone(),
-    )
-    .await;
+    let backend = LocalBackend::new().expect("backend");
+    let (report, run) = run_new(exp, pipeline, Arc::new(backend.clone()), store.clone()).await;
     assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
-    let mut out = Vec::new();
-    for cell in &report.cells {
-        let key = run.layout().cell_records(&cell.cell);
-        let batch = harness_analytics::io::from_parquet(store.get(&key).await.expect("records"))
-            .expect("parquet");
+    Llama {
+        report,
+        run,
+        store,
+        backend,
+    }
+}
+
+impl Llama {
+    /// The first cell's records and statistics.
+    async fn first_cell(
+        &self,
+    ) -> (
+        Vec<harness_analytics::record::Record>,
+        harness_analytics::CellStats,
+    ) {
+        let cell = &self.report.cells[0].cell;
+        let key = self.run.layout().cell_records(cell);
+        let bytes = self.store.get(&key).await.expect("records");
+        let batch = harness_analytics::io::from_parquet(bytes).expect("parquet");
         let records = harness_analytics::table::records_from_batch(&batch).expect("records");
-        let stats = store
-            .get_json(&run.layout().cell_stats(&cell.cell))
+        let stats = self
+            .store
+            .get_json(&self.run.layout().cell_stats(cell))
             .await
             .expect("stats.json");
-        out.push((records, stats));
+        (records, stats)
     }
-    out
 }
 
 /// Multi-turn workloads against llama-server: synthetic sessions, and conversations from a
@@ -197,8 +199,7 @@ async fn multi_turn_sessions_reuse_llama_server_s_prompt_cache() {
          load: {{requests: 6, extra_body: {{ignore_eos: true}}, request_timeout: 2m, preflight: false}}\n\
          workload: {{kind: sessions, turns: 3}}\n"
     );
-    let cells = run_llama(&yaml).await;
-    let (records, stats) = &cells[0];
+    let (records, stats) = &run_llama(&yaml).await.first_cell().await;
     assert_eq!(records.len(), 6);
     for r in records {
         assert!(r.ok(), "{r:?}");
@@ -246,8 +247,7 @@ async fn multi_turn_sessions_reuse_llama_server_s_prompt_cache() {
          workload: {{kind: conversations, path: '{}'}}\n",
         path.display()
     );
-    let cells = run_llama(&yaml).await;
-    let (records, stats) = &cells[0];
+    let (records, stats) = &run_llama(&yaml).await.first_cell().await;
     assert_eq!(records.len(), 6, "2 conversations of 3 user turns");
     assert!(records.iter().all(|r| r.ok()), "{records:?}");
     let turn1 = stats.turns[0].ttft_p50_ms;

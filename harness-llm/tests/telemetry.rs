@@ -5,50 +5,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-use harness_analytics::CellStats;
-use harness_analytics::telemetry::TelemetrySummary;
+use common::bench;
 use harness_core::config::MockDeployment;
-use harness_core::steps::WaitReadyStep;
-use harness_core::testkit::run_new;
 use harness_core::*;
 use harness_llm::mock::MockServer;
 
-struct Ran {
-    report: RunReport,
-    store: Arc<MemoryStore>,
-    run: RunContext,
-}
-
-impl Ran {
-    fn cell(&self) -> CellId {
-        self.report.cells[0].cell.clone()
-    }
-
-    async fn telemetry(&self) -> TelemetrySummary {
-        self.store
-            .get_json(&self.run.layout().cell_telemetry(&self.cell()))
-            .await
-            .expect("telemetry.json")
-    }
-
-    async fn stats(&self) -> CellStats {
-        self.store
-            .get_json(&self.run.layout().cell_stats(&self.cell()))
-            .await
-            .expect("stats.json")
-    }
-
-    async fn notes(&self) -> Vec<String> {
-        let s: CellSummary = self
-            .store
-            .get_json(&self.run.layout().cell_summary(&self.cell()))
-            .await
-            .expect("summary");
-        s.notes
-    }
-}
+mod common;
 
 async fn mock(slots: u32) -> MockServer {
     let mut cfg = MockDeployment::default();
@@ -58,29 +21,6 @@ async fn mock(slots: u32) -> MockServer {
     MockServer::start(cfg, "127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("mock")
-}
-
-async fn bench(server: &MockServer, yaml: &str) -> Ran {
-    let exp = Arc::new(Experiment::from_yaml_str(yaml, "telemetry.yaml").expect("experiment"));
-    let endpoint = Endpoint::new(server.url()).expect("endpoint");
-    let pipeline = Pipeline::builder()
-        .setup(WaitReadyStep::new(
-            endpoint,
-            Some("/health".into()),
-            Duration::from_secs(10),
-        ))
-        .per_cell(harness_llm::BenchmarkStep::new())
-        .build()
-        .expect("pipeline");
-    let store = Arc::new(MemoryStore::new());
-    let (report, run) = run_new(
-        exp,
-        pipeline,
-        Arc::new(LocalBackend::new().expect("backend")),
-        store.clone(),
-    )
-    .await;
-    Ran { report, store, run }
 }
 
 /// Serves `body(n)` for the n-th scrape (from 0) on a free loopback port, as plain HTTP/1.1

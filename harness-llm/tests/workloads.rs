@@ -3,47 +3,16 @@
 //! what the workload and the cache make true.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::time::Duration;
 
-use harness_analytics::CellStats;
+use common::bench;
 use harness_analytics::record::Record;
 use harness_core::config::{MockDeployment, MockPrefixCache};
-use harness_core::steps::WaitReadyStep;
-use harness_core::testkit::run_new;
 use harness_core::*;
 use harness_llm::mock::MockServer;
 use harness_llm::prompts::TokenCounter;
 use harness_llm::workload::Trace;
 
-struct Ran {
-    report: RunReport,
-    store: Arc<MemoryStore>,
-    run: RunContext,
-}
-
-impl Ran {
-    fn cell(&self) -> CellId {
-        self.report.cells[0].cell.clone()
-    }
-
-    async fn stats(&self) -> CellStats {
-        self.store
-            .get_json(&self.run.layout().cell_stats(&self.cell()))
-            .await
-            .expect("stats.json")
-    }
-
-    async fn records(&self) -> Vec<Record> {
-        let bytes = self
-            .store
-            .get(&self.run.layout().cell_records(&self.cell()))
-            .await
-            .expect("records.parquet");
-        let batch = harness_analytics::io::from_parquet(bytes).expect("parquet");
-        harness_analytics::table::records_from_batch(&batch).expect("records")
-    }
-}
+mod common;
 
 /// The mock with a prefix cache of `blocks` blocks of `block` tokens.
 async fn mock(blocks: u32, block: u32) -> MockServer {
@@ -57,29 +26,6 @@ async fn mock(blocks: u32, block: u32) -> MockServer {
     MockServer::start(cfg, "127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("mock")
-}
-
-async fn bench(server: &MockServer, yaml: &str) -> Ran {
-    let exp = Arc::new(Experiment::from_yaml_str(yaml, "workload.yaml").expect("experiment"));
-    let endpoint = Endpoint::new(server.url()).expect("endpoint");
-    let pipeline = Pipeline::builder()
-        .setup(WaitReadyStep::new(
-            endpoint,
-            Some("/health".into()),
-            Duration::from_secs(10),
-        ))
-        .per_cell(harness_llm::BenchmarkStep::new())
-        .build()
-        .expect("pipeline");
-    let store = Arc::new(MemoryStore::new());
-    let (report, run) = run_new(
-        exp,
-        pipeline,
-        Arc::new(LocalBackend::new().expect("backend")),
-        store.clone(),
-    )
-    .await;
-    Ran { report, store, run }
 }
 
 fn shared_prefix_yaml(concurrency: u32, order: &str) -> String {

@@ -383,10 +383,8 @@ impl Experiment {
                 ),
             ));
         }
-        if !matches!(
-            self.workload.kind,
-            super::WorkloadKind::Synthetic | super::WorkloadKind::SharedPrefix
-        ) && self.backend.clients.is_some_and(|c| c.get() > 1)
+        if self.workload.kind != super::WorkloadKind::Synthetic
+            && self.backend.clients.is_some_and(|c| c.get() > 1)
         {
             return Err(locate(
                 "backend",
@@ -394,7 +392,7 @@ impl Experiment {
                     file,
                     "backend.clients",
                     format!(
-                        "`workload: {{kind: {}}}` runs on one client: its requests depend on each other's order and replies",
+                        "`workload: {{kind: {}}}` runs on one client: its requests depend on each other's order, replies or shared prefixes",
                         self.workload.kind.as_str()
                     ),
                 ),

@@ -1,0 +1,85 @@
+//! Helpers shared by the integration tests: run an experiment's cells with the benchmark
+//! step against a server already running, and read back what they stored.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness_analytics::CellStats;
+use harness_analytics::record::Record;
+use harness_analytics::telemetry::TelemetrySummary;
+use harness_core::steps::WaitReadyStep;
+use harness_core::testkit::run_new;
+use harness_core::*;
+use harness_llm::mock::MockServer;
+
+/// A finished run and the store it wrote to.
+pub(crate) struct Ran {
+    pub(crate) report: RunReport,
+    pub(crate) store: Arc<MemoryStore>,
+    pub(crate) run: RunContext,
+}
+
+impl Ran {
+    /// The first cell.
+    pub(crate) fn cell(&self) -> CellId {
+        self.report.cells[0].cell.clone()
+    }
+
+    pub(crate) async fn telemetry(&self) -> TelemetrySummary {
+        self.store
+            .get_json(&self.run.layout().cell_telemetry(&self.cell()))
+            .await
+            .expect("telemetry.json")
+    }
+
+    pub(crate) async fn stats(&self) -> CellStats {
+        self.store
+            .get_json(&self.run.layout().cell_stats(&self.cell()))
+            .await
+            .expect("stats.json")
+    }
+
+    pub(crate) async fn notes(&self) -> Vec<String> {
+        let s: CellSummary = self
+            .store
+            .get_json(&self.run.layout().cell_summary(&self.cell()))
+            .await
+            .expect("summary");
+        s.notes
+    }
+
+    pub(crate) async fn records(&self) -> Vec<Record> {
+        let bytes = self
+            .store
+            .get(&self.run.layout().cell_records(&self.cell()))
+            .await
+            .expect("records.parquet");
+        let batch = harness_analytics::io::from_parquet(bytes).expect("parquet");
+        harness_analytics::table::records_from_batch(&batch).expect("records")
+    }
+}
+
+/// Runs `yaml`'s cells with the benchmark step against `server`, into a memory store.
+pub(crate) async fn bench(server: &MockServer, yaml: &str) -> Ran {
+    let exp = Arc::new(Experiment::from_yaml_str(yaml, "test.yaml").expect("experiment"));
+    let endpoint = Endpoint::new(server.url()).expect("endpoint");
+    let pipeline = Pipeline::builder()
+        .setup(WaitReadyStep::new(
+            endpoint,
+            Some("/health".into()),
+            Duration::from_secs(10),
+        ))
+        .per_cell(harness_llm::BenchmarkStep::new())
+        .build()
+        .expect("pipeline");
+    let store = Arc::new(MemoryStore::new());
+    let (report, run) = run_new(
+        exp,
+        pipeline,
+        Arc::new(LocalBackend::new().expect("backend")),
+        store.clone(),
+    )
+    .await;
+    Ran { report, store, run }
+}
