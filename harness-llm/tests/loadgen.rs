@@ -6,13 +6,13 @@ use std::time::Duration;
 use harness_analytics::CellStats as BenchSummary;
 use harness_core::config::Slo;
 use harness_core::config::{Arrival, EndpointType, MockDeployment};
-use harness_core::steps::WaitReadyStep;
-use harness_core::testkit::run_new;
 use harness_core::*;
 use harness_llm::client::{Client, ClientConfig, ErrorKind, TokenSource};
 use harness_llm::load::{self, LoadSpec};
 use harness_llm::mock::MockServer;
 use harness_llm::prompts::PromptSynth;
+
+mod common;
 
 fn mock(f: impl FnOnce(&mut MockDeployment)) -> MockDeployment {
     let mut cfg = MockDeployment::default();
@@ -477,26 +477,8 @@ async fn bench_run(
     yaml: &str,
 ) -> (RunReport, Arc<MemoryStore>, RunContext, MockServer) {
     let server = start(cfg).await;
-    let exp = Arc::new(Experiment::from_yaml_str(yaml, "bench.yaml").expect("experiment"));
-    let endpoint = Endpoint::new(server.url()).expect("endpoint");
-    let pipeline = Pipeline::builder()
-        .setup(WaitReadyStep::new(
-            endpoint,
-            Some("/health".into()),
-            Duration::from_secs(10),
-        ))
-        .per_cell(harness_llm::BenchmarkStep::new())
-        .build()
-        .expect("pipeline");
-    let store = Arc::new(MemoryStore::new());
-    let (report, run) = run_new(
-        exp.clone(),
-        pipeline,
-        Arc::new(LocalBackend::new().expect("backend")),
-        store.clone(),
-    )
-    .await;
-    (report, store, run, server)
+    let ran = common::bench(&server, yaml).await;
+    (ran.report, ran.store, ran.run, server)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,14 +153,8 @@ async fn the_mock_s_counters_agree_exactly_with_the_client() {
     );
 
     // The report: the server's columns in the cell table, the cell's time series charted.
-    let layout = ran.run.layout().clone();
-    harness_analytics::report::write_report(ran.store.as_ref(), layout.clone())
-        .await
-        .expect("report");
-    let text = |rel: &'static str| {
-        let (store, key) = (ran.store.clone(), layout.report(rel).expect("key"));
-        async move { String::from_utf8(store.get(&key).await.expect(rel).to_vec()).expect("utf-8") }
-    };
+    let report = ran.report().await;
+    let text = |rel: &'static str| report.text(rel);
     let html = text("index.html").await;
     for needle in [
         "<th>server running</th>",

@@ -130,14 +130,8 @@ async fn sessions_carry_the_server_s_replies_and_reuse_the_cache() {
     assert_eq!(stats.distributions["session_duration"].count, 4);
 
     // The report: the workload's columns in the cell table, TTFT and hits by turn charted.
-    let layout = ran.run.layout().clone();
-    harness_analytics::report::write_report(ran.store.as_ref(), layout.clone())
-        .await
-        .expect("report");
-    let text = |rel: &'static str| {
-        let (store, key) = (ran.store.clone(), layout.report(rel).expect("key"));
-        async move { String::from_utf8(store.get(&key).await.expect(rel).to_vec()).expect("utf-8") }
-    };
+    let report = ran.report().await;
+    let text = |rel: &'static str| report.text(rel);
     let html = text("index.html").await;
     for needle in [
         "<th>prefix cache hit rate</th>",

@@ -49,6 +49,18 @@ impl Ran {
         s.notes
     }
 
+    /// Writes the run's report and returns a reader of its files.
+    pub(crate) async fn report(&self) -> ReportFiles {
+        let layout = self.run.layout().clone();
+        harness_analytics::report::write_report(self.store.as_ref(), layout.clone())
+            .await
+            .expect("report");
+        ReportFiles {
+            store: self.store.clone(),
+            layout,
+        }
+    }
+
     pub(crate) async fn records(&self) -> Vec<Record> {
         let bytes = self
             .store
@@ -57,6 +69,21 @@ impl Ran {
             .expect("records.parquet");
         let batch = harness_analytics::io::from_parquet(bytes).expect("parquet");
         harness_analytics::table::records_from_batch(&batch).expect("records")
+    }
+}
+
+/// The files of a written report.
+pub(crate) struct ReportFiles {
+    store: Arc<MemoryStore>,
+    layout: RunLayout,
+}
+
+impl ReportFiles {
+    /// A file of the report (`index.html`, `charts/x.svg`) as text.
+    pub(crate) async fn text(&self, rel: &str) -> String {
+        let key = self.layout.report(rel).expect("key");
+        let bytes = self.store.get(&key).await.expect(rel);
+        String::from_utf8(bytes.to_vec()).expect("utf-8")
     }
 }
 
