@@ -58,7 +58,9 @@ fn the_shared_prefix_example_shows_the_cache_size_at_work() {
                 "{id}: {rate}"
             );
         } else {
-            assert_eq!(rate, 0.0, "{id}: round-robin thrashes a 300-block cache");
+            // Smaller than one prefix (64 blocks): each request evicts its own first
+            // blocks, whatever order the requests arrive in.
+            assert_eq!(rate, 0.0, "{id}");
         }
     }
 }
