@@ -96,6 +96,14 @@ fn bench(c: &mut Criterion) {
     g.bench_function(format!("cell_stats_{n}_records"), |bench| {
         bench.iter(|| CellStats::of_batch(&b, &slo).expect("stats"))
     });
+    // The same records as a closed loop's: no schedule, so no lag distributions.
+    let mut columns = b.columns().to_vec();
+    let at = b.schema().index_of("scheduled_ns").expect("scheduled_ns");
+    columns[at] = Arc::new(UInt64Array::from(vec![None::<u64>; n]));
+    let closed = RecordBatch::try_new(b.schema(), columns).expect("closed-loop batch");
+    g.bench_function(format!("cell_stats_{n}_records_closed_loop"), |bench| {
+        bench.iter(|| CellStats::of_batch(&closed, &slo).expect("stats"))
+    });
     let values: Vec<f64> = harness_analytics::table::float_column(&b, "ttft_ms")
         .into_iter()
         .flatten()

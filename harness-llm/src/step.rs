@@ -61,9 +61,7 @@ impl BenchmarkStep {
             Ok(Arc::new(BenchmarkStep::new()) as Arc<dyn Step>)
         })
     }
-}
 
-impl BenchmarkStep {
     /// The experiment's workload, built once per configuration (files are read off the
     /// async workers).
     async fn workload(&self, exp: &harness_core::Experiment) -> Result<Workload> {
