@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use common::*;
 use harness_core::{
-    Backend, CancellationToken, Experiment, Pipeline, RunContext, RunMode, RunStatus, Runner,
+    Backend, BackendExt, CancellationToken, Experiment, Pipeline, RunContext, RunMode, RunStatus,
+    Runner,
 };
 use harness_k8s::operator::{Operator, RunFn, RunRequest};
 use harness_k8s::testkit::{FakeApiServer, PodScript};
@@ -149,7 +150,7 @@ async fn in_cluster_sweep(clients: u32) {
     let posts: Vec<String> = fake
         .requests()
         .into_iter()
-        .filter(|r| r.starts_with("POST /apis/batch/v1/namespaces/bench/jobs"))
+        .filter(|r| r.starts_with("PATCH /apis/batch/v1/namespaces/bench/jobs/"))
         .collect();
     assert_eq!(posts.len(), 2, "{posts:?}");
     assert!(fake.objects("jobs").is_empty() && fake.objects("configmaps").is_empty());
@@ -231,21 +232,21 @@ fn render_prints_rbac_and_a_configmap_and_job_per_cell() {
     let kinds: Vec<&str> = docs.iter().filter_map(|o| o["kind"].as_str()).collect();
     assert_eq!(
         kinds,
-        [
-            "ServiceAccount",
-            "Role",
-            "RoleBinding",
-            "ConfigMap",
-            "Job",
-            "ConfigMap",
-            "Job"
-        ]
+        ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job"]
     );
     let job = &docs[4];
     assert_eq!(job["metadata"]["namespace"], "bench");
-    let c = &job["spec"]["template"]["spec"]["containers"][0];
+    let pod = &job["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
     assert_eq!(c["image"], "ghcr.io/x/harness:1");
     assert_eq!(c["envFrom"][0]["secretRef"]["name"], "s3-creds");
+    // The experiment is a file from the ConfigMap, not an environment variable.
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/etc/harness");
+    assert_eq!(
+        pod["volumes"][0]["configMap"]["name"],
+        docs[3]["metadata"]["name"]
+    );
+    assert!(c.get("env").is_none(), "{c}");
     let cmd: Vec<&str> = c["command"]
         .as_array()
         .expect("command")
@@ -256,15 +257,16 @@ fn render_prints_rbac_and_a_configmap_and_job_per_cell() {
         cmd,
         [
             "harness",
-            "agent",
-            "--run",
+            "run",
+            "/etc/harness/experiment.json",
+            "--run-id",
             "r-1",
-            "--cell",
-            "concurrency=1,isl=128,osl=32",
+            "--here",
             "--endpoint",
             "http://llama-frontend.bench.svc.cluster.local:8000",
             "--store",
-            "s3://results/harness"
+            "s3://results/harness",
+            "--no-progress"
         ]
     );
     // Snapshots of the whole output, plain and as an Argo Workflow, catch any other change.
@@ -287,6 +289,63 @@ fn render_prints_rbac_and_a_configmap_and_job_per_cell() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// What `k8s render` prints, applied to a cluster, creates the run in the store and runs its
+/// cells one after another: `harness ls` and `show` see it like a local run. The trace file
+/// of the experiment travels in the ConfigMap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendered_manifests_applied_to_a_cluster_make_a_stored_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (_mock, port) = Mock::start(1);
+    let trace: String = (0..6)
+        .map(|i| format!("{{\"timestamp\": {}, \"input_length\": 40, \"output_length\": 4, \"hash_ids\": [{i}]}}\n", i * 20))
+        .collect();
+    std::fs::write(d.join("trace.jsonl"), trace).expect("trace");
+    let exp = d.join("rendered.yaml");
+    std::fs::write(
+        &exp,
+        format!(
+            "name: rendered\nmodel: {{name: harness-mock}}\nconcurrency: [1, 2]\nbenchmark: {{isl_osl: [[40, 4]]}}\n\
+             deployment: {{url: http://127.0.0.1:{port}, health: /health}}\n\
+             backend: {{kind: kubernetes, namespace: bench, image: harness:test, node_selector: {{pool: cpu}}}}\n\
+             workload: {{kind: trace, path: trace.jsonl, block_tokens: 40}}\n\
+             load: {{preflight: false}}\n"
+        ),
+    )
+    .expect("write");
+    let store_url = format!("file://{}", d.join("runs").display());
+    let yaml = render(d, &exp, &["--run-id", "r-rendered", "--store", &store_url]);
+    let fake = cluster();
+    let backend = K8sBackend::new(fake.client(), "bench");
+    let w = backend
+        .launch(&harness_core::WorkloadSpec::manifests("rendered", &yaml))
+        .await
+        .expect("apply");
+    let job = &fake.objects("jobs")[0];
+    assert_eq!(
+        job["spec"]["template"]["spec"]["nodeSelector"]["pool"],
+        "cpu"
+    );
+    let finished = backend.wait_finished(&w, &CancellationToken::new()).await;
+    let log = String::from_utf8_lossy(&backend.logs(&w).await.expect("logs")).into_owned();
+    finished.unwrap_or_else(|e| panic!("{e}: {log}"));
+    let shown = harness(d, &["show", "r-rendered", "--store", &store_url, "--json"]);
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    let cells = v["cells"].as_array().expect("cells");
+    assert_eq!(cells.len(), 2, "{v}");
+    for c in cells {
+        assert_eq!(c["status"], "succeeded", "{c}");
+    }
+    let listed = harness(d, &["ls", "--store", &store_url]);
+    assert!(
+        text(&listed.stdout).contains("r-rendered"),
+        "{}",
+        text(&listed.stdout)
+    );
+    backend.teardown(&w).await.expect("teardown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

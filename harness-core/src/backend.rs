@@ -370,7 +370,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
 #[async_trait]
 pub trait BackendExt: Backend {
     /// Polls until the workload is ready; fails fast when it fails, and on timeout or
-    /// cancellation.
+    /// cancellation. A transient error reading the status (an API server answering 5xx or
+    /// 429) is retried, up to [`TRANSIENT_RETRIES`] in a row.
     ///
     /// # Errors
     /// [`Error::Failed`] with the backend's reason; [`Error::Timeout`]; [`Error::Cancelled`].
@@ -382,22 +383,23 @@ pub trait BackendExt: Backend {
     ) -> Result<Option<Endpoint>> {
         let start = Instant::now();
         let mut interval = Duration::from_millis(20);
+        let mut errors = 0;
         loop {
-            match self.status(workload).await? {
-                WorkloadStatus::Ready { endpoint } => return Ok(endpoint),
-                WorkloadStatus::Failed { reason } => {
+            match status_retrying(self, workload, &mut errors).await? {
+                Some(WorkloadStatus::Ready { endpoint }) => return Ok(endpoint),
+                Some(WorkloadStatus::Failed { reason }) => {
                     return Err(Error::failed(
                         format!("workload `{}` did not become ready", workload.name),
                         reason,
                     ));
                 }
-                WorkloadStatus::Succeeded => {
+                Some(WorkloadStatus::Succeeded) => {
                     return Err(Error::failed(
                         format!("workload `{}` did not become ready", workload.name),
                         "it exited (status 0) before it was ready",
                     ));
                 }
-                WorkloadStatus::Pending => {}
+                Some(WorkloadStatus::Pending) | None => {}
             }
             if start.elapsed() >= timeout {
                 return Err(Error::Timeout {
@@ -415,19 +417,21 @@ pub trait BackendExt: Backend {
         }
     }
 
-    /// Polls until the workload has finished; returns `Ok` when it succeeded.
+    /// Polls until the workload has finished; returns `Ok` when it succeeded. Transient
+    /// errors reading the status are retried, as in [`BackendExt::wait_ready`].
     ///
     /// # Errors
     /// [`Error::Failed`] with the backend's reason; [`Error::Cancelled`].
     async fn wait_finished(&self, workload: &Workload, cancel: &CancellationToken) -> Result<()> {
         let mut interval = Duration::from_millis(10);
+        let mut errors = 0;
         loop {
-            match self.status(workload).await? {
-                WorkloadStatus::Succeeded => return Ok(()),
-                WorkloadStatus::Failed { reason } => {
+            match status_retrying(self, workload, &mut errors).await? {
+                Some(WorkloadStatus::Succeeded) => return Ok(()),
+                Some(WorkloadStatus::Failed { reason }) => {
                     return Err(Error::failed(format!("`{}`", workload.name), reason));
                 }
-                WorkloadStatus::Pending | WorkloadStatus::Ready { .. } => {}
+                _ => {}
             }
             tokio::select! {
                 () = cancel.cancelled() => return Err(Error::Cancelled {
@@ -441,3 +445,29 @@ pub trait BackendExt: Backend {
 }
 
 impl<B: Backend + ?Sized> BackendExt for B {}
+
+/// Transient errors in a row that waiting for a workload absorbs.
+pub const TRANSIENT_RETRIES: u32 = 10;
+
+/// The workload's status; `None` after a transient error (counted in `errors`, which a
+/// success resets), the error itself after [`TRANSIENT_RETRIES`] in a row or a lasting one.
+async fn status_retrying<B: Backend + ?Sized>(
+    backend: &B,
+    workload: &Workload,
+    errors: &mut u32,
+) -> Result<Option<WorkloadStatus>> {
+    match backend.status(workload).await {
+        Ok(s) => {
+            *errors = 0;
+            Ok(Some(s))
+        }
+        Err(e) if e.is_transient() && *errors < TRANSIENT_RETRIES => {
+            *errors += 1;
+            tracing::warn!(workload = %workload.name, error = %e, attempt = *errors,
+                "reading the status failed; retrying");
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(*errors))).await;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}

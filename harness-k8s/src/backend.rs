@@ -3,17 +3,18 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use harness_core::{
     Backend, Endpoint, Error, Readiness, Result, Workload, WorkloadSpec, WorkloadStatus,
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams,
-    PostParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, Patch,
+    PatchParams, PostParams,
 };
 use serde_json::{Value, json};
 
@@ -22,43 +23,78 @@ pub const WORKLOAD_LABEL: &str = "harness.dev/workload";
 /// The label that marks objects harness manages.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "harness");
 
+/// The field manager of everything harness applies (server-side apply).
+pub const FIELD_MANAGER: &str = "harness";
+
+/// The label Dynamo's operator puts on the pods of a `DynamoGraphDeployment`.
+pub const DYNAMO_GRAPH_LABEL: &str = "nvidia.com/dynamo-graph-deployment-name";
+
 /// Kinds whose pod template gets the workload's labels too, so their pods are found.
 const TEMPLATED: [&str; 4] = ["Deployment", "StatefulSet", "Job", "DaemonSet"];
 
 /// Pod waiting reasons that never resolve by themselves: the workload fails at once.
-const TERMINAL_WAITING: [&str; 6] = [
+const HOPELESS: [&str; 2] = ["InvalidImageName", "ErrImageNeverPull"];
+
+/// Pod waiting reasons that may resolve (a registry comes back, a missing Secret is
+/// created, a crash was a one-off): the workload fails when one lasts the grace period.
+const TROUBLED: [&str; 5] = [
     "CrashLoopBackOff",
     "ImagePullBackOff",
     "ErrImagePull",
-    "InvalidImageName",
     "CreateContainerConfigError",
     "CreateContainerError",
 ];
 
+/// Restarts after which a crash-looping container fails the workload without waiting out
+/// the grace period.
+const CRASH_RESTARTS: i32 = 5;
+
+/// How long a pod may stay unschedulable, unable to pull its image or crash-looping before
+/// the workload fails (autoscalers add nodes in minutes).
+pub const DEFAULT_FAIL_FAST_GRACE: Duration = Duration::from_secs(180);
+
+/// Log lines kept per container.
+const LOG_TAIL_LINES: i64 = 2000;
+
+/// Log lines of a failing container quoted in the failure.
+const REASON_TAIL_LINES: i64 = 20;
+
+/// How long teardown waits for what it deleted to be gone.
+const TEARDOWN_WAIT: Duration = Duration::from_secs(300);
+
 /// Runs workloads as Kubernetes objects in one namespace, through an injected
 /// [`kube::Client`] (from a kubeconfig, in-cluster config, or a test's fake API server).
 ///
-/// * A spec with `manifests` applies them (every YAML document), labelled with the
-///   workload's id ([`WORKLOAD_LABEL`]), the spec's labels and the backend's; pod templates
-///   are labelled too. A spec with an `image` becomes a Deployment and a Service when it
+/// * A spec with `manifests` applies them (every YAML document) with server-side apply as
+///   field manager [`FIELD_MANAGER`], so an object left by a crashed run is taken over, not
+///   a conflict. Kinds are looked up through API discovery (their plural and scope); a kind
+///   the cluster does not serve is refused before anything is applied. Objects are labelled
+///   with the workload's id ([`WORKLOAD_LABEL`]), the spec's labels and the backend's; pod
+///   templates are labelled too, and with [`K8sBackend::owner`] they carry an
+///   ownerReference. A spec with an `image` becomes a Deployment and a Service when it
 ///   serves on a port, else a Job (no retries). A plain process is refused.
 /// * Readiness: a Job has succeeded or failed; a Deployment or StatefulSet has its ready
 ///   replicas; any other object (a Dynamo `DynamoGraphDeployment`, ...) reports
-///   `status.state: successful` or a `Ready` condition. Pods that can never become ready
-///   (CrashLoopBackOff, ImagePullBackOff, OOMKilled, Unschedulable) fail the workload at once,
-///   with the pod's reason and the tail of its log.
+///   `status.state: successful` or a `Ready` condition. The workload's pods (and a
+///   `DynamoGraphDeployment`'s, found by [`DYNAMO_GRAPH_LABEL`]) are watched, init
+///   containers included: a pod that stays unschedulable, cannot pull its image or
+///   crash-loops for the grace period ([`K8sBackend::fail_fast_grace`]), crashed
+///   [`CRASH_RESTARTS`] times, or has an invalid image fails the workload with the pod's
+///   reason and the tail of that container's log.
 /// * The endpoint is in-cluster DNS: `http://<service>.<namespace>.svc.cluster.local:<port>`
 ///   of the first Service applied (the spec's port when it gives one), or
 ///   `<name>-frontend:8000` for a `DynamoGraphDeployment`: load runs next to the model,
 ///   never through a port-forward.
-/// * Logs are the logs of the workload's pods. Teardown deletes every object it created and
-///   everything labelled with the workload, in the background propagation mode, waits until
-///   they are gone, and is idempotent.
+/// * Logs are the tail of each container of the workload's pods. Teardown deletes every
+///   object it created and everything labelled with the workload, in the background
+///   propagation mode, waits until they and their pods are gone, and is idempotent.
 #[derive(Clone)]
 pub struct K8sBackend {
     client: kube::Client,
     namespace: String,
     labels: BTreeMap<String, String>,
+    owner: Option<OwnerReference>,
+    grace: Duration,
     inner: Arc<Inner>,
 }
 
@@ -66,16 +102,29 @@ pub struct K8sBackend {
 struct Inner {
     next: AtomicU64,
     launched: Mutex<BTreeMap<String, Launched>>,
+    /// Kinds found through discovery, by `apiVersion/kind`.
+    kinds: Mutex<BTreeMap<String, Kind>>,
+    /// When each pod problem was first seen, by `pod/container/reason`.
+    troubles: Mutex<BTreeMap<String, Instant>>,
+}
+
+/// A kind as the cluster serves it.
+#[derive(Debug, Clone)]
+struct Kind {
+    ar: ApiResource,
+    namespaced: bool,
 }
 
 #[derive(Debug, Clone)]
 struct Launched {
-    /// Created objects, in creation order.
-    objects: Vec<(ApiResource, String)>,
+    /// Applied objects, in order.
+    objects: Vec<(Kind, String)>,
     /// The object whose state decides readiness.
-    primary: (ApiResource, String),
+    primary: (Kind, String),
     endpoint: Option<Endpoint>,
     inventory: Vec<Deployed>,
+    /// Label selectors of the workload's pods.
+    selectors: Vec<String>,
 }
 
 /// What a workload deployed, for the run's records (normalising per GPU needs the count).
@@ -86,7 +135,9 @@ pub struct Deployed {
     pub object: String,
     /// Container images in its pod template (or spec, for custom resources).
     pub images: Vec<String>,
-    /// GPUs requested per replica (`nvidia.com/gpu` and `amd.com/gpu` limits or requests).
+    /// GPUs requested per replica (`nvidia.com/gpu` and `amd.com/gpu` limits or requests);
+    /// for a `DynamoGraphDeployment`, of the whole graph (each service's replicas × nodes ×
+    /// GPUs).
     pub gpus: u64,
     /// Replicas, when the object has them.
     pub replicas: Option<u64>,
@@ -97,6 +148,7 @@ impl std::fmt::Debug for K8sBackend {
         f.debug_struct("K8sBackend")
             .field("namespace", &self.namespace)
             .field("labels", &self.labels)
+            .field("grace", &self.grace)
             .finish_non_exhaustive()
     }
 }
@@ -108,6 +160,8 @@ impl K8sBackend {
             client,
             namespace: namespace.into(),
             labels: BTreeMap::from([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())]),
+            owner: None,
+            grace: DEFAULT_FAIL_FAST_GRACE,
             inner: Arc::default(),
         }
     }
@@ -116,6 +170,23 @@ impl K8sBackend {
     #[must_use]
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Makes `owner` (an object in the backend's namespace, such as the operator's
+    /// `DynamoBenchmark`) the owner of every namespaced object this backend creates, so
+    /// deleting it deletes them.
+    #[must_use]
+    pub fn owner(mut self, owner: OwnerReference) -> Self {
+        self.owner = Some(owner);
+        self
+    }
+
+    /// How long a pod may stay unschedulable, unable to pull its image or crash-looping
+    /// before its workload fails (default [`DEFAULT_FAIL_FAST_GRACE`]).
+    #[must_use]
+    pub fn fail_fast_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
         self
     }
 
@@ -140,8 +211,56 @@ impl K8sBackend {
             .cloned()
     }
 
-    fn api(&self, ar: &ApiResource) -> Api<DynamicObject> {
-        Api::namespaced_with(self.client.clone(), &self.namespace, ar)
+    /// The kind `kind` of `api_version`, as the cluster serves it (API discovery, cached).
+    async fn kind(&self, api_version: &str, kind: &str) -> Result<Option<Kind>> {
+        let id = format!("{api_version}/{kind}");
+        if let Some(k) = self
+            .inner
+            .kinds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
+            return Ok(Some(k.clone()));
+        }
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let found = match kube::discovery::pinned_kind(&self.client, &gvk).await {
+            Ok((ar, caps)) => Kind {
+                ar,
+                namespaced: caps.scope == kube::discovery::Scope::Namespaced,
+            },
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+            Err(kube::Error::Discovery(_)) => return Ok(None),
+            Err(e) => return Err(kube_error(&format!("looking up kind {id}"), e)),
+        };
+        self.inner
+            .kinds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, found.clone());
+        Ok(Some(found))
+    }
+
+    /// The kind of manifest `o`, refused when the cluster does not serve it.
+    async fn kind_of(&self, o: &Value) -> Result<Kind> {
+        let (api_version, kind) = api_version_kind(o)?;
+        self.kind(api_version, kind).await?.ok_or_else(|| {
+            Error::invalid(
+                format!("manifest `{kind}/{}`", name_of(o)),
+                format!(
+                    "the cluster does not serve kind `{kind}` of `{api_version}` (is its CRD installed?)"
+                ),
+            )
+        })
+    }
+
+    fn api(&self, k: &Kind) -> Api<DynamicObject> {
+        if k.namespaced {
+            Api::namespaced_with(self.client.clone(), &self.namespace, &k.ar)
+        } else {
+            Api::all_with(self.client.clone(), &k.ar)
+        }
     }
 
     fn pods(&self) -> Api<Pod> {
@@ -170,9 +289,6 @@ impl K8sBackend {
             let kind = o.get("kind").and_then(Value::as_str).unwrap_or_default();
             if TEMPLATED.contains(&kind) {
                 add_labels(o, "/spec/template/metadata", &labels);
-            }
-            if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-                meta.insert("namespace".into(), json!(self.namespace));
             }
         }
         Ok(objects)
@@ -209,86 +325,137 @@ impl K8sBackend {
         .map(Some)
     }
 
-    /// Pods of `id` that can never become ready, as a failure reason.
-    async fn pod_failure(&self, id: &str) -> Result<Option<String>> {
-        let pods = self
-            .pods()
-            .list(&ListParams::default().labels(&format!("{WORKLOAD_LABEL}={id}")))
-            .await
-            .map_err(|e| kube_error("listing pods", e))?;
-        for pod in pods.items {
+    /// The pods matching any of `selectors`, once each.
+    async fn pods_of(&self, selectors: &[String]) -> Result<Vec<Pod>> {
+        let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
+        for s in selectors {
+            let list = self
+                .pods()
+                .list(&ListParams::default().labels(s))
+                .await
+                .map_err(|e| kube_error("listing pods", e))?;
+            for p in list.items {
+                pods.insert(p.metadata.name.clone().unwrap_or_default(), p);
+            }
+        }
+        Ok(pods.into_values().collect())
+    }
+
+    /// Whether a problem seen now has lasted the grace period (first sightings are noted).
+    fn outlasted(&self, key: String) -> bool {
+        let mut seen = self
+            .inner
+            .troubles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        seen.entry(key).or_insert_with(Instant::now).elapsed() >= self.grace
+    }
+
+    /// The first of `pods` that cannot become ready, as a failure reason.
+    async fn pod_failure(&self, pods: &[Pod]) -> Option<String> {
+        for pod in pods {
             let name = pod.metadata.name.clone().unwrap_or_default();
-            let Some(status) = pod.status else { continue };
+            let Some(status) = &pod.status else { continue };
+            if pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
             let unschedulable = status.conditions.iter().flatten().find(|c| {
                 c.type_ == "PodScheduled"
                     && c.status == "False"
                     && c.reason.as_deref() == Some("Unschedulable")
             });
-            if let Some(c) = unschedulable {
-                return Ok(Some(format!(
-                    "pod {name}: Unschedulable: {}",
+            if let Some(c) = unschedulable
+                && self.outlasted(format!("{name}//Unschedulable"))
+            {
+                return Some(format!(
+                    "pod {name}: Unschedulable for {:?}: {}",
+                    self.grace,
                     c.message.clone().unwrap_or_default()
-                )));
+                ));
             }
-            for cs in status.container_statuses.iter().flatten() {
-                let oom = cs
-                    .last_state
-                    .as_ref()
-                    .and_then(|s| s.terminated.as_ref())
-                    .or(cs.state.as_ref().and_then(|s| s.terminated.as_ref()))
-                    .filter(|t| t.reason.as_deref() == Some("OOMKilled"));
-                let waiting = cs
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.waiting.as_ref())
-                    .filter(|w| {
-                        w.reason
-                            .as_deref()
-                            .is_some_and(|r| TERMINAL_WAITING.contains(&r))
-                    });
-                let reason = match (oom, waiting) {
-                    (Some(_), _) => "OOMKilled".to_owned(),
-                    (None, Some(w)) => format!(
-                        "{}: {}",
-                        w.reason.clone().unwrap_or_default(),
-                        w.message.clone().unwrap_or_default()
-                    ),
-                    (None, None) => continue,
+            let containers = status
+                .init_container_statuses
+                .iter()
+                .flatten()
+                .map(|c| (c, "init container"))
+                .chain(
+                    status
+                        .container_statuses
+                        .iter()
+                        .flatten()
+                        .map(|c| (c, "container")),
+                );
+            for (cs, what) in containers {
+                let Some(reason) = container_trouble(cs) else {
+                    continue;
                 };
-                let tail = self.pod_log_tail(&name).await;
-                return Ok(Some(format!(
-                    "pod {name} container {}: {reason}{tail}",
-                    cs.name
-                )));
+                let key = format!("{name}/{}/{}", cs.name, reason.0);
+                let fatal = HOPELESS.contains(&reason.0.as_str())
+                    || (reason.0 == "OOMKilled" || reason.0 == "CrashLoopBackOff")
+                        && cs.restart_count >= CRASH_RESTARTS;
+                if !fatal && !self.outlasted(key) {
+                    continue;
+                }
+                let tail = self.container_tail(&name, &cs.name).await;
+                return Some(format!("pod {name} {what} {}: {}{tail}", cs.name, reason.1));
             }
         }
-        Ok(None)
+        None
     }
 
-    async fn pod_log_tail(&self, pod: &str) -> String {
-        match self.pods().logs(pod, &LogParams::default()).await {
-            Ok(l) if !l.trim().is_empty() => {
-                let lines: Vec<&str> = l.lines().collect();
-                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-                format!("; last log lines:\n{tail}")
+    /// The last lines of a container's log, as a suffix of a failure reason.
+    async fn container_tail(&self, pod: &str, container: &str) -> String {
+        let params = LogParams {
+            container: Some(container.to_owned()),
+            tail_lines: Some(REASON_TAIL_LINES),
+            ..LogParams::default()
+        };
+        let mut text = match self.pods().logs(pod, &params).await {
+            Ok(l) if !l.trim().is_empty() => l,
+            _ => {
+                // A crashed container's log is the previous attempt's.
+                let previous = LogParams {
+                    previous: true,
+                    ..params
+                };
+                self.pods().logs(pod, &previous).await.unwrap_or_default()
             }
-            _ => String::new(),
+        };
+        if text.trim().is_empty() {
+            return String::new();
         }
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        format!("; last log lines:\n{text}")
     }
 
-    /// Deletes everything labelled with workload `id` among the usual kinds.
-    async fn delete_labelled(&self, id: &str) -> Result<()> {
-        let lp = ListParams::default().labels(&format!("{WORKLOAD_LABEL}={id}"));
-        for (group, version, kind) in [
-            ("batch", "v1", "Job"),
-            ("apps", "v1", "Deployment"),
-            ("apps", "v1", "StatefulSet"),
-            ("", "v1", "Service"),
-            ("", "v1", "ConfigMap"),
-            ("", "v1", "Pod"),
+    /// Deletes everything labelled `selector` among the usual kinds and `extra` ones.
+    async fn delete_labelled(&self, selector: &str, extra: &[Kind]) -> Result<Vec<String>> {
+        let lp = ListParams::default().labels(selector);
+        let mut kinds: Vec<Kind> = Vec::new();
+        for (api_version, kind) in [
+            ("batch/v1", "Job"),
+            ("nvidia.com/v1alpha1", "DynamoGraphDeployment"),
+            ("apps/v1", "Deployment"),
+            ("apps/v1", "StatefulSet"),
+            ("v1", "Service"),
+            ("v1", "ConfigMap"),
+            ("v1", "Secret"),
+            ("v1", "Pod"),
         ] {
-            let ar = resource(group, version, kind);
-            let api = self.api(&ar);
+            if let Some(k) = self.kind(api_version, kind).await? {
+                kinds.push(k);
+            }
+        }
+        for k in extra {
+            if !kinds.iter().any(|x| x.ar == k.ar) {
+                kinds.insert(0, k.clone());
+            }
+        }
+        let mut deleted = Vec::new();
+        for k in &kinds {
+            let api = self.api(k);
             let items = match api.list(&lp).await {
                 Ok(l) => l.items,
                 Err(kube::Error::Api(e)) if e.code == 404 => continue,
@@ -297,10 +464,103 @@ impl K8sBackend {
             for o in items {
                 let name = o.metadata.name.unwrap_or_default();
                 delete_quietly(&api, &name).await?;
+                deleted.push(format!("{}/{name}", k.ar.kind));
             }
         }
-        Ok(())
+        Ok(deleted)
     }
+
+    /// Waits until `objects` are gone (finalizers done) and no pod matches `selectors`.
+    async fn wait_gone(
+        &self,
+        what: &str,
+        objects: &[(Kind, String)],
+        selectors: &[String],
+    ) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let mut left = Vec::new();
+            for (k, name) in objects {
+                match self.api(k).get_opt(name).await {
+                    Ok(Some(_)) => left.push(format!("{}/{name}", k.ar.kind)),
+                    Ok(None) => {}
+                    Err(e) => return Err(kube_error("waiting for deletion", e)),
+                }
+            }
+            for p in self.pods_of(selectors).await? {
+                left.push(format!("Pod/{}", p.metadata.name.unwrap_or_default()));
+            }
+            if left.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() >= TEARDOWN_WAIT {
+                return Err(Error::failed(
+                    format!("tearing down `{what}`"),
+                    format!("still there after {TEARDOWN_WAIT:?}: {}", left.join(", ")),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Removes whatever carries `selector` (e.g. `harness.dev/run=<id>`): the usual kinds
+    /// and Dynamo graphs, and waits until they and their pods are gone; returns what it
+    /// deleted, as `kind/name`. What `harness k8s cleanup --run ID` does after a crash.
+    ///
+    /// # Errors
+    /// When the API server refuses, or something is still there after five minutes.
+    pub async fn cleanup(&self, selector: &str) -> Result<Vec<String>> {
+        let graphs: Vec<String> = match self
+            .kind("nvidia.com/v1alpha1", "DynamoGraphDeployment")
+            .await?
+        {
+            Some(k) => self
+                .api(&k)
+                .list(&ListParams::default().labels(selector))
+                .await
+                .map_err(|e| kube_error("listing Dynamo graphs", e))?
+                .items
+                .into_iter()
+                .filter_map(|o| o.metadata.name)
+                .map(|n| format!("{DYNAMO_GRAPH_LABEL}={n}"))
+                .collect(),
+            None => Vec::new(),
+        };
+        let deleted = self.delete_labelled(selector, &[]).await?;
+        let mut selectors = vec![selector.to_owned()];
+        selectors.extend(graphs);
+        self.wait_gone(selector, &[], &selectors).await?;
+        Ok(deleted)
+    }
+}
+
+/// A container's trouble, as (reason, description), when it has one.
+fn container_trouble(cs: &ContainerStatus) -> Option<(String, String)> {
+    let oom = cs
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .or(cs.state.as_ref().and_then(|s| s.terminated.as_ref()))
+        .is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"));
+    if oom {
+        return Some((
+            "OOMKilled".into(),
+            format!("OOMKilled ({} restarts)", cs.restart_count),
+        ));
+    }
+    let w = cs.state.as_ref()?.waiting.as_ref()?;
+    let reason = w.reason.clone()?;
+    if !(TROUBLED.contains(&reason.as_str()) || HOPELESS.contains(&reason.as_str())) {
+        return None;
+    }
+    Some((
+        reason.clone(),
+        format!(
+            "{reason}: {} ({} restarts)",
+            w.message.clone().unwrap_or_default(),
+            cs.restart_count
+        ),
+    ))
 }
 
 fn kube_error(what: &str, e: kube::Error) -> Error {
@@ -322,33 +582,17 @@ async fn delete_quietly(api: &Api<DynamicObject>, name: &str) -> Result<()> {
     }
 }
 
-/// The API resource of `group/version` `kind` (plural by the usual English rules).
-pub(crate) fn resource(group: &str, version: &str, kind: &str) -> ApiResource {
-    let lower = kind.to_ascii_lowercase();
-    let plural = if lower.ends_with('s') || lower.ends_with("ch") || lower.ends_with('x') {
-        format!("{lower}es")
-    } else if let Some(stem) = lower
-        .strip_suffix('y')
-        .filter(|s| !s.ends_with(['a', 'e', 'o', 'u']))
-    {
-        format!("{stem}ies")
-    } else {
-        format!("{lower}s")
-    };
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural)
-}
-
-fn resource_of(o: &Value) -> Result<ApiResource> {
+/// The `apiVersion` and `kind` of a manifest.
+fn api_version_kind(o: &Value) -> Result<(&str, &str)> {
     let api_version = o.get("apiVersion").and_then(Value::as_str);
     let kind = o.get("kind").and_then(Value::as_str);
-    let (Some(av), Some(kind)) = (api_version, kind) else {
-        return Err(Error::invalid(
+    match (api_version, kind) {
+        (Some(av), Some(kind)) if !av.is_empty() && !kind.is_empty() => Ok((av, kind)),
+        _ => Err(Error::invalid(
             format!("manifest `{}`", name_of(o)),
             "needs apiVersion and kind",
-        ));
-    };
-    let (group, version) = av.rsplit_once('/').unwrap_or(("", av));
-    Ok(resource(group, version, kind))
+        )),
+    }
 }
 
 fn name_of(o: &Value) -> String {
@@ -402,7 +646,7 @@ pub fn parse_manifests(yaml: &str, what: &str) -> Result<Vec<Value>> {
                 "needs apiVersion, kind and metadata.name (or generateName)",
             ));
         }
-        resource_of(d)?;
+        api_version_kind(d)?;
     }
     Ok(docs)
 }
@@ -463,6 +707,9 @@ fn inventory(o: &Value) -> Deployed {
     let mut images = Vec::new();
     let mut gpus = 0;
     collect(o, &mut images, &mut gpus);
+    if o.get("kind").and_then(Value::as_str) == Some("DynamoGraphDeployment") {
+        gpus = graph_gpus(o);
+    }
     images.sort();
     images.dedup();
     Deployed {
@@ -475,6 +722,30 @@ fn inventory(o: &Value) -> Deployed {
         gpus,
         replicas: o.pointer("/spec/replicas").and_then(Value::as_u64),
     }
+}
+
+/// The GPUs of a `DynamoGraphDeployment`: each service's replicas × nodes × GPUs.
+fn graph_gpus(o: &Value) -> u64 {
+    let count = |v: Option<&Value>| {
+        v.and_then(|g| {
+            g.as_u64()
+                .or_else(|| g.as_str().and_then(|s| s.parse().ok()))
+        })
+    };
+    o.pointer("/spec/services")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(_, s)| {
+            let per_pod = ["limits", "requests"]
+                .iter()
+                .find_map(|side| count(s.pointer(&format!("/resources/{side}/gpu"))))
+                .unwrap_or(0);
+            let replicas = count(s.get("replicas")).unwrap_or(1);
+            let nodes = count(s.pointer("/multinode/nodeCount")).unwrap_or(1);
+            per_pod * replicas * nodes
+        })
+        .sum()
 }
 
 /// Walks `v` for `image` strings and GPU resource limits (requests when no limits).
@@ -571,36 +842,57 @@ impl Backend for K8sBackend {
             crate::incluster::dns_label(&spec.name, 40),
             nanos & 0xfffff
         );
-        let objects = self.objects(spec, &id)?;
+        let mut objects = self.objects(spec, &id)?;
         let endpoint = self.endpoint(spec, &objects)?;
-        let mut created: Vec<(ApiResource, String)> = Vec::new();
-        for o in &objects {
-            let ar = resource_of(o)?;
+        // Every kind is looked up before anything is applied.
+        let mut kinds = Vec::with_capacity(objects.len());
+        for o in &mut objects {
+            let kind = self.kind_of(o).await?;
+            if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                if kind.namespaced {
+                    meta.insert("namespace".into(), json!(self.namespace));
+                    if let Some(owner) = &self.owner {
+                        meta.insert("ownerReferences".into(), json!([owner]));
+                    }
+                } else {
+                    meta.remove("namespace");
+                }
+            }
+            kinds.push(kind);
+        }
+        let mut applied: Vec<(Kind, String)> = Vec::new();
+        for (o, kind) in objects.iter().zip(&kinds) {
             let obj: DynamicObject = serde_json::from_value(o.clone())
                 .map_err(|e| Error::invalid(format!("manifest `{}`", name_of(o)), e.to_string()))?;
-            let res = self.api(&ar).create(&PostParams::default(), &obj).await;
-            let res = match res {
-                Ok(created) => Ok(created.metadata.name.unwrap_or_else(|| name_of(o))),
-                Err(e) => Err(e),
+            let api = self.api(kind);
+            let name = name_of(o);
+            let res = if name.is_empty() {
+                // generateName: only a create can name it.
+                api.create(&PostParams::default(), &obj).await
+            } else {
+                let params = PatchParams::apply(FIELD_MANAGER).force();
+                api.patch(&name, &params, &Patch::Apply(&obj)).await
             };
-            let name = match res {
-                Ok(n) => n,
+            match res {
+                Ok(done) => {
+                    let name = done.metadata.name.unwrap_or(name);
+                    tracing::info!(kind = %kind.ar.kind, name = %name, namespace = %self.namespace, "applied");
+                    applied.push((kind.clone(), name));
+                }
                 Err(e) => {
-                    for (ar, name) in created.iter().rev() {
-                        let _ = delete_quietly(&self.api(ar), name).await;
+                    for (k, name) in applied.iter().rev() {
+                        let _ = delete_quietly(&self.api(k), name).await;
                     }
                     return Err(kube_error(
-                        &format!("creating {} {}", ar.kind, name_of(o)),
+                        &format!("applying {} {}", kind.ar.kind, name_of(o)),
                         e,
                     ));
                 }
-            };
-            tracing::info!(kind = %ar.kind, name = %name, namespace = %self.namespace, "created");
-            created.push((ar, name));
+            }
         }
         let primary = objects
             .iter()
-            .zip(&created)
+            .zip(&applied)
             .find(|(o, _)| {
                 !matches!(
                     o.get("kind").and_then(Value::as_str),
@@ -614,9 +906,16 @@ impl Backend for K8sBackend {
                     )
                 )
             })
-            .or_else(|| objects.iter().zip(&created).next())
+            .or_else(|| objects.iter().zip(&applied).next())
             .map(|(_, c)| c.clone())
             .ok_or_else(|| Error::invalid(format!("`{}`", spec.name), "nothing to create"))?;
+        let mut selectors = vec![format!("{WORKLOAD_LABEL}={id}")];
+        selectors.extend(
+            applied
+                .iter()
+                .filter(|(k, _)| k.ar.kind == "DynamoGraphDeployment")
+                .map(|(_, name)| format!("{DYNAMO_GRAPH_LABEL}={name}")),
+        );
         let inventory = objects.iter().map(inventory).collect();
         self.inner
             .launched
@@ -625,10 +924,11 @@ impl Backend for K8sBackend {
             .insert(
                 id.clone(),
                 Launched {
-                    objects: created,
+                    objects: applied,
                     primary,
                     endpoint: endpoint.clone(),
                     inventory,
+                    selectors,
                 },
             );
         Ok(Workload::new(id, spec.name.clone(), endpoint))
@@ -638,25 +938,26 @@ impl Backend for K8sBackend {
         let l = self.launched(&workload.id).ok_or_else(|| Error::NotFound {
             what: format!("workload `{}`", workload.id),
         })?;
-        let (ar, name) = &l.primary;
+        let (kind, name) = &l.primary;
         let obj = self
-            .api(ar)
+            .api(kind)
             .get(name)
             .await
-            .map_err(|e| kube_error(&format!("reading {} {name}", ar.kind), e))?;
+            .map_err(|e| kube_error(&format!("reading {} {name}", kind.ar.kind), e))?;
         let value =
             serde_json::to_value(&obj).map_err(|e| Error::failed_from("reading the object", e))?;
-        let state = object_state(&ar.kind, &value, l.endpoint.clone());
-        if (matches!(state, WorkloadStatus::Pending) || ar.kind == "Job")
-            && let Some(reason) = self.pod_failure(&workload.id).await?
-        {
-            return Ok(WorkloadStatus::Failed { reason });
+        let state = object_state(&kind.ar.kind, &value, l.endpoint.clone());
+        if matches!(state, WorkloadStatus::Pending) || kind.ar.kind == "Job" {
+            let pods = self.pods_of(&l.selectors).await?;
+            if let Some(reason) = self.pod_failure(&pods).await {
+                return Ok(WorkloadStatus::Failed { reason });
+            }
         }
         if let WorkloadStatus::Failed { reason } = state {
             let logs = self.logs(workload).await.unwrap_or_default();
             let text = String::from_utf8_lossy(&logs);
             let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+            let tail = lines[lines.len().saturating_sub(REASON_TAIL_LINES as usize)..].join("\n");
             return Ok(WorkloadStatus::Failed {
                 reason: format!("{reason}; last log lines:\n{tail}"),
             });
@@ -665,22 +966,40 @@ impl Backend for K8sBackend {
     }
 
     async fn logs(&self, workload: &Workload) -> Result<Bytes> {
-        let pods = self
-            .pods()
-            .list(&ListParams::default().labels(&format!("{WORKLOAD_LABEL}={}", workload.id)))
-            .await
-            .map_err(|e| kube_error("listing pods", e))?;
+        let selectors = match self.launched(&workload.id) {
+            Some(l) => l.selectors,
+            None => vec![format!("{WORKLOAD_LABEL}={}", workload.id)],
+        };
+        let pods = self.pods_of(&selectors).await?;
+        let mut parts: Vec<(String, String)> = Vec::new();
+        for pod in pods {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let spec = pod.spec.unwrap_or_default();
+            let containers = spec
+                .init_containers
+                .unwrap_or_default()
+                .into_iter()
+                .chain(spec.containers)
+                .map(|c| c.name);
+            for container in containers {
+                let params = LogParams {
+                    container: Some(container.clone()),
+                    tail_lines: Some(LOG_TAIL_LINES),
+                    ..LogParams::default()
+                };
+                let text = match self.pods().logs(&name, &params).await {
+                    Ok(t) => t,
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 400 => String::new(),
+                    Err(e) => return Err(kube_error(&format!("logs of pod {name}"), e)),
+                };
+                parts.push((format!("pod {name} container {container}"), text));
+            }
+        }
         let mut out = String::new();
-        let many = pods.items.len() > 1;
-        for pod in pods.items {
-            let name = pod.metadata.name.unwrap_or_default();
-            let text = match self.pods().logs(&name, &LogParams::default()).await {
-                Ok(t) => t,
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 400 => String::new(),
-                Err(e) => return Err(kube_error(&format!("logs of pod {name}"), e)),
-            };
+        let many = parts.len() > 1;
+        for (what, text) in parts {
             if many {
-                out.push_str(&format!("==> pod {name} <==\n"));
+                out.push_str(&format!("==> {what} <==\n"));
             }
             out.push_str(&text);
         }
@@ -688,29 +1007,22 @@ impl Backend for K8sBackend {
     }
 
     async fn teardown(&self, workload: &Workload) -> Result<()> {
-        if let Some(l) = self.launched(&workload.id) {
-            for (ar, name) in l.objects.iter().rev() {
-                delete_quietly(&self.api(ar), name).await?;
-            }
+        let (objects, selectors) = match self.launched(&workload.id) {
+            Some(l) => (l.objects, l.selectors),
+            None => (
+                Vec::new(),
+                vec![format!("{WORKLOAD_LABEL}={}", workload.id)],
+            ),
+        };
+        for (k, name) in objects.iter().rev() {
+            delete_quietly(&self.api(k), name).await?;
         }
-        self.delete_labelled(&workload.id).await?;
-        // Wait until the pods are gone: teardown returns when the workload is.
-        let lp = ListParams::default().labels(&format!("{WORKLOAD_LABEL}={}", workload.id));
-        for _ in 0..300 {
-            let left = self
-                .pods()
-                .list(&lp)
-                .await
-                .map_err(|e| kube_error("listing pods", e))?;
-            if left.items.is_empty() {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Err(Error::failed(
-            format!("tearing down `{}`", workload.id),
-            "pods still exist after 60 s",
-        ))
+        let kinds: Vec<Kind> = objects.iter().map(|(k, _)| k.clone()).collect();
+        self.delete_labelled(&format!("{WORKLOAD_LABEL}={}", workload.id), &kinds)
+            .await?;
+        // Teardown returns when the workload is gone: its objects (finalizers done) and
+        // every pod, GPU pods of a Dynamo graph included.
+        self.wait_gone(&workload.id, &objects, &selectors).await
     }
 
     fn name(&self) -> &str {
@@ -730,20 +1042,6 @@ impl Backend for K8sBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn plurals_follow_the_api_servers_rules_for_common_kinds() {
-        for (kind, plural) in [
-            ("Job", "jobs"),
-            ("Deployment", "deployments"),
-            ("Ingress", "ingresses"),
-            ("NetworkPolicy", "networkpolicies"),
-            ("DynamoGraphDeployment", "dynamographdeployments"),
-            ("Gateway", "gateways"),
-        ] {
-            assert_eq!(resource("g", "v1", kind).plural, plural);
-        }
-    }
 
     #[test]
     fn inventory_counts_images_and_gpus() {

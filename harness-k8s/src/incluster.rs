@@ -59,8 +59,9 @@ fn report_key(run: &RunContext, cell: &Cell, shard: u32) -> Result<harness_core:
 
 /// Runs `steps` for `cell` against `endpoint`, as the Job's container does, and stores the
 /// [`AgentReport`]. Stops at the first failing step. As client `shard.index` of
-/// `shard.count`, it first waits until every client is up (each leaves a marker in the
-/// store), so their load starts together, and load steps send this client's part.
+/// `shard.count`, it first waits until every client of this `attempt` is up (each leaves a
+/// marker in the store under the attempt's token, so a retry waits again), so their load
+/// starts together, and load steps send this client's part.
 ///
 /// # Errors
 /// When the report cannot be stored, or the other clients do not come up within
@@ -71,11 +72,12 @@ pub async fn run_agent(
     endpoint: Endpoint,
     steps: &[Arc<dyn Step>],
     shard: Option<Shard>,
+    attempt: &str,
 ) -> Result<AgentReport> {
     run.resources().insert(endpoint);
     if let Some(s) = shard {
         run.resources().insert(s);
-        barrier(run, &cell, s).await?;
+        barrier(run, &cell, s, attempt).await?;
     }
     let index = shard.map_or(0, |s| s.index);
     let mut report = AgentReport {
@@ -102,11 +104,13 @@ pub async fn run_agent(
     Ok(report)
 }
 
-/// Waits until all `shard.count` clients of `cell` have left their marker.
-async fn barrier(run: &RunContext, cell: &Cell, shard: Shard) -> Result<()> {
-    let dir = run
-        .layout()
-        .cell_artifact(&cell.id, IN_CLUSTER, "clients")?;
+/// Waits until all `shard.count` clients of `cell` in `attempt` have left their marker.
+async fn barrier(run: &RunContext, cell: &Cell, shard: Shard, attempt: &str) -> Result<()> {
+    let dir = run.layout().cell_artifact(
+        &cell.id,
+        IN_CLUSTER,
+        &format!("clients-{}", dns_label(attempt, 16)),
+    )?;
     let mine = dir.join(&format!("{}.ready", shard.index))?;
     run.store()
         .put(&mine, bytes::Bytes::from_static(b"ready"))
@@ -140,6 +144,12 @@ pub struct CellJob<'a> {
     pub endpoint: &'a str,
     /// The object store URL the agent writes to.
     pub store_url: &'a str,
+    /// This attempt's token: the Job's and ConfigMap's names end with it and the clients meet
+    /// under it, so a retry never collides with, or waits on, an earlier attempt.
+    pub attempt: &'a str,
+    /// The workload file (`workload.path`: a trace or conversations), shipped in the
+    /// ConfigMap beside the experiment.
+    pub workload_file: Option<&'a str>,
 }
 
 /// A DNS-1123 label from `s`: lower-case, other characters `-`, at most `max` long.
@@ -154,50 +164,87 @@ pub(crate) fn dns_label(s: &str, max: usize) -> String {
     if out.is_empty() { "x".into() } else { out }
 }
 
+/// A fresh attempt token: 6 hex digits from the clock and a counter.
+pub fn attempt_token() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("{:06x}", (nanos ^ n.wrapping_mul(0x9e37_79b9)) & 0xff_ffff)
+}
+
 /// Seconds a cell's Job may wait to be scheduled, beyond the step's timeout.
 const JOB_SCHEDULING_GRACE_S: u64 = 300;
 
 /// Seconds a finished Job is kept for `kubectl logs` before Kubernetes deletes it.
 const JOB_TTL_S: u64 = 3600;
 
-/// The ConfigMap (resolved experiment) and the Job (`harness agent`) of one cell, as
-/// Kubernetes objects; an Indexed Job of `backend.clients` pods when more than one.
-pub fn cell_job_manifests(job: &CellJob<'_>) -> Vec<Value> {
-    let b: &BackendConfig = &job.experiment.backend;
-    let name = format!("harness-{}-c{}", dns_label(job.run_id, 40), job.cell.index);
-    let labels = json!({
-        "app.kubernetes.io/name": "harness",
-        "app.kubernetes.io/component": "agent",
-        "harness.dev/run": dns_label(job.run_id, 63),
-        "harness.dev/cell-index": job.cell.index.to_string(),
-    });
-    let experiment = job.experiment.to_json().to_string();
-    let clients = b.clients();
-    let mut command = vec![
-        "harness".to_owned(),
-        "agent".into(),
-        "--run".into(),
-        job.run_id.into(),
-        "--cell".into(),
-        job.cell.id.to_string(),
-        "--endpoint".into(),
-        job.endpoint.into(),
-        "--store".into(),
-        job.store_url.into(),
-    ];
-    if clients > 1 {
-        command.push("--clients".into());
-        command.push(clients.to_string());
+/// Where the agent's container mounts its ConfigMap.
+pub const MOUNT: &str = "/etc/harness";
+
+/// Where a Job's pod finds the experiment's workload file (a trace, conversations).
+pub const WORKLOAD_FILE: &str = "/etc/harness/workload.jsonl";
+
+/// What a ConfigMap holds at most (the API server's limit is 1 MiB, metadata included).
+const CONFIGMAP_MAX: usize = 1_000_000;
+
+/// The ConfigMap data of a Job: the experiment as `experiment.json` and, when it has one,
+/// its workload file as `workload.jsonl` (the command points `workload.path` there:
+/// [`WORKLOAD_FILE`]).
+///
+/// # Errors
+/// When they do not fit in a ConfigMap.
+pub(crate) fn configmap_data(
+    experiment: &Experiment,
+    workload_file: Option<&str>,
+) -> Result<serde_json::Map<String, Value>> {
+    let mut data = serde_json::Map::new();
+    if let Some(content) = workload_file {
+        data.insert("workload.jsonl".into(), json!(content));
     }
+    data.insert(
+        "experiment.json".into(),
+        json!(experiment.to_json().to_string()),
+    );
+    let size: usize = data.values().filter_map(Value::as_str).map(str::len).sum();
+    if size > CONFIGMAP_MAX {
+        return Err(Error::invalid(
+            "workload.path",
+            format!(
+                "the experiment and its workload file take {size} bytes; a ConfigMap holds about 1 MB: \
+                 put the file in the image or a volume and give its path there"
+            ),
+        ));
+    }
+    Ok(data)
+}
+
+/// A ConfigMap `name` holding `data`, and a Job `name` of `pods` pods (Indexed when more than
+/// one) whose `agent` container runs `command` from the harness image with the ConfigMap
+/// mounted at [`MOUNT`]; scheduling and security from `backend`; its deadline is `steps`
+/// step timeouts.
+pub(crate) fn job_objects(
+    experiment: &Experiment,
+    name: &str,
+    labels: &Value,
+    data: serde_json::Map<String, Value>,
+    command: Vec<String>,
+    pods: u64,
+    steps: u64,
+) -> Vec<Value> {
+    let b: &BackendConfig = &experiment.backend;
+    let resources = b
+        .resources
+        .clone()
+        .unwrap_or_else(|| json!({"requests": {"cpu": "2", "memory": "512Mi"}}));
     let mut container = json!({
         "name": "agent",
         "image": b.image(),
         "command": command,
-        "env": [{
-            "name": "HARNESS_EXPERIMENT",
-            "valueFrom": {"configMapKeyRef": {"name": name, "key": "experiment.json"}},
-        }],
-        "resources": {"requests": {"cpu": "2", "memory": "512Mi"}},
+        "volumeMounts": [{"name": "experiment", "mountPath": MOUNT, "readOnly": true}],
+        "resources": resources,
         // The `restricted` Pod Security Standard: no escalation, no capabilities.
         "securityContext": {
             "allowPrivilegeEscalation": false,
@@ -210,6 +257,7 @@ pub fn cell_job_manifests(job: &CellJob<'_>) -> Vec<Value> {
     let mut pod = json!({
         "restartPolicy": "Never",
         "containers": [container],
+        "volumes": [{"name": "experiment", "configMap": {"name": name}}],
         // The image runs as a numeric non-root user (65532).
         "securityContext": {
             "runAsNonRoot": true,
@@ -219,25 +267,43 @@ pub fn cell_job_manifests(job: &CellJob<'_>) -> Vec<Value> {
     if let Some(sa) = &b.service_account {
         pod["serviceAccountName"] = json!(sa);
     }
-    // A Job outlives neither the step that waits for it (plus time to be scheduled) nor, once
-    // finished, an hour: a controller that died leaves nothing running or behind for long.
-    let deadline = job.experiment.policy.step_timeout.get().as_secs() + JOB_SCHEDULING_GRACE_S;
+    if !b.image_pull_secrets.is_empty() {
+        pod["imagePullSecrets"] = json!(
+            b.image_pull_secrets
+                .iter()
+                .map(|s| json!({"name": s}))
+                .collect::<Vec<_>>()
+        );
+    }
+    if !b.node_selector.is_empty() {
+        pod["nodeSelector"] = json!(b.node_selector);
+    }
+    if !b.tolerations.is_empty() {
+        pod["tolerations"] = json!(b.tolerations);
+    }
+    if let Some(a) = &b.affinity {
+        pod["affinity"] = a.clone();
+    }
+    // A Job outlives neither the steps it runs (plus time to be scheduled) nor, once finished,
+    // an hour: a controller that died leaves nothing running or behind for long.
+    let deadline =
+        experiment.policy.step_timeout.get().as_secs() * steps.max(1) + JOB_SCHEDULING_GRACE_S;
     let mut spec = json!({
         "backoffLimit": 0,
         "activeDeadlineSeconds": deadline,
         "ttlSecondsAfterFinished": JOB_TTL_S,
         "template": {"metadata": {"labels": labels}, "spec": pod},
     });
-    if clients > 1 {
+    if pods > 1 {
         spec["completionMode"] = json!("Indexed");
-        spec["completions"] = json!(clients);
-        spec["parallelism"] = json!(clients);
+        spec["completions"] = json!(pods);
+        spec["parallelism"] = json!(pods);
     }
     vec![
         json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": name, "labels": labels},
-            "data": {"experiment.json": experiment},
+            "data": data,
         }),
         json!({
             "apiVersion": "batch/v1", "kind": "Job",
@@ -245,6 +311,65 @@ pub fn cell_job_manifests(job: &CellJob<'_>) -> Vec<Value> {
             "spec": spec,
         }),
     ]
+}
+
+/// The ConfigMap (the resolved experiment, and its workload file) and the Job
+/// (`harness agent`) of one cell, as Kubernetes objects; an Indexed Job of
+/// `backend.clients` pods when more than one. The experiment is a file mounted from the
+/// ConfigMap (environment variables stop at 128 KiB); the pods' scheduling (resources,
+/// node selector, tolerations, affinity, image pull secrets) comes from `backend`.
+///
+/// # Errors
+/// When the experiment and its workload file do not fit in a ConfigMap.
+pub fn cell_job_manifests(job: &CellJob<'_>) -> Result<Vec<Value>> {
+    let name = format!(
+        "harness-{}-c{}-{}",
+        dns_label(job.run_id, 40),
+        job.cell.index,
+        dns_label(job.attempt, 8)
+    );
+    let labels = json!({
+        "app.kubernetes.io/name": "harness",
+        "app.kubernetes.io/component": "agent",
+        "app.kubernetes.io/managed-by": "harness",
+        "harness.dev/run": dns_label(job.run_id, 63),
+        "harness.dev/cell-index": job.cell.index.to_string(),
+    });
+    let data = configmap_data(job.experiment, job.workload_file)?;
+    let clients = job.experiment.backend.clients();
+    let mut command = vec![
+        "harness".to_owned(),
+        "agent".into(),
+        "--run".into(),
+        job.run_id.into(),
+        "--cell".into(),
+        job.cell.id.to_string(),
+        "--endpoint".into(),
+        job.endpoint.into(),
+        "--store".into(),
+        job.store_url.into(),
+        "--experiment".into(),
+        format!("{MOUNT}/experiment.json"),
+        "--attempt".into(),
+        job.attempt.into(),
+    ];
+    if job.workload_file.is_some() {
+        command.push("--workload-file".into());
+        command.push(WORKLOAD_FILE.into());
+    }
+    if clients > 1 {
+        command.push("--clients".into());
+        command.push(clients.to_string());
+    }
+    Ok(job_objects(
+        job.experiment,
+        &name,
+        &labels,
+        data,
+        command,
+        clients,
+        1,
+    ))
 }
 
 /// Objects as one multi-document YAML text.
@@ -297,25 +422,54 @@ impl Step for InClusterStep {
                 "no endpoint: the deployment step did not report one",
             )
         })?;
+        let exp = cx.experiment();
+        let workload_file = match &exp.workload.path {
+            Some(p) => Some(
+                tokio::fs::read_to_string(p)
+                    .await
+                    .map_err(|e| Error::io(format!("reading workload.path {}", p.display()), e))?,
+            ),
+            None => None,
+        };
+        let attempt = attempt_token();
         let objects = cell_job_manifests(&CellJob {
             run_id: cx.run().run_id(),
-            experiment: cx.experiment(),
+            experiment: exp,
             cell: &cell,
             endpoint: &endpoint.base_url,
             store_url: &self.store_url,
-        });
+            attempt: &attempt,
+            workload_file: workload_file.as_deref(),
+        })?;
+        let clients = exp.backend.clients() as u32;
+        // An earlier attempt's reports must not pass for this one's.
+        for shard in 0..clients {
+            match cx
+                .store()
+                .delete(&report_key(cx.run(), &cell, shard)?)
+                .await
+            {
+                Ok(()) | Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let spec = WorkloadSpec::manifests(format!("agent-{}", cell.index), to_yaml(&objects)?)
             .label("harness.dev/cell-index", cell.index.to_string());
         let backend = cx.backend();
         let workload = backend.launch(&spec).await?;
+        // A step that times out is dropped mid-wait: the guard still deletes its Job.
+        let mut guard = TeardownGuard {
+            backend: Some(backend.clone()),
+            workload: workload.clone(),
+        };
         let finished = backend.wait_finished(&workload, cx.cancel()).await;
         let log = backend.logs(&workload).await;
         let teardown = backend.teardown(&workload).await;
+        guard.backend = None;
         let mut out = StepOutput::new();
         if let Ok(log) = log {
             out = out.artifact(cx.artifacts().put("agent.log", log).await?);
         }
-        let clients = cx.experiment().backend.clients() as u32;
         let mut reports = Vec::new();
         for shard in 0..clients {
             let key = report_key(cx.run(), &cell, shard)?;
@@ -353,6 +507,28 @@ impl Step for InClusterStep {
                 .merge(out.clear_metrics());
         }
         Ok(out)
+    }
+}
+
+/// Tears a workload down when dropped before it was disarmed (`backend` taken).
+struct TeardownGuard {
+    backend: Option<Arc<dyn harness_core::Backend>>,
+    workload: harness_core::Workload,
+}
+
+impl Drop for TeardownGuard {
+    fn drop(&mut self) {
+        let (Some(backend), Ok(rt)) = (self.backend.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let workload = self.workload.clone();
+        tracing::warn!(workload = %workload.id, "the step ended while its Job ran; deleting the Job");
+        rt.spawn(async move {
+            if let Err(e) = backend.teardown(&workload).await {
+                tracing::warn!(workload = %workload.id, error = %e, "could not delete the Job");
+            }
+        });
     }
 }
 
@@ -425,36 +601,58 @@ mod tests {
     use super::*;
 
     /// A cell's Job meets the `restricted` Pod Security Standard (what an admission
-    /// controller enforcing it checks) and cannot outlive its step, or an hour once finished.
+    /// controller enforcing it checks), cannot outlive its step, or an hour once finished,
+    /// and is scheduled as the experiment says.
     #[test]
-    fn a_cell_job_is_restricted_and_bounded_in_time() {
+    fn a_cell_job_is_restricted_bounded_in_time_and_scheduled_as_asked() {
         let exp = Experiment::from_yaml_str(
             "name: j\nmodel: {name: m}\nconcurrency: [1]\nbenchmark: {isl_osl: [[8, 8]]}\n\
-             deployment: {url: \"http://m:8000\"}\nbackend: {kind: kubernetes}\n\
+             deployment: {url: \"http://m:8000\"}\n\
+             backend: {kind: kubernetes, image_pull_secrets: [regcred], node_selector: {pool: gpu},\n\
+               tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}],\n\
+               affinity: {podAffinity: {preferredDuringSchedulingIgnoredDuringExecution: []}},\n\
+               resources: {requests: {cpu: 4, memory: 2Gi}, limits: {memory: 2Gi}}}\n\
              policy: {step_timeout: 10m}\n",
             "j.yaml",
         )
         .expect("experiment");
         let plan = exp.plan().expect("plan");
-        let objects = cell_job_manifests(&CellJob {
-            run_id: "r",
-            experiment: &exp,
-            cell: &plan.cells()[0],
-            endpoint: "http://m:8000",
-            store_url: "s3://b",
-        });
-        let job = objects.iter().find(|o| o["kind"] == "Job").expect("a Job");
-        assert_eq!(job["spec"]["activeDeadlineSeconds"], 600 + 300);
-        assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 3600);
-        let pod = &job["spec"]["template"]["spec"];
+        let job = |attempt: &str, file: Option<&str>| {
+            cell_job_manifests(&CellJob {
+                run_id: "r",
+                experiment: &exp,
+                cell: &plan.cells()[0],
+                endpoint: "http://m:8000",
+                store_url: "s3://b",
+                attempt,
+                workload_file: file,
+            })
+        };
+        let objects = job("a1", Some("{}\n")).expect("manifests");
+        let job1 = objects.iter().find(|o| o["kind"] == "Job").expect("a Job");
+        assert_eq!(job1["spec"]["activeDeadlineSeconds"], 600 + 300);
+        assert_eq!(job1["spec"]["ttlSecondsAfterFinished"], 3600);
+        let pod = &job1["spec"]["template"]["spec"];
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
         assert_eq!(
             pod["securityContext"]["seccompProfile"]["type"],
             "RuntimeDefault"
         );
-        for key in ["hostNetwork", "hostPID", "hostIPC", "volumes"] {
+        for key in ["hostNetwork", "hostPID", "hostIPC"] {
             assert!(pod.get(key).is_none(), "{key}");
         }
+        // The only volume is the ConfigMap with the experiment and the workload file.
+        assert_eq!(pod["volumes"].as_array().map(Vec::len), Some(1));
+        assert_eq!(
+            pod["volumes"][0]["configMap"]["name"],
+            job1["metadata"]["name"]
+        );
+        let cm = objects
+            .iter()
+            .find(|o| o["kind"] == "ConfigMap")
+            .expect("ConfigMap");
+        assert_eq!(cm["data"]["workload.jsonl"], "{}\n");
+        assert!(cm["data"]["experiment.json"].is_string());
         for c in pod["containers"].as_array().expect("containers") {
             let sc = &c["securityContext"];
             assert_eq!(sc["allowPrivilegeEscalation"], false, "{c}");
@@ -463,6 +661,19 @@ mod tests {
                 sc.get("privileged").is_none() && c.get("ports").is_none(),
                 "{c}"
             );
+            assert_eq!(c["resources"]["requests"]["cpu"], 4);
+            assert!(c["command"].to_string().contains(WORKLOAD_FILE), "{c}");
         }
+        assert_eq!(pod["imagePullSecrets"], json!([{"name": "regcred"}]));
+        assert_eq!(pod["nodeSelector"], json!({"pool": "gpu"}));
+        assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
+        assert!(pod["affinity"]["podAffinity"].is_object());
+        // Another attempt has names of its own.
+        let other = job("a2", None).expect("manifests");
+        assert_ne!(other[1]["metadata"]["name"], job1["metadata"]["name"]);
+        // A workload file too large for a ConfigMap is refused, naming the field.
+        let big = "x".repeat(1_100_000);
+        let e = job("a3", Some(&big)).expect_err("too large");
+        assert!(e.to_string().contains("workload.path"), "{e}");
     }
 }

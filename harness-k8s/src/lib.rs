@@ -28,5 +28,8 @@ pub mod render;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use backend::{Deployed, K8sBackend, MANAGED_BY, WORKLOAD_LABEL, parse_manifests};
+pub use backend::{
+    DEFAULT_FAIL_FAST_GRACE, DYNAMO_GRAPH_LABEL, Deployed, FIELD_MANAGER, K8sBackend, MANAGED_BY,
+    WORKLOAD_LABEL, parse_manifests,
+};
 pub use incluster::{InClusterStep, run_agent};

@@ -8,22 +8,22 @@
 use harness_core::{Experiment, Result};
 use serde_json::{Value, json};
 
-use crate::incluster::{CellJob, cell_job_manifests, to_yaml};
+use crate::incluster::{MOUNT, WORKLOAD_FILE, configmap_data, dns_label, job_objects, to_yaml};
 
 /// The ServiceAccount, Role and RoleBinding of harness in `namespace`: what the
 /// controlling side may do (Jobs, ConfigMaps, Deployments, Services, Dynamo graphs, pods and
 /// their logs, and its own `DynamoBenchmark` resources).
 pub fn rbac(namespace: &str) -> Vec<Value> {
     let rules = json!([
-        {"apiGroups": [""], "resources": ["configmaps", "services", "pods"],
-         "verbs": ["get", "list", "watch", "create", "delete", "deletecollection"]},
+        {"apiGroups": [""], "resources": ["configmaps", "services", "pods", "secrets"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete", "deletecollection"]},
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
         {"apiGroups": ["batch"], "resources": ["jobs"],
-         "verbs": ["get", "list", "watch", "create", "delete", "deletecollection"]},
+         "verbs": ["get", "list", "watch", "create", "patch", "delete", "deletecollection"]},
         {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"],
-         "verbs": ["get", "list", "watch", "create", "delete"]},
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
         {"apiGroups": ["nvidia.com"], "resources": ["dynamographdeployments"],
-         "verbs": ["get", "list", "watch", "create", "delete"]},
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
         {"apiGroups": ["harness.dev"], "resources": ["dynamobenchmarks", "dynamobenchmarks/status"],
          "verbs": ["get", "list", "watch", "patch", "update"]},
     ]);
@@ -41,30 +41,55 @@ pub fn rbac(namespace: &str) -> Vec<Value> {
     ]
 }
 
-/// Every object of an in-cluster run of `exp` as `run_id`: RBAC, then each cell's ConfigMap
-/// and Job, as multi-document YAML.
+/// Every object of an in-cluster run of `exp` as `run_id`, as multi-document YAML: RBAC,
+/// a ConfigMap with the experiment (and `workload_file`, the content of `workload.path`),
+/// and one Job whose pod runs `harness run --here` against `endpoint`: it creates the run in
+/// the store at `store_url` (so `harness ls` and `show` see it) and runs the cells one after
+/// another, never two at once against the same model.
 ///
 /// # Errors
-/// When the plan cannot be made.
+/// When the plan cannot be made, or the ConfigMap would be too large.
 pub fn manifests(
     exp: &Experiment,
     run_id: &str,
     endpoint: &str,
     store_url: &str,
+    workload_file: Option<&str>,
 ) -> Result<String> {
     let namespace = exp.backend.namespace();
+    let cells = exp.plan()?.len() as u64;
     let mut objects = rbac(namespace);
-    for cell in exp.plan()?.cells() {
-        for mut o in cell_job_manifests(&CellJob {
-            run_id,
-            experiment: exp,
-            cell,
-            endpoint,
-            store_url,
-        }) {
-            o["metadata"]["namespace"] = json!(namespace);
-            objects.push(o);
-        }
+    let name = format!("harness-{}", dns_label(run_id, 50));
+    let labels = json!({
+        "app.kubernetes.io/name": "harness",
+        "app.kubernetes.io/component": "run",
+        "app.kubernetes.io/managed-by": "harness",
+        "harness.dev/run": dns_label(run_id, 63),
+    });
+    let mut command: Vec<String> = [
+        "harness",
+        "run",
+        &format!("{MOUNT}/experiment.json"),
+        "--run-id",
+        run_id,
+        "--here",
+        "--endpoint",
+        endpoint,
+        "--store",
+        store_url,
+        "--no-progress",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    if workload_file.is_some() {
+        command.push("--set".into());
+        command.push(format!("workload.path={WORKLOAD_FILE}"));
+    }
+    let data = configmap_data(exp, workload_file)?;
+    for mut o in job_objects(exp, &name, &labels, data, command, 1, cells) {
+        o["metadata"]["namespace"] = json!(namespace);
+        objects.push(o);
     }
     to_yaml(&objects)
 }

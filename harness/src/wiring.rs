@@ -266,10 +266,12 @@ pub(crate) async fn backend_for(
                 );
             }
             Arc::new(
-                harness_k8s::K8sBackend::new(kube_client().await?, exp.backend.namespace()).label(
-                    "harness.dev/run",
-                    harness_k8s::incluster::dns_label_of(run_id),
-                ),
+                harness_k8s::K8sBackend::new(kube_client().await?, exp.backend.namespace())
+                    .label(
+                        "harness.dev/run",
+                        harness_k8s::incluster::dns_label_of(run_id),
+                    )
+                    .fail_fast_grace(exp.backend.fail_fast_grace()),
             )
         }
         _ => Arc::new(local.clone()),

@@ -646,6 +646,28 @@ pub struct BackendConfig {
     /// store credentials, API keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_secret: Option<String>,
+    /// Kubernetes: how long a pod of the model or of a Job may stay unschedulable, unable to
+    /// pull its image or crash-looping before it fails (default 3m; autoscalers add nodes
+    /// in minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_fast_grace: Option<HumanDuration>,
+    /// Kubernetes: the Jobs' container resources, as in a pod spec (`{requests: {cpu: "2",
+    /// memory: 1Gi}, limits: {...}}`; default requests 2 CPUs and 512Mi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<serde_json::Value>,
+    /// Kubernetes: Secrets to pull the harness image with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<String>,
+    /// Kubernetes: the Jobs' node selector (e.g. the model's node pool, so load comes from
+    /// next to it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Kubernetes: the Jobs' tolerations, as in a pod spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<serde_json::Value>,
+    /// Kubernetes: the Jobs' affinity, as in a pod spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<serde_json::Value>,
 }
 
 /// The image `harness agent` runs from when `backend.image` is not given.
@@ -669,6 +691,11 @@ impl BackendConfig {
     pub fn clients(&self) -> u64 {
         self.clients.map_or(1, |c| u64::from(c.get()))
     }
+    /// How long a pod may be stuck before it fails (Kubernetes; default 3 minutes).
+    pub fn fail_fast_grace(&self) -> std::time::Duration {
+        self.fail_fast_grace
+            .map_or(std::time::Duration::from_secs(180), HumanDuration::get)
+    }
 
     /// Cross-field rules: Kubernetes settings need the Kubernetes backend; names are
     /// DNS-1123 labels.
@@ -680,6 +707,12 @@ impl BackendConfig {
             ("clients", self.clients.is_some()),
             ("service_account", self.service_account.is_some()),
             ("env_secret", self.env_secret.is_some()),
+            ("fail_fast_grace", self.fail_fast_grace.is_some()),
+            ("resources", self.resources.is_some()),
+            ("image_pull_secrets", !self.image_pull_secrets.is_empty()),
+            ("node_selector", !self.node_selector.is_empty()),
+            ("tolerations", !self.tolerations.is_empty()),
+            ("affinity", self.affinity.is_some()),
         ];
         if self.kind == BackendKind::Local
             && let Some((f, _)) = k8s_fields.iter().find(|f| f.1)
@@ -711,6 +744,43 @@ impl BackendConfig {
             .is_some_and(|i| i.trim().is_empty() || i.contains(char::is_whitespace))
         {
             return Err(("backend.image".into(), "expected an image reference".into()));
+        }
+        for s in &self.image_pull_secrets {
+            if !is_dns_label(s) {
+                return Err((
+                    "backend.image_pull_secrets".into(),
+                    format!("`{s}` is not a Kubernetes name"),
+                ));
+            }
+        }
+        if let Some(r) = &self.resources {
+            let ok = r.as_object().is_some_and(|m| {
+                m.iter().all(|(k, v)| {
+                    matches!(k.as_str(), "requests" | "limits")
+                        && v.as_object()
+                            .is_some_and(|q| q.values().all(|x| x.is_string() || x.is_number()))
+                })
+            });
+            if !ok {
+                return Err((
+                    "backend.resources".into(),
+                    "expected `{requests: {cpu: \"2\", memory: 1Gi}, limits: {...}}`".into(),
+                ));
+            }
+        }
+        if let Some(t) = self.tolerations.iter().find(|t| !t.is_object()) {
+            return Err((
+                "backend.tolerations".into(),
+                format!(
+                    "expected objects such as `{{key: gpu, operator: Exists, effect: NoSchedule}}`, got `{t}`"
+                ),
+            ));
+        }
+        if self.affinity.as_ref().is_some_and(|a| !a.is_object()) {
+            return Err((
+                "backend.affinity".into(),
+                "expected an object, as a pod spec's `affinity`".into(),
+            ));
         }
         if self.clients.is_some_and(|c| c.get() > 256) {
             return Err((

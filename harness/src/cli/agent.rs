@@ -30,6 +30,13 @@ pub(crate) struct Args {
     /// `$JOB_COMPLETION_INDEX`.
     #[arg(long)]
     clients: Option<u32>,
+    /// The workload file, in place of the experiment's `workload.path` (the Job mounts it
+    /// from its ConfigMap).
+    #[arg(long)]
+    workload_file: Option<PathBuf>,
+    /// The attempt's token (from the controlling side): clients meet under it.
+    #[arg(long, default_value = "0")]
+    attempt: String,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -64,6 +71,10 @@ pub(super) async fn exec(app: &App, args: Args) -> Result<ExitCode, Error> {
             Experiment::from_json(&v, "$HARNESS_EXPERIMENT")?
         }
     };
+    let mut exp = exp;
+    if let Some(p) = args.workload_file {
+        exp.workload.path = Some(p);
+    }
     let cell = find_cell(&exp, cell_id)?;
     let steps = cell_steps(app, &exp, "experiment", &CellSteps::default())?;
     let store = open_plain_store(&args.store, Some(&exp.storage))?;
@@ -76,7 +87,9 @@ pub(super) async fn exec(app: &App, args: Args) -> Result<ExitCode, Error> {
         CancellationToken::new(),
     )?;
     let endpoint = harness_core::Endpoint::new(args.endpoint.as_str())?;
-    let report = harness_k8s::run_agent(&run, Arc::new(cell), endpoint, &steps, shard).await?;
+    let report =
+        harness_k8s::run_agent(&run, Arc::new(cell), endpoint, &steps, shard, &args.attempt)
+            .await?;
     for s in &report.steps {
         match &s.error {
             None => say!("{}: ok", s.step),

@@ -11,8 +11,9 @@ use crate::stores::{StoreArgs, store_url};
 pub(crate) enum Command {
     /// Print the `DynamoBenchmark` CustomResourceDefinition (generated from the code).
     Crd,
-    /// Print the manifests of an experiment's in-cluster run: RBAC, and a ConfigMap and a
-    /// Job per cell (`--argo`: an Argo Workflow, one task per step, the cells as a DAG).
+    /// Print the manifests of an experiment's in-cluster run: RBAC, a ConfigMap with the
+    /// experiment, and a Job that creates the run in the store and runs its cells one after
+    /// another (`--argo`: an Argo Workflow, one task per step, the cells as a DAG).
     Render {
         /// The experiment file.
         experiment: PathBuf,
@@ -31,9 +32,20 @@ pub(crate) enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Delete whatever a run left in the cluster (Jobs, ConfigMaps, Deployments, Services,
+    /// Dynamo graphs, pods: everything labelled `harness.dev/run=ID`) and wait until it is
+    /// gone.
+    Cleanup {
+        /// The run id.
+        #[arg(long)]
+        run: String,
+        /// The namespace (default: the client's).
+        #[arg(long)]
+        namespace: Option<String>,
+    },
 }
 
-pub(super) fn exec(command: Command) -> Result<(), Error> {
+pub(super) async fn exec(command: Command) -> Result<(), Error> {
     match command {
         Command::Crd => {
             use kube::CustomResourceExt;
@@ -68,12 +80,41 @@ pub(super) fn exec(command: Command) -> Result<(), Error> {
                     ));
                 }
             };
+            let workload_file =
+                match &exp.workload.path {
+                    Some(p) => Some(tokio::fs::read_to_string(p).await.map_err(|e| {
+                        Error::io(format!("reading workload.path {}", p.display()), e)
+                    })?),
+                    None => None,
+                };
             let text = if argo {
                 harness_k8s::render::argo_workflow(&exp, &run_id, &url)?
             } else {
-                harness_k8s::render::manifests(&exp, &run_id, &endpoint, &url)?
+                harness_k8s::render::manifests(
+                    &exp,
+                    &run_id,
+                    &endpoint,
+                    &url,
+                    workload_file.as_deref(),
+                )?
             };
             say!("{}", text.trim_end());
+        }
+        Command::Cleanup { run, namespace } => {
+            let client = crate::wiring::kube_client().await?;
+            let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+            let backend = harness_k8s::K8sBackend::new(client, ns.as_str());
+            let selector = format!(
+                "harness.dev/run={}",
+                harness_k8s::incluster::dns_label_of(&run)
+            );
+            let deleted = backend.cleanup(&selector).await?;
+            if deleted.is_empty() {
+                say!("nothing of run {run} in namespace {ns}");
+            }
+            for d in deleted {
+                say!("deleted {d}");
+            }
         }
     }
     Ok(())

@@ -164,7 +164,7 @@ async fn dispatch(app: &App, cli: Cli) -> Result<ExitCode, Error> {
                 #[cfg(feature = "kubernetes")]
                 Command::Agent(args) => return agent::exec(app, args).await,
                 #[cfg(feature = "kubernetes")]
-                Command::K8s(command) => k8s::exec(command)?,
+                Command::K8s(command) => k8s::exec(command).await?,
                 #[cfg(feature = "kubernetes")]
                 Command::Operator(args) => operator::exec(app, args).await?,
                 Command::Run(_) | Command::Reproduce(_) | Command::Init | Command::Mock(_) => {}
