@@ -8,6 +8,8 @@
 # - moto's S3-compatible server (`moto[server]` from PyPI, in a venv), for the storage tests;
 # - pyarrow and pandas (PyPI, in a venv) for the parquet interop test;
 # - aiperf (PyPI, in a venv) for the aiperf step's test;
+# - kubernetes-validate (the Kubernetes JSON schemas) and argo-workflows (Argo's models),
+#   from PyPI in a venv, to validate the manifests harness renders;
 # - Chromium (Debian package) to render the HTML report headless;
 # - the openssl command (Debian package), which makes a certificate for the https test.
 # Only package registries are used. Prints the paths at the end.
@@ -17,6 +19,8 @@ MOTO="moto[server]==5.2.5"
 PYARROW="pyarrow==26.0.1"
 PANDAS="pandas==3.1.1"
 AIPERF="aiperf==0.13.0"
+K8S_VALIDATE="kubernetes-validate==1.37.0"
+ARGO_WORKFLOWS="argo-workflows==6.7.18"
 
 # A self-signed certificate for the https test (Debian package; usually already there).
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
@@ -48,6 +52,8 @@ venv pyarrow '"$v/bin/python" -c "import pyarrow, pandas"' "$PYARROW" "$PANDAS"
 venv moto '"$v/bin/moto_server" --help' "$MOTO"
 # aiperf: the AiperfStep test and example run the real tool against the mock (~1.2 GB).
 venv aiperf '"$v/bin/aiperf" --version' "$AIPERF"
+# The Kubernetes 1.33 schemas and Argo's Workflow models, for scripts/validate-manifests.py.
+venv k8s-schemas '"$v/bin/python" -c "import kubernetes_validate, argo_workflows, yaml"' "$K8S_VALIDATE" "$ARGO_WORKFLOWS"
 
 llama="$deps/llama"
 server="$llama/llama-server"

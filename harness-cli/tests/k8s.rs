@@ -411,13 +411,9 @@ async fn the_operator_reconciles_a_dynamo_benchmark_to_a_completed_status() {
         })
     });
     let operator = Operator::new(fake.client(), "bench", run);
-    assert_eq!(operator.reconcile_once().await.expect("reconcile"), 1);
-    operator.wait_idle().await;
-    assert_eq!(
-        operator.reconcile_once().await.expect("reconcile"),
-        0,
-        "a resource runs once"
-    );
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let task = tokio::spawn(async move { operator.run(&stop).await });
 
     let status = |name: &str| {
         fake.objects("dynamobenchmarks")
@@ -426,6 +422,19 @@ async fn the_operator_reconciles_a_dynamo_benchmark_to_a_completed_status() {
             .map(|o| o["status"].clone())
             .expect("resource")
     };
+    let done = |name: &str| {
+        status(name)["phase"]
+            .as_str()
+            .is_some_and(|p| p != "Running" && p != "Waiting")
+    };
+    for _ in 0..1200 {
+        if done("sweep") && done("broken") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    cancel.cancel();
+    task.await.expect("operator");
     let s = status("sweep");
     assert_eq!(s["phase"], "Succeeded", "{s}");
     assert_eq!(
@@ -474,16 +483,46 @@ fn the_helm_chart_carries_the_generated_crd_and_the_same_rbac() {
         crd.trim_end(),
         "the chart's CRD differs from the code's: harness k8s crd > deploy/helm/harness/crds/dynamobenchmarks.harness.dev.yaml"
     );
+    // The rules (the template's plain YAML part) are those `k8s render` prints.
     let role = std::fs::read_to_string(chart.join("templates/role.yaml")).expect("role");
-    let role = &harness_k8s::parse_manifests(&role, "role.yaml").expect("role yaml")[0];
+    let rules = &role[role.find("rules:").expect("rules")..];
+    let rules = &harness_k8s::parse_manifests(
+        &format!("apiVersion: v1\nkind: Role\nmetadata: {{name: r}}\n{rules}"),
+        "role.yaml",
+    )
+    .expect("rules yaml")[0];
     let rbac = harness_k8s::render::rbac("x");
     assert_eq!(
-        role["rules"], rbac[1]["rules"],
+        rules["rules"], rbac[1]["rules"],
         "chart and `k8s render` grant the same"
     );
     let operator =
         std::fs::read_to_string(chart.join("templates/operator.yaml")).expect("operator");
     assert!(operator.contains(r#"command: ["harness", "operator", "--namespace""#));
+    // One operator at a time: the old pod goes before the new one starts.
+    assert!(operator.contains("type: Recreate"), "{operator}");
+    // Every object is named and labelled through the helpers, so two releases in one
+    // namespace do not collide, and carries the standard labels.
+    let helpers = std::fs::read_to_string(chart.join("templates/_helpers.tpl")).expect("helpers");
+    for label in [
+        "helm.sh/chart",
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/managed-by",
+    ] {
+        assert!(helpers.contains(label), "{label}");
+    }
+    for t in [
+        "operator.yaml",
+        "role.yaml",
+        "rolebinding.yaml",
+        "serviceaccount.yaml",
+    ] {
+        let text = std::fs::read_to_string(chart.join("templates").join(t)).expect("template");
+        assert!(text.contains(r#"include "harness.labels""#), "{t}");
+        assert!(!text.contains("name: harness\n"), "{t}: a fixed name");
+    }
+    assert!(chart.join("templates/NOTES.txt").is_file());
 }
 
 #[test]
@@ -556,9 +595,36 @@ fn the_argo_workflows_tasks_run_in_order_make_a_complete_run() {
     .expect("write");
     let argo = render(d, &exp, &["--argo", "--run-id", "argo-1"]);
     let docs = harness_k8s::parse_manifests(&argo, "argo").expect("yaml");
-    let (config, wf) = (&docs[0], &docs[1]);
-    assert_eq!(wf["kind"], "Workflow");
+    let kinds: Vec<&str> = docs.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "ConfigMap",
+            "Workflow"
+        ]
+    );
+    let (config, wf) = (&docs[3], &docs[4]);
     assert_eq!(wf["spec"]["onExit"], "finish");
+    // Argo's executor may report task results; the workflow is bounded and collected.
+    assert!(
+        docs[1]["rules"].to_string().contains("workflowtaskresults"),
+        "{}",
+        docs[1]["rules"]
+    );
+    assert_eq!(
+        wf["spec"]["serviceAccountName"],
+        docs[0]["metadata"]["name"]
+    );
+    assert!(
+        wf["spec"]["activeDeadlineSeconds"]
+            .as_u64()
+            .is_some_and(|s| s > 0)
+    );
+    assert_eq!(wf["spec"]["podGC"]["strategy"], "OnPodSuccess");
+    assert!(wf["spec"]["ttlStrategy"]["secondsAfterSuccess"].is_u64());
     let templates = wf["spec"]["templates"].as_array().expect("templates");
     let template = |name: &str| {
         templates
@@ -622,6 +688,13 @@ fn the_argo_workflows_tasks_run_in_order_make_a_complete_run() {
         run(command(&template("cell"), Some(cell)));
     }
     run(command(&template("report"), None));
+    // The cleanup task runs harness' own image, not a third party's.
+    let cleanup = template("cleanup");
+    assert_eq!(cleanup["container"]["image"], "harness:test");
+    assert_eq!(
+        command(&cleanup, None),
+        ["k8s", "cleanup", "--run", "argo-1", "--namespace", "bench"]
+    );
 
     let shown = harness(d, &["show", "argo-1", "--store", &store_url, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
@@ -730,4 +803,99 @@ async fn treatments_run_their_cells_in_cluster_against_their_own_deployment() {
         .join("cells/treatment=slow,concurrency=1,isl=64,osl=8/records.parquet");
     assert!(records.is_file(), "{}", records.display());
     assert!(fake.objects("jobs").is_empty() && fake.objects("configmaps").is_empty());
+}
+
+/// Everything harness renders for a cluster passes the Kubernetes 1.33 schemas, strictly
+/// (an unknown field is an error), and the Argo Workflow passes Argo's own models:
+/// `k8s render` (RBAC, ConfigMap, Job), `k8s render --argo`, `k8s crd`, and a cell's Job
+/// with every scheduling field and several clients. A broken copy is refused, so the
+/// validator is known to look.
+#[test]
+fn rendered_manifests_pass_the_kubernetes_and_argo_schemas() {
+    let python = deps().join("k8s-schemas/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/test-deps.sh",
+        python.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let exp_file = d.join("k8s.yaml");
+    let yaml = "name: render\nmodel: {name: llama}\nconcurrency: [1, 8]\nbenchmark: {isl_osl: [[128, 32]]}\n\
+         deployment: {url: http://llama-frontend.bench.svc.cluster.local:8000}\n\
+         backend: {kind: kubernetes, namespace: bench, image: ghcr.io/x/harness:1, env_secret: s3-creds,\n\
+           clients: 2, service_account: bench-agent, image_pull_secrets: [regcred],\n\
+           node_selector: {pool: gpu}, resources: {requests: {cpu: 4, memory: 2Gi}, limits: {memory: 2Gi}},\n\
+           tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}],\n\
+           affinity: {podAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 50,\n\
+             podAffinityTerm: {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app: llama}}}}]}}}\n\
+         storage: {url: s3://results/harness}\n";
+    std::fs::write(&exp_file, yaml).expect("write");
+    let mut files = Vec::new();
+    for (name, args) in [
+        ("render.yaml", vec!["--run-id", "r-1"]),
+        (
+            "argo.yaml",
+            vec!["--run-id", "r-1", "--argo", "--set", "backend.clients=1"],
+        ),
+    ] {
+        std::fs::write(d.join(name), render(d, &exp_file, &args)).expect("write");
+        files.push(d.join(name));
+    }
+    let crd = harness(d, &["k8s", "crd"]);
+    assert!(crd.status.success(), "{}", text(&crd.stderr));
+    std::fs::write(d.join("crd.yaml"), &crd.stdout).expect("write");
+    files.push(d.join("crd.yaml"));
+    let exp = Experiment::from_yaml_str(yaml, "k8s.yaml").expect("experiment");
+    let plan = exp.plan().expect("plan");
+    let cell = harness_k8s::incluster::cell_job_manifests(&harness_k8s::incluster::CellJob {
+        run_id: "r-1",
+        experiment: &exp,
+        cell: &plan.cells()[1],
+        endpoint: "http://llama-frontend.bench.svc.cluster.local:8000",
+        store_url: "s3://results/harness",
+        attempt: "a1b2c3",
+        workload_file: Some("{}\n"),
+    })
+    .expect("cell job");
+    std::fs::write(
+        d.join("cell.yaml"),
+        harness_k8s::incluster::to_yaml(&cell).expect("yaml"),
+    )
+    .expect("write");
+    files.push(d.join("cell.yaml"));
+    let validate = |paths: &[std::path::PathBuf]| {
+        std::process::Command::new(&python)
+            .arg(repo().join("scripts/validate-manifests.py"))
+            .args(paths)
+            .output()
+            .expect("the validator runs")
+    };
+    let out = validate(&files);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // A field the schema does not know, in the Job and in the Workflow, is refused.
+    let broken = d.join("broken.yaml");
+    std::fs::write(
+        &broken,
+        std::fs::read_to_string(d.join("cell.yaml"))
+            .expect("read")
+            .replace("activeDeadlineSeconds", "activeDeadlineSecond")
+            + "---\n"
+            + &std::fs::read_to_string(d.join("argo.yaml"))
+                .expect("read")
+                .replace("serviceAccountName", "serviceAccount"),
+    )
+    .expect("write");
+    let out = validate(&[broken]);
+    let said = text(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("activeDeadlineSecond") && said.contains("serviceAccount"),
+        "{said}"
+    );
 }

@@ -33,3 +33,4 @@ pub use backend::{
     WORKLOAD_LABEL, parse_manifests,
 };
 pub use incluster::{InClusterStep, run_agent};
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;

@@ -110,7 +110,8 @@ pub const EXPERIMENT_PATH: &str = "/etc/harness/experiment.json";
 ///   run's ConfigMap).
 ///
 /// # Errors
-/// When the deployment is not a URL, or the plan cannot be made.
+/// When the deployment is not a URL, `backend.clients` is above 1, or the plan cannot be
+/// made.
 pub fn argo_workflow(exp: &Experiment, run_id: &str, store_url: &str) -> Result<String> {
     let harness_core::config::Deployment::Url { .. } = &exp.deployment else {
         return Err(harness_core::Error::invalid(
@@ -119,7 +120,19 @@ pub fn argo_workflow(exp: &Experiment, run_id: &str, store_url: &str) -> Result<
              (the in-cluster URL of its service)",
         ));
     };
+    if exp.backend.clients() > 1 {
+        return Err(harness_core::Error::invalid(
+            "backend.clients",
+            "the workflow runs a cell in one pod; several clients per cell need `harness run` \
+             (an Indexed Job per cell)",
+        ));
+    }
     let namespace = exp.backend.namespace();
+    let service_account = exp
+        .backend
+        .service_account
+        .clone()
+        .unwrap_or_else(|| "harness".into());
     let run_label = crate::incluster::dns_label_of(run_id);
     let plan = exp.plan()?;
     let image = exp.backend.image();
@@ -174,7 +187,12 @@ pub fn argo_workflow(exp: &Experiment, run_id: &str, store_url: &str) -> Result<
         "spec": {
             "entrypoint": "sweep",
             "onExit": "finish",
-            "serviceAccountName": exp.backend.service_account.clone().unwrap_or_else(|| "harness".into()),
+            // Bounded like the in-cluster Jobs: every cell's step timeout, plus the first
+            // and last tasks; pods go when they succeed, the workflow a day after it ends.
+            "activeDeadlineSeconds": exp.policy.step_timeout.get().as_secs() * (plan.len() as u64 + 2),
+            "podGC": {"strategy": "OnPodSuccess"},
+            "ttlStrategy": {"secondsAfterSuccess": 3600, "secondsAfterFailure": 86400},
+            "serviceAccountName": service_account,
             "volumes": [{"name": "experiment", "configMap": {"name": config}}],
             "templates": [
                 {"name": "sweep", "dag": {"tasks": tasks}},
@@ -185,9 +203,8 @@ pub fn argo_workflow(exp: &Experiment, run_id: &str, store_url: &str) -> Result<
                 {"name": "finish", "steps": [[{"name": "report", "template": "report"}],
                                              [{"name": "cleanup", "template": "cleanup"}]]},
                 {"name": "report", "container": harness(&["report", run_id, "--store", store_url])},
-                {"name": "cleanup", "container": {"image": "bitnami/kubectl:1.33",
-                    "command": ["kubectl", "delete", "configmap", "-n", namespace,
-                                "-l", format!("harness.dev/run={run_label}"), "--ignore-not-found"]}},
+                {"name": "cleanup", "container": harness(&["k8s", "cleanup", "--run", run_id,
+                    "--namespace", namespace])},
             ],
         },
     });
@@ -196,5 +213,29 @@ pub fn argo_workflow(exp: &Experiment, run_id: &str, store_url: &str) -> Result<
         "metadata": {"name": config, "namespace": namespace, "labels": labels},
         "data": {"experiment.json": exp.to_json().to_string()},
     });
-    crate::incluster::to_yaml(&[configmap, workflow])
+    let mut objects = argo_rbac(namespace, &service_account);
+    objects.push(configmap);
+    objects.push(workflow);
+    crate::incluster::to_yaml(&objects)
+}
+
+/// The service account of the workflow's pods with what they need: harness' rules (the
+/// cleanup task deletes what the run left) and Argo's executor's (reporting task results).
+fn argo_rbac(namespace: &str, account: &str) -> Vec<Value> {
+    let mut objects = rbac(namespace);
+    for o in &mut objects {
+        if o["kind"] != "RoleBinding" {
+            o["metadata"]["name"] = json!(account);
+        }
+    }
+    if let Some(rules) = objects[1]["rules"].as_array_mut() {
+        rules.push(
+            json!({"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"],
+                          "verbs": ["create", "patch"]}),
+        );
+    }
+    objects[2]["metadata"]["name"] = json!(account);
+    objects[2]["roleRef"]["name"] = json!(account);
+    objects[2]["subjects"][0]["name"] = json!(account);
+    objects
 }

@@ -1231,7 +1231,21 @@ fn patch(
             new
         }
         "application/json-patch+json" => {
-            let ops: json_patch::Patch = match serde_json::from_value(p) {
+            // As the API server does, a `test` for null passes on a missing field.
+            let p: Vec<Value> = p
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|op| {
+                    !(op["op"] == "test"
+                        && op["value"].is_null()
+                        && op["path"]
+                            .as_str()
+                            .is_some_and(|at| old.pointer(at).is_none()))
+                })
+                .cloned()
+                .collect();
+            let ops: json_patch::Patch = match serde_json::from_value(Value::Array(p)) {
                 Ok(ops) => ops,
                 Err(e) => {
                     return status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string());

@@ -44,7 +44,15 @@ pub struct RunOptions {
     reporters: Vec<Arc<dyn Reporter>>,
     cancel: CancellationToken,
     mock_program: Option<PathBuf>,
+    owner: Option<Owner>,
 }
+
+/// The owner of what a run creates in Kubernetes (an ownerReference).
+#[cfg(feature = "kubernetes")]
+pub(crate) type Owner = harness_k8s::OwnerReference;
+/// Without Kubernetes there is nothing to own.
+#[cfg(not(feature = "kubernetes"))]
+pub(crate) type Owner = ();
 
 impl std::fmt::Debug for RunOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,6 +161,14 @@ impl RunOptions {
         self.mock_program = Some(program.into());
         self
     }
+
+    /// Makes `owner` (e.g. the operator's `DynamoBenchmark`) the owner of every object the
+    /// run creates in Kubernetes, so deleting it deletes them.
+    #[cfg(feature = "kubernetes")]
+    pub fn kubernetes_owner(mut self, owner: harness_k8s::OwnerReference) -> Self {
+        self.owner = Some(owner);
+        self
+    }
 }
 
 /// A run ready to start: stores opened and probed, pipeline and backend chosen.
@@ -238,6 +254,7 @@ impl App {
             reporters,
             cancel,
             mock_program,
+            owner,
         } = options;
         let (store, spool) = open_run_store(&store_args, &exp.storage).await?;
         let url = store_url(&store_args, Some(&exp.storage));
@@ -314,7 +331,7 @@ impl App {
         let backend: Arc<dyn Backend> = if here.is_some() || plan_only {
             Arc::new(local.clone())
         } else {
-            backend_for(self, &exp, &run_id, &url, &local).await?
+            backend_for(self, &exp, &run_id, &url, &local, owner).await?
         };
         let run = RunContext::new(run_id, Arc::new(exp), backend, store.clone(), cancel)?
             .with_provenance(provenance);

@@ -244,6 +244,7 @@ pub(crate) async fn backend_for(
     run_id: &str,
     store_url: &str,
     local: &LocalBackend,
+    owner: Option<crate::session::Owner>,
 ) -> Result<Arc<dyn Backend>, Error> {
     Ok(match &exp.backend.kind {
         harness_core::config::BackendKind::Other(kind) => {
@@ -255,7 +256,7 @@ pub(crate) async fn backend_for(
         }
         #[cfg(not(feature = "kubernetes"))]
         harness_core::config::BackendKind::Kubernetes => {
-            let _ = (run_id, store_url);
+            let _ = (run_id, store_url, owner);
             return Err(without_kubernetes("backend.kind"));
         }
         #[cfg(feature = "kubernetes")]
@@ -265,14 +266,17 @@ pub(crate) async fn backend_for(
                     "cells run in the cluster but the store {store_url} is local: the agents cannot reach it; use s3://, gs:// or az://"
                 );
             }
-            Arc::new(
+            let backend =
                 harness_k8s::K8sBackend::new(kube_client().await?, exp.backend.namespace())
                     .label(
                         "harness.dev/run",
                         harness_k8s::incluster::dns_label_of(run_id),
                     )
-                    .fail_fast_grace(exp.backend.fail_fast_grace()),
-            )
+                    .fail_fast_grace(exp.backend.fail_fast_grace());
+            Arc::new(match owner {
+                Some(o) => backend.owner(o),
+                None => backend,
+            })
         }
         _ => Arc::new(local.clone()),
     })

@@ -11,9 +11,6 @@ pub(crate) struct Args {
     /// The namespace to watch (default: the client's).
     #[arg(long)]
     namespace: Option<String>,
-    /// Seconds between looks for new resources.
-    #[arg(long, default_value_t = 5)]
-    interval: u64,
 }
 
 pub(super) async fn exec(app: &App, args: Args) -> Result<(), Error> {
@@ -24,17 +21,21 @@ pub(super) async fn exec(app: &App, args: Args) -> Result<(), Error> {
     let operator = harness_k8s::operator::Operator::new(client, &ns, app.clone());
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
+    // SIGTERM (Kubernetes stopping the pod; the process may be PID 1) like SIGINT: runs are
+    // cancelled, their teardown runs, and their resources stay `Running` for the next
+    // operator to resume.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::io("installing the SIGTERM handler", e))?;
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("operator: stopping");
         stop.cancel();
     });
     eprintln!("operator: watching DynamoBenchmarks in namespace {ns}");
-    operator
-        .run(
-            std::time::Duration::from_secs(args.interval.max(1)),
-            &cancel,
-        )
-        .await;
+    operator.run(&cancel).await;
     Ok(())
 }
 
@@ -52,7 +53,14 @@ impl harness_k8s::operator::Runs for App {
             let mut options = RunOptions::new()
                 .run_id(req.run_id)
                 .reporter(req.reporter)
+                .cancel(req.cancel)
                 .mock_program(program);
+            if req.resume {
+                options = options.resume();
+            }
+            if let Some(owner) = req.owner {
+                options = options.kubernetes_owner(owner);
+            }
             if let Some(url) = req.store {
                 options = options.store(url);
             }
