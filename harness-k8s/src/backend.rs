@@ -79,7 +79,7 @@ const TEARDOWN_WAIT: Duration = Duration::from_secs(300);
 ///   `DynamoGraphDeployment`'s, found by [`DYNAMO_GRAPH_LABEL`]) are watched, init
 ///   containers included: a pod that stays unschedulable, cannot pull its image or
 ///   crash-loops for the grace period ([`K8sBackend::fail_fast_grace`]), crashed
-///   [`CRASH_RESTARTS`] times, or has an invalid image fails the workload with the pod's
+///   five times, or has an invalid image fails the workload with the pod's
 ///   reason and the tail of that container's log.
 /// * The endpoint is in-cluster DNS: `http://<service>.<namespace>.svc.cluster.local:<port>`
 ///   of the first Service applied (the spec's port when it gives one), or

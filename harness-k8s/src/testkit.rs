@@ -563,7 +563,8 @@ impl FakeApiServer {
                 {
                     return conflict(&route, name);
                 }
-                write(&mut st, &key, old, new, route.sub.is_some(), manager)
+                let owned = (manager.unwrap_or_else(|| "unknown".into()), new.clone());
+                write(&mut st, &key, old, new, route.sub.is_some(), Some(owned))
             }
             (&Method::DELETE, Some(name), None) => {
                 let key = route.key(name);
@@ -1049,8 +1050,9 @@ fn create(
     }
     let obj = fresh(obj, route, served, &name, n);
     own(st, &key, manager.as_deref().unwrap_or("unknown"), &obj);
-    save(st, key, obj.clone(), "ADDED");
-    let mut response = json_ok(&obj);
+    save(st, key.clone(), obj, "ADDED");
+    let stored = st.objects.get(&key).cloned().unwrap_or_default();
+    let mut response = json_ok(&stored);
     *response.status_mut() = StatusCode::CREATED;
     response
 }
@@ -1079,14 +1081,15 @@ fn fresh(mut obj: Value, route: &Route, served: &Served, name: &str, n: u64) -> 
 }
 
 /// Stores `new` over `old`: the status alone (`status_only`, the `/status` subresource), or
-/// everything but the status; generation, finalizer and deletion rules applied.
+/// everything but the status; generation, finalizer and deletion rules applied. `owned`:
+/// the manager and the fields it set, recorded as its own.
 fn write(
     st: &mut State,
     key: &Key,
     old: Value,
     mut new: Value,
     status_only: bool,
-    manager: Option<String>,
+    owned: Option<(String, Value)>,
 ) -> Response<FakeBody> {
     let route_name = key.3.clone();
     if status_only {
@@ -1159,7 +1162,9 @@ fn write(
                 .unwrap_or(1);
             new["metadata"]["generation"] = json!(g + 1);
         }
-        own(st, key, manager.as_deref().unwrap_or("unknown"), &new);
+        if let Some((manager, fields)) = &owned {
+            own(st, key, manager, fields);
+        }
     }
     let gone = new.pointer("/metadata/deletionTimestamp").is_some()
         && new
@@ -1209,6 +1214,7 @@ fn patch(
     let Some(old) = st.objects.get(&key).cloned() else {
         return not_found(route, name);
     };
+    let mut owned = None;
     let new = match ct {
         "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
             if ct.starts_with("application/strategic")
@@ -1228,6 +1234,7 @@ fn patch(
             }
             let mut new = old.clone();
             merge(&mut new, &p);
+            owned = Some((manager.clone().unwrap_or_else(|| "unknown".into()), p));
             new
         }
         "application/json-patch+json" => {
@@ -1270,7 +1277,7 @@ fn patch(
             );
         }
     };
-    write(st, &key, old, new, status_only, manager)
+    write(st, &key, old, new, status_only, owned)
 }
 
 /// Server-side apply of `config` by `manager`.
@@ -1301,8 +1308,9 @@ fn apply(
         let n = st.next;
         let obj = fresh(config.clone(), route, served, &key.3, n);
         own(st, key, manager, &config);
-        save(st, key.clone(), obj.clone(), "ADDED");
-        let mut response = json_ok(&obj);
+        save(st, key.clone(), obj, "ADDED");
+        let stored = st.objects.get(key).cloned().unwrap_or_default();
+        let mut response = json_ok(&stored);
         *response.status_mut() = StatusCode::CREATED;
         return response;
     };
@@ -1349,7 +1357,7 @@ fn apply(
         }
     }
     merge(&mut new, &config);
-    let response = write(st, key, old, new, status_only, Some(manager.to_owned()));
+    let response = write(st, key, old, new, status_only, None);
     if !status_only {
         own(st, key, manager, &config);
     }
