@@ -184,6 +184,9 @@ const JOB_TTL_S: u64 = 3600;
 /// Where the agent's container mounts its ConfigMap.
 pub const MOUNT: &str = "/etc/harness";
 
+/// Where a Job's pod finds the experiment (in its ConfigMap, under [`MOUNT`]).
+pub const EXPERIMENT_FILE: &str = "/etc/harness/experiment.json";
+
 /// Where a Job's pod finds the experiment's workload file (a trace, conversations).
 pub const WORKLOAD_FILE: &str = "/etc/harness/workload.jsonl";
 
@@ -349,7 +352,7 @@ pub fn cell_job_manifests(job: &CellJob<'_>) -> Result<Vec<Value>> {
         "--store".into(),
         job.store_url.into(),
         "--experiment".into(),
-        format!("{MOUNT}/experiment.json"),
+        EXPERIMENT_FILE.into(),
         "--attempt".into(),
         job.attempt.into(),
     ];

@@ -8,7 +8,9 @@
 use harness_core::{Experiment, Result};
 use serde_json::{Value, json};
 
-use crate::incluster::{MOUNT, WORKLOAD_FILE, configmap_data, dns_label, job_objects, to_yaml};
+use crate::incluster::{
+    EXPERIMENT_FILE, MOUNT, WORKLOAD_FILE, configmap_data, dns_label, job_objects, to_yaml,
+};
 
 /// The ServiceAccount, Role and RoleBinding of harness in `namespace`: what the
 /// controlling side may do (Jobs, ConfigMaps, Deployments, Services, Dynamo graphs, pods and
@@ -69,7 +71,7 @@ pub fn manifests(
     let mut command: Vec<String> = [
         "harness",
         "run",
-        &format!("{MOUNT}/experiment.json"),
+        EXPERIMENT_FILE,
         "--run-id",
         run_id,
         "--here",
@@ -95,7 +97,7 @@ pub fn manifests(
 }
 
 /// Where the rendered workflow mounts the experiment.
-pub const EXPERIMENT_PATH: &str = "/etc/harness/experiment.json";
+pub const EXPERIMENT_PATH: &str = EXPERIMENT_FILE;
 
 /// An Argo Workflow that runs the sweep one task per step, against a model that is already
 /// deployed (`deployment.url`, e.g. by the Dynamo operator):
@@ -174,7 +176,7 @@ pub fn argo_workflow(exp: &Experiment, run_id: &str, store_url: &str) -> Result<
         store_url,
         "--no-progress",
     ]);
-    begin["volumeMounts"] = json!([{"name": "experiment", "mountPath": "/etc/harness"}]);
+    begin["volumeMounts"] = json!([{"name": "experiment", "mountPath": MOUNT}]);
     let labels = json!({"harness.dev/run": run_label, "app.kubernetes.io/name": "harness"});
     let workflow = json!({
         "apiVersion": "argoproj.io/v1alpha1",

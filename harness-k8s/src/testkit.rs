@@ -1217,10 +1217,7 @@ fn patch(
     let mut owned = None;
     let new = match ct {
         "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-            if ct.starts_with("application/strategic")
-                && !route.api.starts_with("api/v1")
-                && !BUILT_IN.iter().any(|b| b.0 == route.api)
-            {
+            if ct.starts_with("application/strategic") && !is_built_in(&route.api) {
                 return status(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "UnsupportedMediaType",

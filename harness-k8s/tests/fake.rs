@@ -101,12 +101,14 @@ async fn unknown_kinds_and_wrong_scopes_are_not_found() {
     let e = kube::discovery::pinned_kind(&fake.client(), &gvk)
         .await
         .expect_err("no such group");
-    assert!(
-        e.to_string().contains("404")
-            || e.to_string().contains("not found")
-            || matches!(e, kube::Error::Api(_) | kube::Error::Discovery(_)),
-        "{e}"
-    );
+    assert_eq!(code(e), 404);
+    // A served kind is found with its plural and scope.
+    let gvk = GroupVersionKind::gvk("nvidia.com", "v1alpha1", "DynamoGraphDeployment");
+    let (ar, caps) = kube::discovery::pinned_kind(&fake.client(), &gvk)
+        .await
+        .expect("served");
+    assert_eq!(ar.plural, "dynamographdeployments");
+    assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
     let ar = kube::api::ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("apps", "v1", "Deployment"),
         "deploymentz",
