@@ -118,32 +118,10 @@ async fn in_cluster_sweep(clients: u32) {
          backend: {{kind: kubernetes, namespace: bench, image: harness:test, clients: {clients}}}\n\
          load: {{requests: 8}}\n"
     );
-    let exp = Arc::new(Experiment::from_yaml_str(&yaml, "incluster.yaml").expect("experiment"));
-    assert!(exp.backend.in_cluster());
-
-    let fake = cluster();
     let run_id = "20261128-000000-abcd";
-    let backend: Arc<dyn Backend> =
-        Arc::new(K8sBackend::new(fake.client(), "bench").label("harness.dev/run", run_id));
+    let (report, fake) = run_in_cluster(d, &yaml, run_id).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
     let store_url = format!("file://{}", d.join("runs").display());
-    let store = harness_storage::open(&store_url).expect("store");
-    let pipeline = in_cluster_pipeline(&exp, &store_url);
-    let run = RunContext::new(
-        run_id,
-        exp.clone(),
-        backend,
-        store,
-        CancellationToken::new(),
-    )
-    .expect("run");
-    let report = Runner::new(pipeline)
-        .run(
-            &run,
-            &exp.plan().expect("plan"),
-            RunMode::New { input: Some(yaml) },
-        )
-        .await
-        .expect("run");
     assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
 
     // Each cell was a Job in the namespace; every one of them is gone after its cell.
@@ -211,6 +189,184 @@ async fn in_cluster_sweep(clients: u32) {
             .join(run_id)
             .join("report/index.html")
             .is_file()
+    );
+}
+
+/// An experiment of one cell at `concurrency` split between two client pods, against the
+/// mock on `port`, whose pods first run `setup` (a shell script; `$JOB_COMPLETION_INDEX`
+/// tells the client).
+fn two_client_experiment(port: u16, concurrency: u32, setup: &str) -> String {
+    format!(
+        "name: gate\n\
+         model: {{name: harness-mock}}\n\
+         concurrency: [{concurrency}]\n\
+         benchmark: {{isl_osl: [[32, 16]]}}\n\
+         deployment: {{url: http://127.0.0.1:{port}, health: /health}}\n\
+         backend: {{kind: kubernetes, namespace: bench, image: harness:test, clients: 2}}\n\
+         load: {{requests: 40, warmup_requests: 0, preflight: false}}\n\
+         policy: {{retries: 0}}\n\
+         steps:\n\
+         \x20 - kind: command\n\
+         \x20   name: setup\n\
+         \x20   run: [sh, -c, '{setup}']\n\
+         \x20 - kind: benchmark\n"
+    )
+}
+
+/// Runs `yaml` as `run_id` in a fake cluster whose pods run this build's `harness agent`,
+/// stored under `d/runs`, as `harness run` does for an in-cluster experiment: the report,
+/// and the cluster.
+async fn run_in_cluster(
+    d: &std::path::Path,
+    yaml: &str,
+    run_id: &str,
+) -> (harness_core::RunReport, FakeApiServer) {
+    let exp = Arc::new(Experiment::from_yaml_str(yaml, "exp.yaml").expect("experiment"));
+    assert!(exp.backend.in_cluster());
+    let fake = cluster();
+    let backend: Arc<dyn Backend> =
+        Arc::new(K8sBackend::new(fake.client(), "bench").label("harness.dev/run", run_id));
+    let store_url = format!("file://{}", d.join("runs").display());
+    let store = harness_storage::open(&store_url).expect("store");
+    let run = RunContext::new(
+        run_id,
+        exp.clone(),
+        backend,
+        store,
+        CancellationToken::new(),
+    )
+    .expect("run");
+    let report = Runner::new(in_cluster_pipeline(&exp, &store_url))
+        .run(
+            &run,
+            &exp.plan().expect("plan"),
+            RunMode::New {
+                input: Some(yaml.to_owned()),
+            },
+        )
+        .await
+        .expect("run");
+    (report, fake)
+}
+
+/// [`run_in_cluster`] for an experiment `gate` of one cell: the report and the cell's folder.
+async fn run_one_cell_in_cluster(
+    d: &std::path::Path,
+    yaml: &str,
+) -> (harness_core::RunReport, std::path::PathBuf) {
+    let run_id = "20261206-000000-gate";
+    let (report, _) = run_in_cluster(d, yaml, run_id).await;
+    assert_eq!(report.cells.len(), 1);
+    let cell_dir = d
+        .join("runs/runs/gate")
+        .join(run_id)
+        .join("cells")
+        .join(report.cells[0].cell.as_str());
+    (report, cell_dir)
+}
+
+/// Two clients, the second with a setup slower by 3 s (a step before its load): they start
+/// together once both are ready, at a time the controlling side sets, so the merged records
+/// span the window in which the server received the requests, and the throughput is the
+/// real one. (When the clients met before their steps, the fast one was done before the
+/// slow one began: the merged duration said 0.41 s of a real 3.4 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_start_together_after_a_slower_setup_and_merge_over_the_real_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (_mock, port) = Mock::start(5);
+    let yaml = two_client_experiment(
+        port,
+        2,
+        r#"if [ "$JOB_COMPLETION_INDEX" = 1 ]; then sleep 3; fi"#,
+    );
+    let (report, cell_dir) = run_one_cell_in_cluster(d, &yaml).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let log = std::fs::read_to_string(cell_dir.join("artifacts/in-cluster/agent.log"))
+        .expect("agent.log");
+    assert!(
+        log.contains("setup: ok") && log.contains("benchmark: ok"),
+        "{log}"
+    );
+    // They met under this attempt's token, and were given a start.
+    let meetings: Vec<_> = std::fs::read_dir(cell_dir.join("artifacts/in-cluster"))
+        .expect("in-cluster artifacts")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("start").is_file())
+        .collect();
+    assert_eq!(meetings.len(), 1, "{log}");
+    // Each left its wall-clock time when ready: the second 3 s after the first.
+    let ready_s = |i: u32| {
+        let t = std::fs::read_to_string(meetings[0].join(format!("{i}.ready"))).expect("marker");
+        t.trim().parse::<f64>().expect("nanoseconds") / 1e9
+    };
+    assert!(ready_s(1) - ready_s(0) >= 2.9, "the slow setup ran");
+
+    // When the server received the requests, on its own clock.
+    let timings: serde_json::Value =
+        serde_json::from_str(&http_get(port, "/v1/mock/requests")).expect("timings");
+    let received: Vec<f64> = timings["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .filter_map(|r| r["received_ns"].as_f64())
+        .collect();
+    assert_eq!(received.len(), 40, "{timings}");
+    let first = received.iter().copied().fold(f64::INFINITY, f64::min);
+    let last = received.iter().copied().fold(0.0, f64::max);
+    let server_span_s = (last - first) / 1e9;
+
+    // The merged cell measures that window: at least the span of the arrivals (less a
+    // quarter second for the clocks), at most it plus a second (the last responses).
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cell_dir.join("stats.json")).expect("stats.json"))
+            .expect("json");
+    let duration_s = stats["duration_s"].as_f64().expect("duration_s");
+    assert!(
+        duration_s >= server_span_s - 0.25 && duration_s <= server_span_s + 1.0,
+        "merged duration {duration_s:.3} s, the server received the requests over {server_span_s:.3} s"
+    );
+    let throughput = stats["request_throughput"].as_f64().expect("throughput");
+    assert!(
+        throughput <= 40.0 / (server_span_s - 0.25).max(0.01),
+        "{throughput:.1}/s over a real window of {server_span_s:.3} s"
+    );
+}
+
+/// With one slot for two clients, the second has no share of the load and never comes to
+/// the start: its report counts as its arrival, so the first is not held up until
+/// `policy.ready_timeout` (then failing) and sends all the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_share_of_the_load_does_not_hold_the_other_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_mock, port) = Mock::start(5);
+    let yaml = two_client_experiment(port, 1, "true").replace(
+        "policy: {retries: 0}",
+        "policy: {retries: 0, ready_timeout: 30s}",
+    );
+    let (report, _) = run_one_cell_in_cluster(dir.path(), &yaml).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    assert_eq!(report.cells[0].metrics.get("requests"), Some(&40.0));
+}
+
+/// A client whose setup fails fails the cell, which names the client and the step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_setup_fails_fails_the_cell_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_mock, port) = Mock::start(5);
+    let yaml = two_client_experiment(
+        port,
+        2,
+        r#"if [ "$JOB_COMPLETION_INDEX" = 1 ]; then echo no GPU >&2; exit 3; fi"#,
+    );
+    let (report, _) = run_one_cell_in_cluster(dir.path(), &yaml).await;
+    assert_eq!(report.status, RunStatus::Failed, "{report:#?}");
+    let error = report.cells[0].error.clone().map(|e| e.message);
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("`setup` (client 1)") && e.contains("no GPU")),
+        "the failed client and step: {error:?}"
     );
 }
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -63,6 +63,65 @@ impl Shard {
     pub fn part(&self, n: u64) -> u64 {
         let count = u64::from(self.count.max(1));
         n / count + u64::from(u64::from(self.index) < n % count)
+    }
+}
+
+/// Where the clients of one cell (see [`Shard`]) meet before they send load. A step that
+/// sends load arrives at the gate once its own setup is done (tokenizer, dataset,
+/// preflight) and starts at the wall-clock time the gate returns: every client starts at
+/// the same moment whatever its setup took, and their records count from the same instant,
+/// so merged they measure the real window. Put an `Arc<dyn StartGate>` in the run's
+/// [`Resources`](crate::Resources).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::{Duration, SystemTime};
+/// use harness_core::{CancellationToken, Result, StartGate};
+///
+/// /// Every client starts one second after it arrives (a gate for one client).
+/// #[derive(Debug)]
+/// struct Alone;
+///
+/// #[harness_core::async_trait]
+/// impl StartGate for Alone {
+///     async fn arrive(&self, _cancel: &CancellationToken) -> Result<SystemTime> {
+///         Ok(SystemTime::now() + Duration::from_secs(1))
+///     }
+/// }
+///
+/// let resources = harness_core::Resources::default();
+/// resources.insert::<Arc<dyn StartGate>>(Arc::new(Alone));
+/// assert!(resources.get::<Arc<dyn StartGate>>().is_some());
+/// ```
+#[async_trait]
+pub trait StartGate: Send + Sync + fmt::Debug {
+    /// Says this client is ready, waits until every client is, and returns when they all
+    /// start (wall clock; it may have passed when this client was slow to learn it).
+    ///
+    /// # Errors
+    /// When the other clients do not come, the gate cannot be reached, or `cancel` fires.
+    async fn arrive(&self, cancel: &CancellationToken) -> Result<SystemTime>;
+}
+
+/// The wall-clock time `at` on tokio's clock, and how long ago it was (zero when it is
+/// still to come): the epoch of load that starts at `at`.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// let (epoch, late) = harness_core::start_instant(SystemTime::now() + Duration::from_secs(2));
+/// assert_eq!(late, Duration::ZERO);
+/// assert!(epoch > tokio::time::Instant::now() + Duration::from_secs(1));
+/// let (_, late) = harness_core::start_instant(SystemTime::now() - Duration::from_secs(2));
+/// assert!(late >= Duration::from_secs(2));
+/// ```
+pub fn start_instant(at: SystemTime) -> (tokio::time::Instant, Duration) {
+    let (now, wall) = (tokio::time::Instant::now(), SystemTime::now());
+    match at.duration_since(wall) {
+        Ok(ahead) => (now.checked_add(ahead).unwrap_or(now), Duration::ZERO),
+        Err(e) => {
+            let late = e.duration();
+            (now.checked_sub(late).unwrap_or(now), late)
+        }
     }
 }
 

@@ -64,8 +64,8 @@ pub mod testkit;
 /// re-exported so step authors need no dependency of their own.
 pub use async_trait::async_trait;
 pub use backend::{
-    Backend, BackendExt, Endpoint, Readiness, Shard, TRANSIENT_RETRIES, Workload, WorkloadSpec,
-    WorkloadStatus,
+    Backend, BackendExt, Endpoint, Readiness, Shard, StartGate, TRANSIENT_RETRIES, Workload,
+    WorkloadSpec, WorkloadStatus, start_instant,
 };
 pub use config::{ConfigError, Experiment, Stage, StepSpec};
 pub use error::{BoxError, Error, Result};

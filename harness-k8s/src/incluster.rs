@@ -8,16 +8,18 @@
 //! statistics and its report (`cells/<cell>/artifacts/in-cluster/agent.json`) to the run's
 //! object store; the controlling side waits for the Job, keeps its log, and folds the
 //! agent's metrics into the same run. With `backend.clients: N` the Job is Indexed: N pods
-//! start together (`--start-at`), each sending 1/N of the cell's load, and their records are
-//! merged into one cell.
+//! each send 1/N of the cell's load; once each has done its setup it says so in the store,
+//! and the controlling side gives them one start time (on the pods' clocks), so their
+//! records count from the same instant and merge into one cell over the real window.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use harness_core::config::BackendConfig;
 use harness_core::{
-    ArtifactStoreExt, BackendExt, Cell, Endpoint, Error, Experiment, Result, RunContext, Shard,
-    Stage, Step, StepContext, StepOutput, WorkloadSpec,
+    ArtifactKey, ArtifactStore, ArtifactStoreExt, BackendExt, Cell, Endpoint, Error, Experiment,
+    Result, RunContext, Shard, Stage, StartGate, Step, StepContext, StepOutput, WorkloadSpec,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -59,13 +61,15 @@ fn report_key(run: &RunContext, cell: &Cell, shard: u32) -> Result<harness_core:
 
 /// Runs `steps` for `cell` against `endpoint`, as the Job's container does, and stores the
 /// [`AgentReport`]. Stops at the first failing step. As client `shard.index` of
-/// `shard.count`, it first waits until every client of this `attempt` is up (each leaves a
-/// marker in the store under the attempt's token, so a retry waits again), so their load
-/// starts together, and load steps send this client's part.
+/// `shard.count`, load steps send this client's part, and start together with the other
+/// clients: they arrive at a [`StartGate`] once their setup is done, which leaves a marker
+/// (with this pod's wall-clock time) in the store under the attempt's token and waits for
+/// the start time the controlling side writes there ([`InClusterStep`]). A retry has a new
+/// token, so it meets again.
 ///
 /// # Errors
-/// When the report cannot be stored, or the other clients do not come up within
-/// `policy.ready_timeout`; a failing step is reported in the report, not returned.
+/// When the report cannot be stored; a failing step (a client that found no common start
+/// within `policy.ready_timeout` among them) is reported in the report, not returned.
 pub async fn run_agent(
     run: &RunContext,
     cell: Arc<Cell>,
@@ -77,7 +81,13 @@ pub async fn run_agent(
     run.resources().insert(endpoint);
     if let Some(s) = shard {
         run.resources().insert(s);
-        barrier(run, &cell, s, attempt).await?;
+        let gate = StoreGate {
+            store: run.store().clone(),
+            dir: clients_dir(run, &cell, attempt)?,
+            index: s.index,
+            timeout: run.experiment().policy.ready_timeout.get(),
+        };
+        run.resources().insert::<Arc<dyn StartGate>>(Arc::new(gate));
     }
     let index = shard.map_or(0, |s| s.index);
     let mut report = AgentReport {
@@ -104,30 +114,135 @@ pub async fn run_agent(
     Ok(report)
 }
 
-/// Waits until all `shard.count` clients of `cell` in `attempt` have left their marker.
-async fn barrier(run: &RunContext, cell: &Cell, shard: Shard, attempt: &str) -> Result<()> {
-    let dir = run.layout().cell_artifact(
+/// Where the clients of `cell` in `attempt` meet: their markers and the start time.
+fn clients_dir(run: &RunContext, cell: &Cell, attempt: &str) -> Result<ArtifactKey> {
+    run.layout().cell_artifact(
         &cell.id,
         IN_CLUSTER,
         &format!("clients-{}", dns_label(attempt, 16)),
-    )?;
-    let mine = dir.join(&format!("{}.ready", shard.index))?;
-    run.store()
-        .put(&mine, bytes::Bytes::from_static(b"ready"))
-        .await?;
-    let deadline = tokio::time::Instant::now() + run.experiment().policy.ready_timeout.get();
+    )
+}
+
+/// The object under the clients' folder that holds their start time.
+const START: &str = "start";
+
+/// How long after the last client said it was ready the clients start: time for the
+/// controlling side to see it and write the start, and for every client to read it.
+const START_MARGIN: Duration = Duration::from_secs(2);
+
+/// How often a client looks for the start time, and the controlling side for markers.
+const GATE_POLL: Duration = Duration::from_millis(50);
+const COORDINATE_POLL: Duration = Duration::from_millis(200);
+
+fn unix_ns(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()
+}
+
+/// A wall-clock time written by [`unix_ns`].
+fn parse_unix_ns(bytes: &[u8], what: &str) -> Result<SystemTime> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|ns| UNIX_EPOCH + Duration::from_nanos(ns))
+        .ok_or_else(|| Error::failed(what, "not a time in nanoseconds since 1970"))
+}
+
+/// The client side of the meeting: a marker `<index>.ready` holding this pod's time, then
+/// the start time (`start`) the controlling side writes once every client is there.
+#[derive(Debug)]
+struct StoreGate {
+    store: Arc<dyn ArtifactStore>,
+    dir: ArtifactKey,
+    index: u32,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl StartGate for StoreGate {
+    async fn arrive(&self, cancel: &harness_core::CancellationToken) -> Result<SystemTime> {
+        let mine = self.dir.join(&format!("{}.ready", self.index))?;
+        let now = unix_ns(SystemTime::now()).to_string();
+        self.store.put(&mine, bytes::Bytes::from(now)).await?;
+        let start = self.dir.join(START)?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            match self.store.get(&start).await {
+                Ok(b) => return parse_unix_ns(&b, &format!("the clients' start ({start})")),
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled {
+                    what: format!("client {} waiting for the others", self.index),
+                });
+            }
+            if tokio::time::Instant::now() > deadline {
+                let up = self.store.list(&self.dir).await.map_or(0, |l| l.len());
+                return Err(Error::failed(
+                    format!("client {}", self.index),
+                    format!(
+                        "no common start within policy.ready_timeout: {up} client(s) had said they were ready"
+                    ),
+                ));
+            }
+            tokio::time::sleep(GATE_POLL).await;
+        }
+    }
+}
+
+/// The controlling side of the meeting: once each of `clients` has either arrived at the
+/// gate (its marker) or finished without it (its report: a step failed first, or it had no
+/// share of the load), writes the start: [`START_MARGIN`] after the last marker's time, on
+/// the pods' own clocks. Returns when it is written, or when no client needed one.
+async fn coordinate(cx: &StepContext, cell: &Cell, attempt: &str, clients: u32) -> Result<()> {
+    let dir = clients_dir(cx.run(), cell, attempt)?;
+    let mut ready: std::collections::BTreeMap<u32, SystemTime> = Default::default();
     loop {
-        let up = run.store().list(&dir).await?.len() as u32;
-        if up >= shard.count {
+        for meta in cx.store().list(&dir).await? {
+            let Some(index) = meta
+                .key
+                .as_str()
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.strip_suffix(".ready"))
+                .and_then(|i| i.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let std::collections::btree_map::Entry::Vacant(slot) = ready.entry(index) {
+                let bytes = cx.store().get(&meta.key).await?;
+                slot.insert(parse_unix_ns(
+                    &bytes,
+                    &format!("client marker {}", meta.key),
+                )?);
+            }
+        }
+        let mut done = 0;
+        for shard in 0..clients {
+            if ready.contains_key(&shard)
+                || cx
+                    .store()
+                    .exists(&report_key(cx.run(), cell, shard)?)
+                    .await?
+            {
+                done += 1;
+            }
+        }
+        if done == clients {
+            let Some(last) = ready.values().max() else {
+                return Ok(());
+            };
+            let at = *last + START_MARGIN;
+            cx.store()
+                .put(
+                    &dir.join(START)?,
+                    bytes::Bytes::from(unix_ns(at).to_string()),
+                )
+                .await?;
+            tracing::info!(cell = %cell.id, clients = ready.len(), "the clients start together");
             return Ok(());
         }
-        if tokio::time::Instant::now() > deadline || run.cancel().is_cancelled() {
-            return Err(Error::failed(
-                format!("client {} of cell `{}`", shard.index, cell.id),
-                format!("only {up} of {} clients came up", shard.count),
-            ));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(COORDINATE_POLL).await;
     }
 }
 
@@ -445,15 +560,17 @@ impl Step for InClusterStep {
             workload_file: workload_file.as_deref(),
         })?;
         let clients = exp.backend.clients() as u32;
-        // An earlier attempt's reports must not pass for this one's.
+        // An earlier attempt's reports and records must not pass for this one's.
+        let layout = cx.run().layout();
         for shard in 0..clients {
-            match cx
-                .store()
-                .delete(&report_key(cx.run(), &cell, shard)?)
-                .await
-            {
-                Ok(()) | Err(Error::NotFound { .. }) => {}
-                Err(e) => return Err(e),
+            for key in [
+                report_key(cx.run(), &cell, shard)?,
+                layout.cell_shard_records(&cell.id, shard),
+            ] {
+                match cx.store().delete(&key).await {
+                    Ok(()) | Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         let spec = WorkloadSpec::manifests(format!("agent-{}", cell.index), to_yaml(&objects)?)
@@ -465,7 +582,22 @@ impl Step for InClusterStep {
             backend: Some(backend.clone()),
             workload: workload.clone(),
         };
-        let finished = backend.wait_finished(&workload, cx.cancel()).await;
+        let wait = backend.wait_finished(&workload, cx.cancel());
+        let finished = if clients > 1 {
+            // Meanwhile, the clients are given their common start once they are all ready.
+            tokio::pin!(wait);
+            tokio::select! {
+                finished = &mut wait => finished,
+                gate = coordinate(cx, &cell, &attempt, clients) => {
+                    if let Err(e) = gate {
+                        tracing::warn!(cell = %cell.id, error = %e, "could not start the clients together");
+                    }
+                    wait.await
+                }
+            }
+        } else {
+            wait.await
+        };
         let log = backend.logs(&workload).await;
         let teardown = backend.teardown(&workload).await;
         guard.backend = None;
@@ -569,7 +701,7 @@ async fn merge_shards(cx: &StepContext, cell: &Cell, clients: u32) -> Result<Ste
             "no client wrote records",
         ));
     }
-    // Clients started together (the barrier); order by start and number them again.
+    // The clients' records count from their common start; order by start, number again.
     all.sort_by_key(|r| r.start_ns);
     for (i, r) in all.iter_mut().enumerate() {
         r.index = i as u64;

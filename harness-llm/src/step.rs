@@ -257,7 +257,21 @@ impl Step for BenchmarkStep {
             None => start_scraper(&exp, &endpoint, &mut warnings).await,
             Some(_) => None,
         };
-        let epoch = tokio::time::Instant::now();
+        // One of several clients: start with the others, once everyone's setup is done.
+        let epoch = match cx.resources().get::<Arc<dyn harness_core::StartGate>>() {
+            Some(gate) => {
+                let at = gate.arrive(cx.cancel()).await?;
+                let (epoch, late) = harness_core::start_instant(at);
+                if late > LATE_START_WARN {
+                    warnings.push(format!(
+                        "this client learnt the common start {:.0} ms after it: its first requests went out late",
+                        late.as_secs_f64() * 1e3
+                    ));
+                }
+                epoch
+            }
+            None => tokio::time::Instant::now(),
+        };
         let records = load::run_at(&client, &synth, &spec, epoch, cx.cancel()).await;
         if cx.cancel().is_cancelled() {
             return Err(Error::Cancelled {
@@ -285,6 +299,9 @@ impl Step for BenchmarkStep {
         Ok(out)
     }
 }
+
+/// A client that learns the common start later than this notes it.
+const LATE_START_WARN: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Starts scraping the deployment's metrics endpoint (when it answers) and the experiment's
 /// telemetry targets; `None` when telemetry is off or has no target. A failure to start is
