@@ -7,13 +7,12 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// The shipped experiment, with its data paths made absolute and `model` replaced.
-fn experiment(dir: &Path, model: &str) -> PathBuf {
+/// The shipped experiment, with its data paths made absolute.
+fn experiment(dir: &Path) -> PathBuf {
     let data = repo().join("experiments/data");
     let body = std::fs::read_to_string(repo().join("experiments/checks.yaml"))
         .expect("experiments/checks.yaml")
-        .replace("experiments/data", &data.display().to_string())
-        .replace("name: harness-mock", &format!("name: {model}"));
+        .replace("experiments/data", &data.display().to_string());
     let p = dir.join("checks.yaml");
     std::fs::write(&p, body).expect("write");
     p
@@ -38,7 +37,7 @@ fn only_run(dir: &Path) -> String {
 fn benchmark_functional_and_accuracy_in_one_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let exp = experiment(d, "harness-mock");
+    let exp = experiment(d);
     let out = harness(d, &["run", exp.to_str().expect("path"), "--no-progress"]);
     assert!(
         out.status.success(),
@@ -114,8 +113,13 @@ fn benchmark_functional_and_accuracy_in_one_run() {
 fn a_failing_functional_check_fails_its_cell_and_keeps_the_table() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    // The mock lists `harness-mock`, not this model: the first check fails.
-    let exp = experiment(d, "some-other-model");
+    // The mock lists another model than the experiment's: the first check fails.
+    let exp = experiment(d);
+    let body = std::fs::read_to_string(&exp).expect("read").replace(
+        "    itl_ms: 1\n",
+        "    itl_ms: 1\n    model: some-other-model\n",
+    );
+    std::fs::write(&exp, body).expect("write");
     let out = harness(d, &["run", exp.to_str().expect("path"), "--no-progress"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let stdout = text(&out.stdout);
@@ -146,7 +150,7 @@ fn a_broken_accuracy_dataset_is_refused_before_the_run_with_file_and_line() {
     let d = dir.path();
     let bad = d.join("bad.jsonl");
     std::fs::write(&bad, "{\"prompt\": \"q\", \"expected\": \"1\", \"scorer\": \"numeric\"}\n{\"prompt\": \"q\", \"expected\": \"x\", \"scorer\": \"nope\"}\n").expect("write");
-    let body = std::fs::read_to_string(experiment(d, "harness-mock"))
+    let body = std::fs::read_to_string(experiment(d))
         .expect("read")
         .replace(
             &repo()
@@ -170,7 +174,7 @@ fn a_broken_accuracy_dataset_is_refused_before_the_run_with_file_and_line() {
 fn accuracy_and_functional_checks_use_the_experiments_completions_endpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let exp = experiment(d, "harness-mock");
+    let exp = experiment(d);
     let out = harness(
         d,
         &[

@@ -246,6 +246,7 @@ impl DeploymentSteps {
                          pass it to DeploymentSteps::for_experiment",
                     )
                 })?;
+                let cfg = cfg.clone().serving(exp.model.name.as_str());
                 let spec = WorkloadSpec::process("mock", cfg.command(program)).serving(
                     0,
                     Readiness::Http {

@@ -216,7 +216,7 @@ impl Step for BenchmarkStep {
             model: exp.model.name.clone(),
             stream: load.stream,
             timeout: load.request_timeout.get(),
-            api_key,
+            api_key: api_key.clone(),
             extra_body: load.extra_body.clone().into_iter().collect(),
             headers: load.headers.clone().into_iter().collect(),
             max_connections: concurrency.unwrap_or(64) as usize,
@@ -246,11 +246,21 @@ impl Step for BenchmarkStep {
             dataset,
             workload,
         };
-        let mut warnings = if load.preflight {
-            preflight(&client, &synth, &spec, cx.cancel()).await
-        } else {
-            Vec::new()
+        // A healthy server may not serve the model yet (a frontend whose workers have not
+        // registered it): wait until it lists it.
+        let mut warnings = Vec::new();
+        let auth = ModelsRequest {
+            url: endpoint.url("/v1/models"),
+            api_key: api_key.as_deref(),
+            headers: &load.headers,
         };
+        let ready_timeout = exp.policy.ready_timeout.get();
+        if let Some(w) = wait_for_model(&auth, &exp.model.name, ready_timeout, cx.cancel()).await? {
+            warnings.push(w);
+        }
+        if load.preflight {
+            warnings.extend(preflight(&client, &synth, &spec, cx.cancel()).await);
+        }
         // The server's metrics, scraped from just before the load to just after it. With
         // several clients per cell each would scrape the same server: none does.
         let scraper = match shard {
@@ -297,6 +307,133 @@ impl Step for BenchmarkStep {
             out = out.note(w);
         }
         Ok(out)
+    }
+}
+
+/// A `GET /v1/models` as the load's requests are sent: to `url`, with their API key and
+/// headers.
+struct ModelsRequest<'a> {
+    url: String,
+    api_key: Option<&'a str>,
+    headers: &'a std::collections::BTreeMap<String, String>,
+}
+
+/// How often [`wait_for_model`] asks again.
+const MODEL_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What one look at `/v1/models` says.
+#[derive(Debug, PartialEq)]
+enum Listed {
+    /// It lists `model`.
+    Yes,
+    /// Not yet: no model listed, or the server failed (why).
+    NotYet(String),
+    /// It lists other models only.
+    Others(Vec<String>),
+    /// The server has no such list, or cannot be asked (why): nothing to wait for.
+    NoList(String),
+}
+
+/// Reads one answer of `GET /v1/models` (its status and body) for `model`.
+fn listed(status: u16, body: &str, model: &str) -> Listed {
+    match status {
+        200..=299 => {}
+        500..=599 => return Listed::NotYet(format!("HTTP {status}")),
+        _ => return Listed::NoList(format!("HTTP {status}")),
+    }
+    let ids: Option<Vec<String>> = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v["data"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+        });
+    match ids {
+        None => Listed::NoList("not an OpenAI model list".into()),
+        Some(ids) if ids.iter().any(|id| id == model) => Listed::Yes,
+        Some(ids) if ids.is_empty() => Listed::NotYet("it lists no model".into()),
+        Some(ids) => Listed::Others(ids),
+    }
+}
+
+/// Waits until the server lists `model` at `/v1/models`, up to `timeout` (a frontend is
+/// healthy before its workers register the model: Dynamo's lists none until then, and
+/// refuses requests). Returns a warning when it lists other models only (requests name
+/// `model`), or has no such list.
+///
+/// # Errors
+/// When it lists no model or answers 5xx for `timeout`, or `cancel` fires.
+async fn wait_for_model(
+    req: &ModelsRequest<'_>,
+    model: &str,
+    timeout: std::time::Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Option<String>> {
+    let http = crate::client::http_client(&req.url, std::time::Duration::from_secs(10))
+        .map_err(|e| e.at("deployment"))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut waited = false;
+    loop {
+        let mut get = http.get(&req.url);
+        if let Some(key) = req.api_key {
+            get = get.bearer_auth(key);
+        }
+        for (k, v) in req.headers {
+            get = get.header(k.as_str(), v.as_str());
+        }
+        // The server answered its health check: a request that cannot be made at all (a
+        // certificate not trusted, a refused connection) is the load's to report.
+        let seen = match get.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                match r.text().await {
+                    Ok(body) => listed(status, &body, model),
+                    Err(e) => Listed::NotYet(e.to_string()),
+                }
+            }
+            Err(e) => Listed::NoList(format!("cannot ask: {e}")),
+        };
+        let why = match seen {
+            Listed::Yes => {
+                if waited {
+                    tracing::info!(%model, "the server lists the model");
+                }
+                return Ok(None);
+            }
+            Listed::Others(ids) => {
+                return Ok(Some(format!(
+                    "{} lists {ids:?}, not `{model}` (model.name), which the requests name",
+                    req.url
+                )));
+            }
+            Listed::NoList(why) => {
+                tracing::debug!(url = %req.url, %why, "no model list to wait for");
+                return Ok(None);
+            }
+            Listed::NotYet(why) => why,
+        };
+        if !waited {
+            tracing::info!(url = %req.url, %model, %why, "waiting until the server lists the model");
+            waited = true;
+        }
+        if tokio::time::Instant::now() + MODEL_POLL > deadline {
+            return Err(Error::failed(
+                "benchmark",
+                format!(
+                    "{} did not list `{model}` within policy.ready_timeout ({} s): {why}",
+                    req.url,
+                    timeout.as_secs()
+                ),
+            ));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(MODEL_POLL) => {}
+            () = cancel.cancelled() => {
+                return Err(Error::Cancelled { what: format!("waiting for `{model}` to be served") });
+            }
+        }
     }
 }
 
@@ -535,4 +672,27 @@ pub fn preflight_warnings(
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Listed, listed};
+
+    #[test]
+    fn a_model_list_says_whether_to_wait() {
+        let list = r#"{"object": "list", "data": [{"id": "a"}, {"id": "m"}]}"#;
+        assert_eq!(listed(200, list, "m"), Listed::Yes);
+        assert_eq!(
+            listed(200, list, "x"),
+            Listed::Others(vec!["a".into(), "m".into()])
+        );
+        assert!(matches!(
+            listed(200, r#"{"data": []}"#, "m"),
+            Listed::NotYet(_)
+        ));
+        assert!(matches!(listed(503, "", "m"), Listed::NotYet(_)));
+        // No list to wait for: no such route, or not the OpenAI shape.
+        assert!(matches!(listed(404, "", "m"), Listed::NoList(_)));
+        assert!(matches!(listed(200, "ok", "m"), Listed::NoList(_)));
+    }
 }

@@ -93,12 +93,14 @@ impl Scraper {
     /// # Errors
     /// When the thread or its HTTP client cannot be made.
     pub async fn start(cfg: ScrapeConfig) -> Result<Scraper> {
-        crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .timeout(cfg.timeout())
-            .connect_timeout(cfg.timeout())
-            .build()
-            .map_err(|e| Error::failed_from("the telemetry http client", e))?;
+        // Trusting what the load's connections trust.
+        let https = cfg
+            .targets
+            .iter()
+            .map(|t| t.url.as_str())
+            .find(|u| u.starts_with("https://"));
+        let client = crate::client::http_client(https.unwrap_or("http://"), cfg.timeout())
+            .map_err(|e| e.at("telemetry"))?;
         let stop = CancellationToken::new();
         let (ready_tx, ready_rx) = oneshot::channel();
         let (result_tx, result_rx) = oneshot::channel();

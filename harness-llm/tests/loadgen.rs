@@ -471,12 +471,23 @@ async fn https_goes_through_tls_and_bad_urls_are_refused() {
     }
 }
 
-/// Runs `BenchmarkStep` over an experiment against a mock with `cfg`.
+/// The notes of `cell`'s stored summary.
+async fn cell_notes(store: &MemoryStore, run: &RunContext, cell: &CellId) -> Vec<String> {
+    let summary: CellSummary = store
+        .get_json(&run.layout().cell_summary(cell))
+        .await
+        .expect("summary");
+    summary.notes
+}
+
+/// Runs `BenchmarkStep` over an experiment against a mock with `cfg`, which serves the
+/// experiment's model (as when harness starts it).
 async fn bench_run(
     cfg: MockDeployment,
     yaml: &str,
 ) -> (RunReport, Arc<MemoryStore>, RunContext, MockServer) {
-    let server = start(cfg).await;
+    let exp = harness_core::Experiment::from_yaml_str(yaml, "test.yaml").expect("experiment");
+    let server = start(cfg.serving(exp.model.name.as_str())).await;
     let ran = common::bench(&server, yaml).await;
     (ran.report, ran.store, ran.run, server)
 }
@@ -521,17 +532,12 @@ async fn the_preflight_warns_when_the_server_does_not_honour_osl() {
     )
     .await;
     assert_eq!(report.status, RunStatus::Succeeded);
-    let summary: CellSummary = store
-        .get_json(&run.layout().cell_summary(&report.cells[0].cell))
-        .await
-        .expect("summary");
+    let notes = cell_notes(&store, &run, &report.cells[0].cell).await;
     assert!(
-        summary
-            .notes
+        notes
             .iter()
             .any(|n| n.contains("returned 5 output tokens for OSL 16") && n.contains("ignore_eos")),
-        "{:?}",
-        summary.notes
+        "{notes:?}"
     );
     // Turned off, there is no warning and no preflight request.
     let (report, store, run, server) = bench_run(
@@ -987,4 +993,67 @@ async fn the_mock_answers_from_its_lookup_file_and_honours_stop() {
     .expect("json");
     assert_eq!(stopped["choices"][0]["message"]["content"], "");
     assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+}
+
+/// A server healthy before it serves the model (a frontend whose workers register it later,
+/// refusing requests for it until then): the load waits until `/v1/models` lists the model,
+/// so no request is refused and none is sent early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_waits_until_the_server_lists_the_model() {
+    let (report, _store, _run, server) = bench_run(
+        mock(|m| m.model_ready_ms = 1500.0),
+        "name: late\nmodel: {name: m}\nconcurrency: [2]\nbenchmark: {isl_osl: [[32, 8]]}\n\
+         load: {requests: 6, warmup_requests: 0}\n",
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:?}");
+    assert_eq!(report.cells[0].metrics.get("errors"), Some(&0.0));
+    // The two preflight requests and the six of the load, all once the model was served.
+    let metrics = get_text(&server, "/metrics").await;
+    assert!(metrics.contains("mock_requests_total 8\n"), "{metrics}");
+}
+
+/// A model never listed within `policy.ready_timeout` fails the cell, naming the URL, the
+/// model and the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_never_listed_fails_the_cell_naming_it() {
+    let (report, _store, _run, server) = bench_run(
+        mock(|m| m.model_ready_ms = 600_000.0),
+        "name: never\nmodel: {name: m}\nconcurrency: [1]\nbenchmark: {isl_osl: [[32, 8]]}\n\
+         load: {requests: 2}\npolicy: {ready_timeout: 2s, retries: 0}\n",
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Failed, "{report:?}");
+    let error = report.cells[0].error.clone().map(|e| e.message);
+    assert!(
+        error.as_deref().is_some_and(|e| e.contains("/v1/models")
+            && e.contains("`m`")
+            && e.contains("policy.ready_timeout")
+            && e.contains("lists no model")),
+        "{error:?}"
+    );
+    let metrics = get_text(&server, "/metrics").await;
+    assert!(
+        metrics.contains("mock_requests_total 0\n"),
+        "no request was sent: {metrics}"
+    );
+}
+
+/// A server that lists other models only is not waited for; the cell's notes say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_listing_other_models_is_noted() {
+    let (report, store, run, _server) = bench_run(
+        mock(|m| m.model = Some("llama".into())),
+        "name: other\nmodel: {name: m}\nconcurrency: [1]\nbenchmark: {isl_osl: [[32, 8]]}\n\
+         load: {requests: 2}\n",
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:?}");
+    let notes = cell_notes(&store, &run, &report.cells[0].cell).await;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("lists [\"llama\"], not `m`")),
+        "{notes:?}"
+    );
 }

@@ -18,7 +18,8 @@ async fn mock(slots: u32) -> MockServer {
     cfg.ttft_ms = 30.0;
     cfg.itl_ms = 5.0;
     cfg.slots = std::num::NonZeroU32::new(slots);
-    MockServer::start(cfg, "127.0.0.1:0".parse().expect("addr"))
+    // The model the experiments name.
+    MockServer::start(cfg.serving("m"), "127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("mock")
 }

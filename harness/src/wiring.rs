@@ -113,7 +113,7 @@ fn deployment_steps(
 ) -> Result<harness_core::steps::DeploymentSteps, Error> {
     Ok(match (&exp.deployment, mock) {
         (harness_core::config::Deployment::Mock(cfg), MockServing::InProcess) => {
-            harness_llm::mock::in_process_steps(cfg.clone())
+            harness_llm::mock::in_process_steps(cfg.clone().serving(exp.model.name.as_str()))
         }
         (_, MockServing::Process(program)) => {
             harness_core::steps::DeploymentSteps::for_experiment(exp, Some(program))?

@@ -273,6 +273,19 @@ pub struct MockDeployment {
     /// cached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_cache: Option<MockPrefixCache>,
+    /// Milliseconds from start until the model is served, like a frontend that is healthy
+    /// before a worker has registered the model (Dynamo's): until then `/v1/models` lists no
+    /// model and completions are refused with 404.
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero",
+        deserialize_with = "de_millis"
+    )]
+    pub model_ready_ms: f64,
+    /// The model `/v1/models` lists (it answers requests for any). Without it,
+    /// `harness-mock`; harness sets the experiment's `model.name` when it starts the mock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -327,11 +340,20 @@ impl Default for MockDeployment {
             answers: None,
             prefill_ms_per_token: 0.0,
             prefix_cache: None,
+            model_ready_ms: 0.0,
+            model: None,
         }
     }
 }
 
 impl MockDeployment {
+    /// This configuration, listing `name` as its model unless it names one.
+    #[must_use]
+    pub fn serving(mut self, name: &str) -> Self {
+        self.model.get_or_insert_with(|| name.to_owned());
+        self
+    }
+
     /// The command line that serves this mock on a free port: `<program> mock --port {port}
     /// --config <json>`, the `harness mock` subcommand (`{port}` is filled in by the
     /// backend).

@@ -557,6 +557,34 @@ fn body_error_kind(e: &http1::Error) -> ErrorKind {
 
 /// The TLS set-up for `https` URLs: the system's trusted roots, HTTP/1.1 by ALPN.
 fn tls_connector(url: &str) -> crate::Result<tokio_rustls::TlsConnector> {
+    let mut config = tls_config(url)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// An HTTP client for the other requests to the server (`/v1/models`, `/metrics`), which
+/// trusts what the load's connections trust (the system's roots, `SSL_CERT_FILE`).
+pub(crate) fn http_client(url: &str, timeout: Duration) -> crate::Result<reqwest::Client> {
+    crate::install_crypto_provider();
+    let builder = match tls_config(url) {
+        Ok(config) => reqwest::Client::builder().use_preconfigured_tls(config),
+        // Without trusted roots, plain HTTP still works.
+        Err(_) if !url.starts_with("https://") => reqwest::Client::builder(),
+        Err(e) => return Err(e),
+    };
+    builder
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .map_err(|e| crate::Error::Tls {
+            url: url.to_owned(),
+            reason: "cannot build an HTTP client".into(),
+            source: Some(e.into()),
+        })
+}
+
+/// The system's trusted roots with ring, the safe protocol versions, no client certificate.
+fn tls_config(url: &str) -> crate::Result<rustls::ClientConfig> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = rustls::RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(found.certs);
@@ -572,7 +600,7 @@ fn tls_connector(url: &str) -> crate::Result<tokio_rustls::TlsConnector> {
         });
     }
     let provider = rustls::crypto::ring::default_provider();
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.into())
+    let config = rustls::ClientConfig::builder_with_provider(provider.into())
         .with_safe_default_protocol_versions()
         .map_err(|e| crate::Error::Tls {
             url: url.to_owned(),
@@ -581,8 +609,7 @@ fn tls_connector(url: &str) -> crate::Result<tokio_rustls::TlsConnector> {
         })?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    Ok(config)
 }
 
 /// The name an `https` server's certificate must carry: the URL's host.

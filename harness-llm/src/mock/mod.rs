@@ -130,6 +130,15 @@ struct Shared {
     slots: Option<Arc<tokio::sync::Semaphore>>,
     /// The prefix cache (`cfg.prefix_cache`).
     cache: Option<std::sync::Mutex<cache::PrefixCache>>,
+    /// When the model is served from (`cfg.model_ready_ms` after the start).
+    model_ready: Instant,
+}
+
+impl Shared {
+    /// Whether the model is served yet.
+    fn model_ready(&self) -> bool {
+        Instant::now() >= self.model_ready
+    }
 }
 
 /// Reads the answers file of the mock's configuration (JSON lines of `prompt` and `answer`).
@@ -275,7 +284,9 @@ fn router(cfg: MockDeployment) -> Router {
             c.block_tokens.get() as usize,
         ))
     });
+    let model_ready = Instant::now() + Duration::from_secs_f64(cfg.model_ready_ms.max(0.0) / 1e3);
     let shared = Arc::new(Shared {
+        model_ready,
         slots,
         cache,
         cfg,
@@ -427,6 +438,12 @@ async fn completions(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
 
 async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
     let n = s.counters.requests.fetch_add(1, Ordering::Relaxed);
+    if !s.model_ready() {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "model not found: no worker serves it yet",
+        );
+    }
     let req: Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -965,12 +982,13 @@ async fn request_timings(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn models(State(s): State<Arc<Shared>>) -> Response {
-    let _ = &s;
-    axum::Json(serde_json::json!({
-        "object": "list",
-        "data": [{ "id": MOCK_MODEL, "object": "model", "owned_by": "harness" }],
-    }))
-    .into_response()
+    let data = if s.model_ready() {
+        let id = s.cfg.model.as_deref().unwrap_or(MOCK_MODEL);
+        serde_json::json!([{ "id": id, "object": "model", "owned_by": "harness" }])
+    } else {
+        serde_json::json!([])
+    };
+    axum::Json(serde_json::json!({ "object": "list", "data": data })).into_response()
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
