@@ -781,18 +781,8 @@ fn the_argo_workflows_tasks_run_in_order_make_a_complete_run() {
     );
     assert_eq!(wf["spec"]["podGC"]["strategy"], "OnPodSuccess");
     assert!(wf["spec"]["ttlStrategy"]["secondsAfterSuccess"].is_u64());
-    let templates = wf["spec"]["templates"].as_array().expect("templates");
-    let template = |name: &str| {
-        templates
-            .iter()
-            .find(|t| t["name"] == name)
-            .unwrap_or_else(|| panic!("template {name}"))
-            .clone()
-    };
-    let tasks = template("sweep")["dag"]["tasks"]
-        .as_array()
-        .expect("tasks")
-        .clone();
+    let template = |name: &str| argo_template(wf, name);
+    let tasks = argo_tasks(wf);
     assert_eq!(tasks.len(), 3, "begin and one task per cell");
     assert_eq!(tasks[2]["depends"], "cell-0.Succeeded || cell-0.Failed");
 
@@ -803,32 +793,9 @@ fn the_argo_workflows_tasks_run_in_order_make_a_complete_run() {
         config["data"]["experiment.json"].as_str().expect("data"),
     )
     .expect("write");
-    let command = |t: &serde_json::Value, cell: Option<&str>| -> Vec<String> {
-        t["container"]["command"]
-            .as_array()
-            .expect("command")
-            .iter()
-            .skip(1) // `harness`: this build runs them
-            .filter_map(|a| a.as_str())
-            .map(|a| {
-                a.replace(
-                    harness_k8s::render::EXPERIMENT_PATH,
-                    mounted.to_str().expect("path"),
-                )
-                .replace("{{inputs.parameters.cell}}", cell.unwrap_or(""))
-            })
-            .collect()
-    };
-    let run = |args: Vec<String>| {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = harness(d, &refs);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-    };
+    let command =
+        |t: &serde_json::Value, task: Option<&serde_json::Value>| argo_command(t, task, &mounted);
+    let run = |args: Vec<String>| run_task(d, &args, &[]);
     run(command(&template("begin"), None));
     let shown = harness(d, &["show", "argo-1", "--store", &store_url, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
@@ -838,10 +805,14 @@ fn the_argo_workflows_tasks_run_in_order_make_a_complete_run() {
         v["manifest"]
     );
     for task in &tasks[1..] {
-        let cell = task["arguments"]["parameters"][0]["value"]
-            .as_str()
-            .expect("cell");
-        run(command(&template("cell"), Some(cell)));
+        // One client: the cell runs in the task's pod, against the model's URL.
+        let args = command(&template("cell"), Some(task));
+        assert!(args.contains(&"--here".to_owned()), "{args:?}");
+        assert!(
+            args.contains(&format!("http://127.0.0.1:{port}")),
+            "{args:?}"
+        );
+        run(args);
     }
     run(command(&template("report"), None));
     // The cleanup task runs harness' own image, not a third party's.
@@ -863,31 +834,231 @@ fn the_argo_workflows_tasks_run_in_order_make_a_complete_run() {
     );
     assert!(d.join("runs/runs/argo/argo-1/report/index.html").is_file());
 
-    // Only a model that is already deployed can be benchmarked by the workflow.
-    let manifests = exp.with_extension("m.yaml");
+    // A model the workflow cannot reach nor deploy in the cluster is refused.
+    let local = exp.with_extension("local.yaml");
     std::fs::write(
-        &manifests,
+        &local,
         "name: argo\nmodel: {name: m}\nconcurrency: [1]\nbenchmark: {isl_osl: [[1, 1]]}\n\
-         backend: {kind: kubernetes}\ndeployment: {manifests: model.yaml}\n",
+         backend: {kind: kubernetes}\ndeployment: {command: [vllm, serve, m], port: 8000}\n",
     )
     .expect("write");
     let out = harness(
         d,
-        &[
-            "k8s",
-            "render",
-            manifests.to_str().expect("path"),
-            "--argo",
-            "--endpoint",
-            "http://m:1",
-        ],
+        &["k8s", "render", local.to_str().expect("path"), "--argo"],
     );
     assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
     assert!(
-        text(&out.stderr).contains("deployment.url"),
-        "{}",
+        stderr.contains("deployment.url") && stderr.contains("deployment.manifests"),
+        "{stderr}"
+    );
+}
+
+/// The template `name` of Argo Workflow `wf`.
+fn argo_template(wf: &serde_json::Value, name: &str) -> serde_json::Value {
+    wf["spec"]["templates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("template {name}"))
+        .clone()
+}
+
+/// The tasks of Argo Workflow `wf`'s DAG (`sweep`), in order.
+fn argo_tasks(wf: &serde_json::Value) -> Vec<serde_json::Value> {
+    argo_template(wf, "sweep")["dag"]["tasks"]
+        .as_array()
+        .expect("tasks")
+        .clone()
+}
+
+/// The command of Argo template `t` as this build runs it: the experiment where the
+/// ConfigMap's copy is (`mounted`), and `task`'s arguments filled in.
+fn argo_command(
+    t: &serde_json::Value,
+    task: Option<&serde_json::Value>,
+    mounted: &std::path::Path,
+) -> Vec<String> {
+    let params: Vec<(String, String)> = task
+        .and_then(|t| t["arguments"]["parameters"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p["name"].as_str()?.to_owned(),
+                p["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    t["container"]["command"]
+        .as_array()
+        .expect("command")
+        .iter()
+        .skip(1) // `harness`: this build runs them
+        .filter_map(|a| a.as_str())
+        .map(|a| {
+            let mut a = a.replace(
+                harness_k8s::render::EXPERIMENT_PATH,
+                mounted.to_str().expect("path"),
+            );
+            for (name, value) in &params {
+                a = a.replace(&format!("{{{{inputs.parameters.{name}}}}}"), value);
+            }
+            a
+        })
+        .collect()
+}
+
+/// Runs `harness args` in `d` with `env`, as a workflow's task does; it must succeed. Its
+/// output.
+fn run_task(d: &std::path::Path, args: &[String], env: &[(&str, &std::ffi::OsStr)]) -> String {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = harness_with_env(d, &refs, env);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        text(&out.stdout),
         text(&out.stderr)
     );
+    text(&out.stdout)
+}
+
+/// The rendered Argo Workflow of a model it deploys itself (`deployment.manifests`, a file)
+/// with two clients per cell, its tasks run in order by this build's binary against the
+/// fake API server over HTTP (a kubeconfig names it): `deploy` applies the manifests
+/// labelled with the run and hands their endpoint to the cells; each `cell` runs as an
+/// Indexed Job of two client pods (their records merged); `cleanup` deletes the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_argo_workflow_deploys_the_model_and_runs_several_clients_per_cell() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_owned();
+    let (_mock, port) = Mock::start(2);
+    let fake = cluster();
+    fake.on_pod(|pod| {
+        if pod.pointer("/metadata/labels/app") == Some(&json!("model")) {
+            PodScript::Run {
+                logs: "serving\n".into(),
+                exit: None,
+            }
+        } else {
+            PodScript::Exec {
+                program: Some(env!("CARGO_BIN_EXE_harness").into()),
+            }
+        }
+    });
+    let http = fake.serve().await.expect("serve");
+    let kubeconfig = d.join("kubeconfig");
+    http.write_kubeconfig(&kubeconfig, "bench")
+        .expect("kubeconfig");
+    std::fs::write(
+        d.join("model.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: model}\n\
+         spec:\n  replicas: 1\n  selector: {matchLabels: {app: model}}\n\
+         \x20 template:\n    metadata: {labels: {app: model}}\n\
+         \x20   spec: {containers: [{name: server, image: vllm:test}]}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {name: model}\n\
+         spec: {selector: {app: model}, ports: [{port: 8000}]}\n",
+    )
+    .expect("manifests");
+    let store_url = format!("file://{}", d.join("runs").display());
+    let exp = d.join("argo.yaml");
+    std::fs::write(
+        &exp,
+        format!(
+            "name: argo\nmodel: {{name: harness-mock}}\nconcurrency: [2]\n\
+             benchmark: {{isl_osl: [[32, 4]]}}\n\
+             deployment: {{manifests: {}}}\n\
+             backend: {{kind: kubernetes, namespace: bench, image: harness:test, clients: 2}}\n\
+             load: {{requests: 8}}\nstorage: {{url: {store_url}}}\n",
+            d.join("model.yaml").display()
+        ),
+    )
+    .expect("write");
+    let argo = render(&d, &exp, &["--argo", "--run-id", "argo-2"]);
+    let docs = harness_k8s::parse_manifests(&argo, "argo").expect("yaml");
+    let (config, wf) = (&docs[3], &docs[4]);
+    let template = |name: &str| argo_template(wf, name);
+    let tasks = argo_tasks(wf);
+    let names: Vec<&str> = tasks.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["begin", "deploy", "cell-0"]);
+    assert_eq!(tasks[2]["depends"], "deploy");
+    // The manifests travel inline in the ConfigMap's experiment.
+    let mounted = d.join("experiment.json");
+    let stored = config["data"]["experiment.json"].as_str().expect("data");
+    assert!(stored.contains("kind: Deployment"), "{stored}");
+    std::fs::write(&mounted, stored).expect("write");
+
+    let (begin, deploy, cell, cleanup) = (
+        argo_command(&template("begin"), None, &mounted),
+        argo_command(&template("deploy"), Some(&tasks[1]), &mounted),
+        template("cell"),
+        argo_command(&template("cleanup"), None, &mounted),
+    );
+    let (workdir, kc) = (d.clone(), kubeconfig.clone());
+    let deployed = tokio::task::spawn_blocking(move || {
+        let env = [("KUBECONFIG", kc.as_os_str())];
+        run_task(&workdir, &begin, &[]);
+        // The deploy task's output parameter is read from the file it names.
+        let deploy = deploy
+            .into_iter()
+            .map(|a| {
+                a.replace(
+                    "/tmp/endpoint",
+                    workdir.join("endpoint").to_str().expect("path"),
+                )
+            })
+            .collect::<Vec<_>>();
+        run_task(&workdir, &deploy, &env);
+        std::fs::read_to_string(workdir.join("endpoint")).expect("endpoint")
+    })
+    .await
+    .expect("deploy");
+    assert_eq!(deployed, "http://model.bench.svc.cluster.local:8000");
+    let labelled = |kind: &str| {
+        fake.objects(kind)
+            .into_iter()
+            .filter(|o| o.pointer("/metadata/labels/harness.dev~1run") == Some(&json!("argo-2")))
+            .count()
+    };
+    assert_eq!(
+        labelled("deployments"),
+        1,
+        "the model, labelled with the run"
+    );
+    assert_eq!(labelled("services"), 1);
+
+    // The cell task creates and waits for its Indexed Job (not `--here`). This machine
+    // cannot resolve the cluster's DNS: the Service's name stands for the mock here.
+    let mut task = tasks[2].clone();
+    task["arguments"]["parameters"][1]["value"] = json!(format!("http://127.0.0.1:{port}"));
+    let args = argo_command(&cell, Some(&task), &mounted);
+    assert!(!args.contains(&"--here".to_owned()), "{args:?}");
+    let workdir = d.clone();
+    tokio::task::spawn_blocking(move || {
+        let env = [("KUBECONFIG", kubeconfig.as_os_str())];
+        run_task(&workdir, &args, &env);
+        run_task(&workdir, &cleanup, &env);
+    })
+    .await
+    .expect("cell and cleanup");
+    let jobs: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PATCH /apis/batch/v1/namespaces/bench/jobs/"))
+        .collect();
+    assert_eq!(jobs.len(), 1, "one Job for the cell: {jobs:?}");
+    assert_eq!(
+        labelled("deployments") + labelled("services"),
+        0,
+        "cleaned up"
+    );
+
+    let shown = harness(&d, &["show", "argo-2", "--store", &store_url, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    let cell = &v["cells"][0];
+    assert_eq!(cell["metrics"]["requests"], 8.0, "{v}");
+    assert_eq!(cell["metrics"]["clients"], 2.0, "{v}");
 }
 
 /// Treatments on a cluster with cells in Jobs: each treatment's Jobs get the treatment's
@@ -987,17 +1158,48 @@ fn rendered_manifests_pass_the_kubernetes_and_argo_schemas() {
              podAffinityTerm: {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app: llama}}}}]}}}\n\
          storage: {url: s3://results/harness}\n";
     std::fs::write(&exp_file, yaml).expect("write");
+    // The same, deploying its model: the workflow's deploy task hands on its endpoint.
+    let deploying = d.join("deploying.yaml");
+    std::fs::write(
+        d.join("model.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: llama}\n\
+         spec: {selector: {matchLabels: {app: llama}}, template: {metadata: {labels: {app: llama}},\n\
+         \x20 spec: {containers: [{name: vllm, image: vllm/vllm-openai}]}}}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        &deploying,
+        yaml.replace(
+            "deployment: {url: http://llama-frontend.bench.svc.cluster.local:8000}",
+            "deployment: {manifests: model.yaml}",
+        ),
+    )
+    .expect("write");
     let mut files = Vec::new();
-    for (name, args) in [
-        ("render.yaml", vec!["--run-id", "r-1"]),
+    for (name, exp, args) in [
+        ("render.yaml", &exp_file, vec!["--run-id", "r-1"]),
+        // Several clients per cell, then one (the cell's steps in the task's pod).
+        ("argo.yaml", &exp_file, vec!["--run-id", "r-1", "--argo"]),
         (
-            "argo.yaml",
+            "argo-one.yaml",
+            &exp_file,
             vec!["--run-id", "r-1", "--argo", "--set", "backend.clients=1"],
         ),
+        (
+            "argo-deploy.yaml",
+            &deploying,
+            vec!["--run-id", "r-1", "--argo"],
+        ),
     ] {
-        std::fs::write(d.join(name), render(d, &exp_file, &args)).expect("write");
+        std::fs::write(d.join(name), render(d, exp, &args)).expect("write");
         files.push(d.join(name));
     }
+    assert!(
+        std::fs::read_to_string(d.join("argo-deploy.yaml"))
+            .expect("read")
+            .contains("tasks.deploy.outputs.parameters.endpoint"),
+        "the cells take the deploy task's endpoint"
+    );
     let crd = harness(d, &["k8s", "crd"]);
     assert!(crd.status.success(), "{}", text(&crd.stderr));
     std::fs::write(d.join("crd.yaml"), &crd.stdout).expect("write");
@@ -1054,4 +1256,156 @@ fn rendered_manifests_pass_the_kubernetes_and_argo_schemas() {
         said.contains("activeDeadlineSecond") && said.contains("serviceAccount"),
         "{said}"
     );
+}
+
+/// `harness operator`, the binary, on the fake API server over HTTP (a kubeconfig names it):
+/// it runs a `DynamoBenchmark` as Jobs in the resource's namespace owned by the resource;
+/// stopped by SIGTERM mid-run, it leaves the resource `Running`, and the next operator resumes
+/// the same run to the end without redoing finished cells; deleting a resource mid-run
+/// cancels it and removes what it left (the finalizer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_binary_resumes_after_sigterm_and_cleans_up_on_delete() {
+    use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind};
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_owned();
+    let (_mock, port) = Mock::start(20);
+    let fake = cluster();
+    let http = fake.serve().await.expect("serve");
+    let kubeconfig = d.join("kubeconfig");
+    http.write_kubeconfig(&kubeconfig, "bench")
+        .expect("kubeconfig");
+    let store_url = format!("file://{}", d.join("runs").display());
+    // No backend: Jobs in the resource's namespace. Four cells of about a second each.
+    let resource = |name: &str, uid: &str| {
+        json!({
+            "apiVersion": "harness.dev/v1alpha1", "kind": "DynamoBenchmark",
+            "metadata": {"name": name, "namespace": "bench", "uid": uid},
+            "spec": {"store": store_url, "experiment": {
+                "name": name,
+                "model": {"name": "harness-mock"},
+                "concurrency": [1, 2, 3, 4],
+                "benchmark": {"isl_osl": [[32, 8]]},
+                "deployment": {"url": format!("http://127.0.0.1:{port}"), "health": "/health"},
+                "load": {"requests": 40},
+            }},
+        })
+    };
+    let operator = |log: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+            .args(["operator", "--namespace", "bench"])
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("HARNESS_LOG")
+            .stdout(std::fs::File::create(d.join(format!("{log}.out"))).expect("log"))
+            .stderr(std::fs::File::create(d.join(format!("{log}.err"))).expect("log"))
+            .spawn()
+            .expect("operator")
+    };
+    let status = |name: &str| {
+        fake.objects("dynamobenchmarks")
+            .into_iter()
+            .find(|o| o["metadata"]["name"] == name)
+            .map(|o| o["status"].clone())
+    };
+    let cells_done = |name: &str| {
+        status(name)
+            .and_then(|s| s["cellsDone"].as_u64())
+            .unwrap_or(0)
+    };
+    let mut owned_jobs = 0;
+    let mut first = operator("first");
+    fake.insert(
+        "apis/harness.dev/v1alpha1",
+        "dynamobenchmarks",
+        resource("sweep", "uid-sweep"),
+    );
+    owned_jobs += wait_until(&fake, "a cell done", || cells_done("sweep") >= 1).await;
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGTERM).expect("sigterm");
+    let code = tokio::task::spawn_blocking(move || first.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert!(code.success(), "the operator stops cleanly: {code:?}");
+    let stopped = status("sweep").expect("status");
+    assert_eq!(stopped["phase"], "Running", "left to resume: {stopped}");
+    let run_id = stopped["runId"].as_str().expect("run id").to_owned();
+    let done_before = cells_done("sweep");
+    assert!(done_before < 4, "stopped mid-run: {stopped}");
+
+    let mut second = operator("second");
+    owned_jobs += wait_until(&fake, "the run resumed to its end", || {
+        status("sweep").is_some_and(|s| s["phase"] != "Running")
+    })
+    .await;
+    let s = status("sweep").expect("status");
+    assert_eq!(s["phase"], "Succeeded", "{s}");
+    assert_eq!(s["runId"], run_id.as_str(), "the same run, resumed: {s}");
+    assert_eq!(s["cellsDone"], 4, "{s}");
+    assert!(owned_jobs > 0, "the Jobs are owned by the resource");
+    let shown = harness(&d, &["show", &run_id, "--store", &store_url, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    let cells = v["cells"].as_array().expect("cells");
+    assert_eq!(cells.len(), 4, "{v}");
+    assert!(cells.iter().all(|c| c["status"] == "succeeded"), "{v}");
+    // Cells finished before the stop ran once: each Job name is a cell and an attempt.
+    let jobs: std::collections::BTreeSet<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PATCH /apis/batch/v1/namespaces/bench/jobs/"))
+        .filter_map(|r| r.split('?').next().map(str::to_owned))
+        .collect();
+    assert!(
+        jobs.len() as u64 <= 4 + 1,
+        "at most the interrupted cell ran twice: {jobs:?}"
+    );
+
+    // Deleted mid-run: cancelled, cleaned up, and gone once the finalizer is removed.
+    fake.insert(
+        "apis/harness.dev/v1alpha1",
+        "dynamobenchmarks",
+        resource("doomed", "uid-doomed"),
+    );
+    wait_until(&fake, "the doomed run started", || {
+        status("doomed").is_some_and(|s| s["phase"] == "Running")
+            && !fake.objects("jobs").is_empty()
+    })
+    .await;
+    let gvk = GroupVersionKind::gvk("harness.dev", "v1alpha1", "DynamoBenchmark");
+    let (ar, _) = kube::discovery::pinned_kind(&fake.client(), &gvk)
+        .await
+        .expect("kind");
+    let api: Api<DynamicObject> = Api::namespaced_with(fake.client(), "bench", &ar);
+    api.delete("doomed", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_until(&fake, "the doomed resource gone, its Jobs too", || {
+        status("doomed").is_none() && fake.objects("jobs").is_empty()
+    })
+    .await;
+    assert!(fake.objects("configmaps").is_empty(), "nothing left");
+    kill(Pid::from_raw(second.id() as i32), Signal::SIGTERM).expect("sigterm");
+    let code = tokio::task::spawn_blocking(move || second.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert!(code.success(), "{code:?}");
+}
+
+/// Polls `ready` every 50 ms for up to two minutes (panics past that, naming `what`); how
+/// many Jobs owned by a `DynamoBenchmark` it saw meanwhile.
+async fn wait_until(fake: &FakeApiServer, what: &str, ready: impl Fn() -> bool) -> usize {
+    let mut owned = 0;
+    for _ in 0..2400 {
+        owned += fake
+            .objects("jobs")
+            .iter()
+            .filter(|j| {
+                j.pointer("/metadata/ownerReferences/0/kind") == Some(&json!("DynamoBenchmark"))
+            })
+            .count();
+        if ready() {
+            return owned;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting: {what}");
 }

@@ -138,6 +138,13 @@ impl Reporter for StatusReporter {
     fn on_event(&self, event: &Event) {
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
         match event {
+            // A resumed run counts its cells again: those done earlier are skipped (one
+            // event each), and one cut short by the stop runs again.
+            Event::RunStarted { .. } => {
+                s.cells_done = 0;
+                s.cells_failed = 0;
+                s.current_cell = None;
+            }
             Event::CellStarted { cell, .. } => s.current_cell = Some(cell.to_string()),
             Event::CellFinished { status, .. } => {
                 s.cells_done += 1;

@@ -99,36 +99,62 @@ pub fn manifests(
 /// Where the rendered workflow mounts the experiment.
 pub const EXPERIMENT_PATH: &str = EXPERIMENT_FILE;
 
-/// An Argo Workflow that runs the sweep one task per step, against a model that is already
-/// deployed (`deployment.url`, e.g. by the Dynamo operator):
+/// Where the workflow's deploy task writes the endpoint it hands to the cells.
+const ENDPOINT_FILE: &str = "/tmp/endpoint";
+
+/// An Argo Workflow that runs the sweep one task per step, next to the model:
 ///
 /// * `begin` creates the run in the store (`harness run --plan-only`), with the experiment
 ///   from a ConfigMap;
-/// * `cell` runs one cell's steps in its pod, next to the model
-///   (`harness run --resume RUN --only CELL --here`); the cells form a DAG in which each
-///   waits for the one before (they share the model, so they must not overlap) and runs even
-///   when it failed;
-/// * the exit handler always runs `report` (`harness report`) and `cleanup` (deletes the
-///   run's ConfigMap).
+/// * `deploy`, for `deployment.manifests` (inline: read them before rendering), applies
+///   them labelled with the run, waits until they are ready and hands their endpoint to the
+///   cells (`harness k8s deploy`); a `deployment.url` (e.g. a model the Dynamo operator
+///   deployed) needs none;
+/// * `cell` runs one cell (`harness run --resume RUN --only CELL --endpoint URL`): in its
+///   own pod (`--here`), or with `backend.clients` above 1 as an Indexed Job of that many
+///   client pods that start together, which the task creates, waits for and merges like
+///   `harness run`; the cells form a DAG in which each waits for the one before (they share
+///   the model, so they must not overlap) and runs even when it failed;
+/// * the exit handler always runs `report` (`harness report`) and `cleanup` (deletes
+///   everything labelled with the run: the ConfigMap, the deployment).
+///
+/// `workload_file`, the content of `workload.path` (a trace, conversations), travels in the
+/// ConfigMap with the experiment, mounted in every task's pod.
 ///
 /// # Errors
-/// When the deployment is not a URL, `backend.clients` is above 1, or the plan cannot be
-/// made.
-pub fn argo_workflow(exp: &Experiment, run_id: &str, store_url: &str) -> Result<String> {
-    let harness_core::config::Deployment::Url { .. } = &exp.deployment else {
-        return Err(harness_core::Error::invalid(
-            "--argo",
-            "the workflow benchmarks a model that is already deployed: give `deployment.url` \
-             (the in-cluster URL of its service)",
-        ));
+/// When the deployment is neither a URL nor inline manifests, the plan cannot be made, or
+/// the ConfigMap would be too large.
+pub fn argo_workflow(
+    exp: &Experiment,
+    run_id: &str,
+    store_url: &str,
+    workload_file: Option<&str>,
+) -> Result<String> {
+    use harness_core::config::Deployment;
+    let (deploy, endpoint) = match &exp.deployment {
+        Deployment::Url { url, .. } => (false, exp.substitute(url)),
+        Deployment::Manifests { manifests, .. } if manifests.contains('\n') => (
+            true,
+            "{{tasks.deploy.outputs.parameters.endpoint}}".to_owned(),
+        ),
+        Deployment::Manifests { .. } => {
+            return Err(harness_core::Error::invalid(
+                "deployment.manifests",
+                "the workflow's pods cannot read a file of this machine: give the YAML itself",
+            ));
+        }
+        _ => {
+            return Err(harness_core::Error::invalid(
+                "--argo",
+                "the workflow benchmarks a model in the cluster: give `deployment.url` (the \
+                 in-cluster URL of a model already deployed) or `deployment.manifests` \
+                 (which its first task deploys)",
+            ));
+        }
     };
-    if exp.backend.clients() > 1 {
-        return Err(harness_core::Error::invalid(
-            "backend.clients",
-            "the workflow runs a cell in one pod; several clients per cell need `harness run` \
-             (an Indexed Job per cell)",
-        ));
-    }
+    // One client: the cell's steps run in the task's pod. Several: the task runs the cell
+    // as `harness run` does, an Indexed Job of client pods.
+    let here = exp.backend.clients() <= 1;
     let namespace = exp.backend.namespace();
     let service_account = exp
         .backend
@@ -151,10 +177,14 @@ pub fn argo_workflow(exp: &Experiment, run_id: &str, store_url: &str) -> Result<
     };
     let mut tasks = vec![json!({"name": "begin", "template": "begin"})];
     let mut previous = "begin".to_owned();
+    if deploy {
+        tasks.push(json!({"name": "deploy", "template": "deploy", "depends": "begin"}));
+        previous = "deploy".into();
+    }
     for cell in plan.cells() {
         let name = format!("cell-{}", cell.index);
-        let depends = if previous == "begin" {
-            "begin".to_owned()
+        let depends = if matches!(previous.as_str(), "begin" | "deploy") {
+            previous.clone()
         } else {
             format!("{previous}.Succeeded || {previous}.Failed")
         };
@@ -162,11 +192,15 @@ pub fn argo_workflow(exp: &Experiment, run_id: &str, store_url: &str) -> Result<
             "name": name,
             "template": "cell",
             "depends": depends,
-            "arguments": {"parameters": [{"name": "cell", "value": cell.id.to_string()}]},
+            "arguments": {"parameters": [
+                {"name": "cell", "value": cell.id.to_string()},
+                {"name": "endpoint", "value": endpoint},
+            ]},
         }));
         previous = name;
     }
-    let mut begin = harness(&[
+    let workload_set = format!("workload.path={WORKLOAD_FILE}");
+    let mut begin_args = vec![
         "run",
         EXPERIMENT_PATH,
         "--run-id",
@@ -175,8 +209,71 @@ pub fn argo_workflow(exp: &Experiment, run_id: &str, store_url: &str) -> Result<
         "--store",
         store_url,
         "--no-progress",
-    ]);
+    ];
+    if workload_file.is_some() {
+        // The stored experiment reads its workload file where every task mounts it.
+        begin_args.extend(["--set", workload_set.as_str()]);
+    }
+    let mut begin = harness(&begin_args);
     begin["volumeMounts"] = json!([{"name": "experiment", "mountPath": MOUNT}]);
+    let mut cell_args = vec![
+        "run",
+        "--resume",
+        run_id,
+        "--only",
+        "{{inputs.parameters.cell}}",
+    ];
+    if here {
+        cell_args.push("--here");
+    }
+    cell_args.extend([
+        "--endpoint",
+        "{{inputs.parameters.endpoint}}",
+        "--store",
+        store_url,
+        "--no-progress",
+    ]);
+    let mut templates = vec![
+        json!({"name": "sweep", "dag": {"tasks": tasks}}),
+        json!({"name": "begin", "container": begin}),
+    ];
+    if deploy {
+        let mut container = harness(&[
+            "k8s",
+            "deploy",
+            EXPERIMENT_PATH,
+            "--run-id",
+            run_id,
+            "--endpoint-file",
+            ENDPOINT_FILE,
+        ]);
+        container["volumeMounts"] = json!([{"name": "experiment", "mountPath": MOUNT}]);
+        templates.push(json!({
+            "name": "deploy",
+            "container": container,
+            "outputs": {"parameters": [
+                {"name": "endpoint", "valueFrom": {"path": ENDPOINT_FILE}},
+            ]},
+        }));
+    }
+    let mut cell = harness(&cell_args);
+    cell["volumeMounts"] = json!([{"name": "experiment", "mountPath": MOUNT}]);
+    templates.extend([
+        json!({"name": "cell",
+               "inputs": {"parameters": [{"name": "cell"}, {"name": "endpoint"}]},
+               "container": cell}),
+        json!({"name": "finish", "steps": [[{"name": "report", "template": "report"}],
+                                           [{"name": "cleanup", "template": "cleanup"}]]}),
+        json!({"name": "report", "container": harness(&["report", run_id, "--store", store_url])}),
+        json!({"name": "cleanup", "container": harness(&["k8s", "cleanup", "--run", run_id,
+            "--namespace", namespace])}),
+    ]);
+    // Bounded like the in-cluster Jobs: every cell's step timeout, plus the first and last
+    // tasks, and the deployment's readiness.
+    let mut deadline = exp.policy.step_timeout.get().as_secs() * (plan.len() as u64 + 2);
+    if deploy {
+        deadline += exp.policy.ready_timeout.get().as_secs();
+    }
     let labels = json!({"harness.dev/run": run_label, "app.kubernetes.io/name": "harness"});
     let workflow = json!({
         "apiVersion": "argoproj.io/v1alpha1",
@@ -189,31 +286,19 @@ pub fn argo_workflow(exp: &Experiment, run_id: &str, store_url: &str) -> Result<
         "spec": {
             "entrypoint": "sweep",
             "onExit": "finish",
-            // Bounded like the in-cluster Jobs: every cell's step timeout, plus the first
-            // and last tasks; pods go when they succeed, the workflow a day after it ends.
-            "activeDeadlineSeconds": exp.policy.step_timeout.get().as_secs() * (plan.len() as u64 + 2),
+            // Pods go when they succeed, the workflow a day after it ends.
+            "activeDeadlineSeconds": deadline,
             "podGC": {"strategy": "OnPodSuccess"},
             "ttlStrategy": {"secondsAfterSuccess": 3600, "secondsAfterFailure": 86400},
             "serviceAccountName": service_account,
             "volumes": [{"name": "experiment", "configMap": {"name": config}}],
-            "templates": [
-                {"name": "sweep", "dag": {"tasks": tasks}},
-                {"name": "begin", "container": begin},
-                {"name": "cell", "inputs": {"parameters": [{"name": "cell"}]},
-                 "container": harness(&["run", "--resume", run_id, "--only",
-                     "{{inputs.parameters.cell}}", "--here", "--store", store_url, "--no-progress"])},
-                {"name": "finish", "steps": [[{"name": "report", "template": "report"}],
-                                             [{"name": "cleanup", "template": "cleanup"}]]},
-                {"name": "report", "container": harness(&["report", run_id, "--store", store_url])},
-                {"name": "cleanup", "container": harness(&["k8s", "cleanup", "--run", run_id,
-                    "--namespace", namespace])},
-            ],
+            "templates": templates,
         },
     });
     let configmap = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": config, "namespace": namespace, "labels": labels},
-        "data": {"experiment.json": exp.to_json().to_string()},
+        "data": configmap_data(exp, workload_file)?,
     });
     let mut objects = argo_rbac(namespace, &service_account);
     objects.push(configmap);

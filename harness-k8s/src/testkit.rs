@@ -130,6 +130,35 @@ type Key = (String, String, String, String);
 /// The body of the fake's responses: whole, or a stream (watches).
 type FakeBody = BoxBody<Bytes, Infallible>;
 
+/// A [`FakeApiServer`] served over HTTP ([`FakeApiServer::serve`]).
+#[derive(Debug, Clone)]
+pub struct FakeHttp {
+    url: String,
+}
+
+impl FakeHttp {
+    /// Its base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Writes a kubeconfig at `path` whose current context is this server, with
+    /// `namespace` as its namespace (set `KUBECONFIG` to it for a program under test).
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn write_kubeconfig(&self, path: &std::path::Path, namespace: &str) -> std::io::Result<()> {
+        let config = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters:\n- name: fake\n  cluster: {{server: \"{}\"}}\n\
+             users:\n- name: fake\n  user: {{}}\n\
+             contexts:\n- name: fake\n  context: {{cluster: fake, user: fake, namespace: {namespace}}}\n",
+            self.url
+        );
+        std::fs::write(path, config)
+    }
+}
+
 /// A kind the fake serves.
 #[derive(Debug, Clone)]
 struct Served {
@@ -397,6 +426,49 @@ impl FakeApiServer {
             }
         });
         kube::Client::new(service, "default")
+    }
+
+    /// Serves this API server over HTTP on a free loopback port, for programs of their own
+    /// (a binary under test) that find a cluster through a kubeconfig
+    /// ([`FakeHttp::write_kubeconfig`]). It serves until the runtime ends. Must be called
+    /// inside a tokio runtime.
+    ///
+    /// # Errors
+    /// When no loopback port can be bound.
+    pub async fn serve(&self) -> std::io::Result<FakeHttp> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let me = me.clone();
+                let service =
+                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let me = me.clone();
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let bytes = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            Ok::<_, Infallible>(me.handle(&parts, &bytes))
+                        }
+                    });
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "fake API server connection");
+                    }
+                });
+            }
+        });
+        Ok(FakeHttp {
+            url: format!("http://{addr}"),
+        })
     }
 
     /// Every stored object of resource `plural` (`pods`, `jobs`, `dynamographdeployments`),
@@ -1146,6 +1218,21 @@ fn write(
                     "{route_name}: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted"
                 ),
             );
+        }
+        // A Job's pod template and completion mode are fixed at creation.
+        if key.1 == "jobs" {
+            for field in ["template", "completionMode", "selector"] {
+                let at = format!("/spec/{field}");
+                if old.pointer(&at).is_some() && old.pointer(&at) != new.pointer(&at) {
+                    return status(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Invalid",
+                        &format!(
+                            "Job.batch \"{route_name}\" is invalid: spec.{field}: Invalid value: field is immutable"
+                        ),
+                    );
+                }
+            }
         }
         let spec_of = |o: &Value| {
             let mut o = o.clone();

@@ -259,3 +259,36 @@ async fn injected_errors_answer_matching_requests_then_stop() {
     }
     api.list(&Default::default()).await.expect("then served");
 }
+
+/// A Job's pod template cannot change once it exists (422, as the API server's validation
+/// says), even applied with force; its other fields can.
+#[tokio::test]
+async fn a_jobs_pod_template_is_immutable() {
+    use k8s_openapi::api::batch::v1::Job;
+    let fake = FakeApiServer::new();
+    let api: Api<Job> = Api::namespaced(fake.client(), "bench");
+    let job = |image: &str, deadline: u64| {
+        json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
+               "spec": {"activeDeadlineSeconds": deadline, "template": {"spec": {
+                   "restartPolicy": "Never",
+                   "containers": [{"name": "c", "image": image}]}}}})
+    };
+    let pp = PatchParams::apply("harness").force();
+    api.patch("j", &pp, &Patch::Apply(&job("a:1", 60)))
+        .await
+        .expect("created");
+    api.patch("j", &pp, &Patch::Apply(&job("a:1", 120)))
+        .await
+        .expect("the deadline may change");
+    let e = api
+        .patch("j", &pp, &Patch::Apply(&job("a:2", 120)))
+        .await
+        .expect_err("a new template");
+    assert_eq!(code(e), 422);
+    let stored = api.get("j").await.expect("job");
+    let image = stored
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers[0].image.clone());
+    assert_eq!(image, Some(Some("a:1".to_owned())), "unchanged");
+}

@@ -40,6 +40,7 @@ pub struct RunOptions {
     only: Vec<String>,
     plan_only: bool,
     here: Option<Option<String>>,
+    deployed_at: Option<String>,
     cell_steps: Vec<Arc<dyn Step>>,
     reporters: Vec<Arc<dyn Reporter>>,
     cancel: CancellationToken,
@@ -63,6 +64,7 @@ impl std::fmt::Debug for RunOptions {
             .field("only", &self.only)
             .field("plan_only", &self.plan_only)
             .field("here", &self.here)
+            .field("deployed_at", &self.deployed_at)
             .field("cell_steps", &self.cell_steps.len())
             .field("reporters", &self.reporters.len())
             .field("mock_program", &self.mock_program)
@@ -131,6 +133,15 @@ impl RunOptions {
     /// `endpoint` (default `deployment.url`): a workflow manages the deployment.
     pub fn here(mut self, endpoint: Option<String>) -> Self {
         self.here = Some(endpoint);
+        self
+    }
+
+    /// The model is deployed already, at `url` (by a workflow's deploy task): the run waits
+    /// until it answers instead of deploying it, and leaves it up. The cells run as the
+    /// experiment says (on Kubernetes, in-cluster Jobs), unlike [`RunOptions::here`]. The
+    /// run's stored experiment keeps its own `deployment`.
+    pub fn deployed_at(mut self, url: impl Into<String>) -> Self {
+        self.deployed_at = Some(url.into());
         self
     }
 
@@ -250,6 +261,7 @@ impl App {
             only,
             plan_only,
             here,
+            deployed_at,
             cell_steps,
             reporters,
             cancel,
@@ -295,7 +307,25 @@ impl App {
                 Some(p) => MockServing::Process(p),
                 None => MockServing::InProcess,
             };
-            build_pipelines(self, &exp, &file, &url, &mock, &extra)?
+            match deployed_at {
+                Some(at) => {
+                    if !exp.treatments.is_empty() {
+                        return Err(Error::invalid(
+                            "--endpoint",
+                            "names one deployment; an experiment with treatments deploys each in turn",
+                        ));
+                    }
+                    // Waited for at `at`, not deployed; the stored experiment is the run's own.
+                    let mut deployed = exp.clone();
+                    deployed.deployment = harness_core::config::Deployment::Url {
+                        url: at,
+                        health: None,
+                        gpus: exp.deployment.gpus(),
+                    };
+                    build_pipelines(self, &deployed, &file, &url, &mock, &extra)?
+                }
+                None => build_pipelines(self, &exp, &file, &url, &mock, &extra)?,
+            }
         };
         let mut cells = Vec::new();
         for id in &only {

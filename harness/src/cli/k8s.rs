@@ -26,11 +26,29 @@ pub(crate) enum Command {
         /// The run id to render for (default: a new one).
         #[arg(long)]
         run_id: Option<String>,
-        /// Print an Argo Workflow (for a model already deployed at `deployment.url`).
+        /// Print an Argo Workflow: one task per step, the cells as a DAG, against
+        /// `deployment.url` or `deployment.manifests` (deployed by its first task).
         #[arg(long)]
         argo: bool,
         #[command(flatten)]
         store: StoreArgs,
+    },
+    /// Deploy an experiment's `deployment.manifests` for a run (labelled with it), wait until
+    /// it is ready and print its endpoint; it stays up for the run's tasks, until
+    /// `harness k8s cleanup --run ID` (a workflow's deploy task). A deployment that does not
+    /// become ready is deleted. A `deployment.url` is printed as it is.
+    Deploy {
+        /// The experiment file.
+        experiment: PathBuf,
+        /// Override a value: `--set backend.namespace=bench`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// The run the deployment belongs to.
+        #[arg(long)]
+        run_id: String,
+        /// Also write the endpoint to this file (a workflow's output parameter).
+        #[arg(long)]
+        endpoint_file: Option<PathBuf>,
     },
     /// Delete whatever a run left in the cluster (Jobs, ConfigMaps, Deployments, Services,
     /// Dynamo graphs, pods: everything labelled `harness.dev/run=ID`) and wait until it is
@@ -61,7 +79,7 @@ pub(super) async fn exec(command: Command) -> Result<(), Error> {
             argo,
             store,
         } => {
-            let (exp, _) = load(&experiment, &sets)?;
+            let (mut exp, _) = load(&experiment, &sets)?;
             if !exp.treatments.is_empty() {
                 return Err(Error::invalid(
                     "treatments",
@@ -70,6 +88,26 @@ pub(super) async fn exec(command: Command) -> Result<(), Error> {
             }
             let url = store_url(&store, Some(&exp.storage));
             let run_id = run_id.unwrap_or_else(crate::session::new_run_id);
+            if argo {
+                // The workflow's pods cannot read this machine's files: the manifests go
+                // inline into the experiment.
+                if let harness_core::config::Deployment::Manifests { manifests, .. } =
+                    &mut exp.deployment
+                    && !manifests.contains('\n')
+                {
+                    *manifests = tokio::fs::read_to_string(&*manifests).await.map_err(|e| {
+                        Error::io(format!("reading deployment.manifests `{manifests}`"), e)
+                    })?;
+                }
+                let text = harness_k8s::render::argo_workflow(
+                    &exp,
+                    &run_id,
+                    &url,
+                    workload_file(&exp).await?.as_deref(),
+                )?;
+                say!("{}", text.trim_end());
+                return Ok(());
+            }
             let endpoint = match (endpoint, &exp.deployment) {
                 (Some(e), _) => e,
                 (None, harness_core::config::Deployment::Url { url, .. }) => url.clone(),
@@ -80,25 +118,29 @@ pub(super) async fn exec(command: Command) -> Result<(), Error> {
                     ));
                 }
             };
-            let workload_file =
-                match &exp.workload.path {
-                    Some(p) => Some(tokio::fs::read_to_string(p).await.map_err(|e| {
-                        Error::io(format!("reading workload.path {}", p.display()), e)
-                    })?),
-                    None => None,
-                };
-            let text = if argo {
-                harness_k8s::render::argo_workflow(&exp, &run_id, &url)?
-            } else {
-                harness_k8s::render::manifests(
-                    &exp,
-                    &run_id,
-                    &endpoint,
-                    &url,
-                    workload_file.as_deref(),
-                )?
-            };
+            let text = harness_k8s::render::manifests(
+                &exp,
+                &run_id,
+                &endpoint,
+                &url,
+                workload_file(&exp).await?.as_deref(),
+            )?;
             say!("{}", text.trim_end());
+        }
+        Command::Deploy {
+            experiment,
+            sets,
+            run_id,
+            endpoint_file,
+        } => {
+            let (exp, _) = load(&experiment, &sets)?;
+            let endpoint = deploy(exp, &run_id).await?;
+            if let Some(path) = endpoint_file {
+                tokio::fs::write(&path, &endpoint)
+                    .await
+                    .map_err(|e| Error::io(format!("writing `{}`", path.display()), e))?;
+            }
+            say!("{endpoint}");
         }
         Command::Cleanup { run, namespace } => {
             let client = crate::wiring::kube_client().await?;
@@ -118,4 +160,67 @@ pub(super) async fn exec(command: Command) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Deploys `exp`'s manifests as part of run `run_id` and waits until they are ready; the
+/// endpoint. What does not become ready is deleted.
+async fn deploy(exp: harness_core::Experiment, run_id: &str) -> Result<String, Error> {
+    use harness_core::config::{BackendKind, Deployment};
+    use std::sync::Arc;
+    match &exp.deployment {
+        Deployment::Url { url, .. } => return Ok(exp.substitute(url)),
+        Deployment::Manifests { .. } => {}
+        _ => {
+            return Err(Error::invalid(
+                "deployment",
+                "`k8s deploy` applies `deployment.manifests` in the cluster (or prints `deployment.url`)",
+            ));
+        }
+    }
+    if exp.backend.kind != BackendKind::Kubernetes {
+        return Err(Error::invalid(
+            "backend.kind",
+            "`k8s deploy` deploys in a cluster: set `kubernetes`",
+        ));
+    }
+    let backend =
+        harness_k8s::K8sBackend::new(crate::wiring::kube_client().await?, exp.backend.namespace())
+            .label(
+                "harness.dev/run",
+                harness_k8s::incluster::dns_label_of(run_id),
+            )
+            .fail_fast_grace(exp.backend.fail_fast_grace());
+    let steps = harness_core::steps::DeploymentSteps::for_experiment(&exp, None)?;
+    let run = harness_core::RunContext::new(
+        run_id,
+        Arc::new(exp),
+        Arc::new(backend),
+        Arc::new(harness_core::MemoryStore::new()),
+        harness_core::CancellationToken::new(),
+    )?;
+    let cx = run.step(harness_core::Stage::Setup, None, steps.setup.name())?;
+    if let Err(e) = steps.setup.run(&cx).await {
+        if let Some(teardown) = &steps.teardown {
+            let cx = run.step(harness_core::Stage::Teardown, None, teardown.name())?;
+            if let Err(t) = teardown.run(&cx).await {
+                tracing::warn!(error = %t, "could not delete the deployment");
+            }
+        }
+        return Err(e);
+    }
+    let endpoint = run
+        .resources()
+        .get::<harness_core::Endpoint>()
+        .ok_or_else(|| Error::failed("deployment", "the deployment step reported no endpoint"))?;
+    Ok(endpoint.base_url.clone())
+}
+
+/// The content of the experiment's `workload.path`, when it has one.
+async fn workload_file(exp: &harness_core::Experiment) -> Result<Option<String>, Error> {
+    match &exp.workload.path {
+        Some(p) => Ok(Some(tokio::fs::read_to_string(p).await.map_err(|e| {
+            Error::io(format!("reading workload.path {}", p.display()), e)
+        })?)),
+        None => Ok(None),
+    }
 }

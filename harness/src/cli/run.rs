@@ -67,8 +67,10 @@ pub(crate) struct WorkflowArgs {
     /// by the workflow, and the model is at `--endpoint` (default `deployment.url`).
     #[arg(long)]
     here: bool,
-    /// The model's URL, with `--here`.
-    #[arg(long, requires = "here")]
+    /// The model's URL: it is deployed already (by the workflow), so the run waits for it
+    /// instead of deploying, and leaves it up. With `--here`, the default is
+    /// `deployment.url`.
+    #[arg(long)]
     endpoint: Option<String>,
 }
 
@@ -104,6 +106,8 @@ pub(super) async fn exec(app: &App, args: Args, logs: Logs) -> Result<ExitCode, 
     }
     if workflow.here {
         options = options.here(workflow.endpoint.clone());
+    } else if let Some(url) = &workflow.endpoint {
+        options = options.deployed_at(url.clone());
     }
     let partial_task = workflow.plan_only || !workflow.only.is_empty();
     let exp = match resume {
