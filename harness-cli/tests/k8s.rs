@@ -681,6 +681,131 @@ fn the_helm_chart_carries_the_generated_crd_and_the_same_rbac() {
     assert!(chart.join("templates/NOTES.txt").is_file());
 }
 
+/// The chart as helm renders it (helm 4, from `scripts/test-deps.sh`): it lints clean, and
+/// two releases in one namespace, one with its values changed, pass the Kubernetes 1.33
+/// schemas (strict), do not collide, carry the standard labels and run one operator at a
+/// time under the `restricted` Pod Security Standard.
+#[test]
+fn the_helm_chart_renders_two_releases_that_pass_the_schemas_and_do_not_collide() {
+    let helm = deps().join("helm/helm");
+    assert!(
+        helm.is_file(),
+        "{} is missing: run scripts/test-deps.sh",
+        helm.display()
+    );
+    let chart = repo().join("deploy/helm/harness");
+    let lint = std::process::Command::new(&helm)
+        .args(["lint", "--strict"])
+        .arg(&chart)
+        .output()
+        .expect("helm lint");
+    assert!(lint.status.success(), "{}", text(&lint.stdout));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let template = |release: &str, sets: &[&str]| {
+        let mut cmd = std::process::Command::new(&helm);
+        cmd.args(["template", release]).arg(&chart).args([
+            "--namespace",
+            "bench",
+            "--include-crds",
+        ]);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let out = cmd.output().expect("helm template");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let path = dir.path().join(format!("{release}.yaml"));
+        std::fs::write(&path, &out.stdout).expect("write");
+        (path, text(&out.stdout))
+    };
+    let (one_file, one) = template("one", &[]);
+    let (two_file, two) = template(
+        "two",
+        &[
+            "envSecret=s3-creds",
+            "serviceAccount.create=false",
+            "serviceAccount.name=bench-operator",
+            "nodeSelector.pool=cpu",
+            "imagePullSecrets[0].name=regcred",
+            "image.tag=0.2.0",
+        ],
+    );
+    let python = deps().join("k8s-schemas/bin/python");
+    let out = std::process::Command::new(&python)
+        .arg(repo().join("scripts/validate-manifests.py"))
+        .args([&one_file, &two_file])
+        .output()
+        .expect("the validator runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let objects = |yaml: &str| harness_k8s::parse_manifests(yaml, "helm template").expect("yaml");
+    let named = |objs: &[serde_json::Value]| -> std::collections::BTreeSet<String> {
+        objs.iter()
+            .filter(|o| o["kind"] != "CustomResourceDefinition")
+            .map(|o| format!("{}/{}", o["kind"], o["metadata"]["name"]))
+            .collect()
+    };
+    let (one, two) = (objects(&one), objects(&two));
+    assert!(
+        named(&one).is_disjoint(&named(&two)),
+        "{:?} and {:?} collide",
+        named(&one),
+        named(&two)
+    );
+    let kinds: Vec<&str> = one.iter().filter_map(|o| o["kind"].as_str()).collect();
+    for kind in [
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    for o in one
+        .iter()
+        .filter(|o| o["kind"] != "CustomResourceDefinition")
+    {
+        let labels = &o["metadata"]["labels"];
+        assert_eq!(labels["app.kubernetes.io/instance"], "one", "{o}");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm", "{o}");
+        assert!(labels["helm.sh/chart"].is_string(), "{o}");
+    }
+    let deployment = |objs: &[serde_json::Value]| {
+        objs.iter()
+            .find(|o| o["kind"] == "Deployment")
+            .expect("the operator")
+            .clone()
+    };
+    let d1 = deployment(&one);
+    assert_eq!(d1["spec"]["strategy"]["type"], "Recreate");
+    let pod = &d1["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["command"][1], "operator");
+    // The second release's values reach its pod; it makes no service account of its own.
+    let d2 = deployment(&two);
+    let pod = &d2["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "bench-operator");
+    assert_eq!(pod["nodeSelector"]["pool"], "cpu");
+    assert_eq!(pod["imagePullSecrets"][0]["name"], "regcred");
+    assert!(
+        pod["containers"][0]["image"]
+            .as_str()
+            .is_some_and(|i| i.ends_with(":0.2.0")),
+        "{pod}"
+    );
+    assert_eq!(
+        pod["containers"][0]["envFrom"][0]["secretRef"]["name"],
+        "s3-creds"
+    );
+    assert!(!two.iter().any(|o| o["kind"] == "ServiceAccount"));
+}
+
 #[test]
 fn the_crd_schema_accepts_the_example_and_rejects_broken_specs() {
     let text = std::fs::read_to_string(repo().join("deploy/examples/dynamobenchmark.yaml"))
