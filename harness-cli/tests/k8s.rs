@@ -315,6 +315,14 @@ async fn clients_start_together_after_a_slower_setup_and_merge_over_the_real_win
     let first = received.iter().copied().fold(f64::INFINITY, f64::min);
     let last = received.iter().copied().fold(0.0, f64::max);
     let server_span_s = (last - first) / 1e9;
+    // One request at a time per client: the first two arrivals are one of each, so their
+    // gap is how far apart the clients started (a figure for docs/PERFORMANCE.md).
+    let mut sorted = received.clone();
+    sorted.sort_by(f64::total_cmp);
+    eprintln!(
+        "start skew between the two clients, on the server's clock: {:.3} ms",
+        (sorted[1] - sorted[0]) / 1e6
+    );
 
     // The merged cell measures that window: at least the span of the arrivals (less a
     // quarter second for the clocks), at most it plus a second (the last responses).
@@ -1533,4 +1541,47 @@ async fn wait_until(fake: &FakeApiServer, what: &str, ready: impl Fn() -> bool) 
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("timed out waiting: {what}");
+}
+
+/// `harness k8s deploy` of a model whose pod crash-loops fails with the pod's reason and
+/// its log, and deletes what it applied: a workflow's failed deploy task leaves no GPU pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_that_never_gets_ready_fails_with_the_reason_and_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_owned();
+    let fake = FakeApiServer::new();
+    fake.on_pod(|_| PodScript::CrashLoop {
+        logs: "CUDA out of memory\n".into(),
+    });
+    let http = fake.serve().await.expect("serve");
+    let kubeconfig = d.join("kubeconfig");
+    http.write_kubeconfig(&kubeconfig, "bench")
+        .expect("kubeconfig");
+    std::fs::write(
+        d.join("exp.yaml"),
+        "name: oom\nmodel: {name: m}\nconcurrency: [1]\nbenchmark: {isl_osl: [[8, 8]]}\n\
+         backend: {kind: kubernetes, namespace: bench, fail_fast_grace: 1s}\n\
+         deployment:\n  manifests: |\n    apiVersion: apps/v1\n    kind: Deployment\n\
+         \x20   metadata: {name: model}\n\
+         \x20   spec: {selector: {matchLabels: {app: model}}, template: {metadata: {labels: {app: model}},\n\
+         \x20     spec: {containers: [{name: server, image: vllm:test}]}}}\n",
+    )
+    .expect("write");
+    let out = tokio::task::spawn_blocking(move || {
+        harness_with_env(
+            &d,
+            &["k8s", "deploy", "exp.yaml", "--run-id", "oom-1"],
+            &[("KUBECONFIG", kubeconfig.as_os_str())],
+        )
+    })
+    .await
+    .expect("deploy");
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("CrashLoopBackOff") && stderr.contains("CUDA out of memory"),
+        "{stderr}"
+    );
+    assert!(fake.objects("deployments").is_empty(), "deleted");
+    assert!(fake.objects("pods").is_empty(), "its pods too");
 }
