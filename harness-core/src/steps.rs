@@ -258,6 +258,30 @@ impl DeploymentSteps {
         }
     }
 
+    /// Brings the deployment up as its setup step does, alone, and leaves it up: for a
+    /// deployment that outlives this process (a workflow's deploy task; a later step or
+    /// `harness k8s cleanup` removes it). The endpoint it reports. When setup fails, the
+    /// teardown step runs, so nothing half-deployed stays.
+    ///
+    /// # Errors
+    /// The setup step's error, or [`Error::Failed`] when it reported no endpoint.
+    pub async fn deploy(&self, run: &crate::RunContext) -> Result<Endpoint> {
+        let cx = run.step(crate::Stage::Setup, None, self.setup.name())?;
+        if let Err(e) = self.setup.run(&cx).await {
+            if let Some(teardown) = &self.teardown {
+                let cx = run.step(crate::Stage::Teardown, None, teardown.name())?;
+                if let Err(t) = teardown.run(&cx).await {
+                    tracing::warn!(error = %t, "could not take the deployment down");
+                }
+            }
+            return Err(e);
+        }
+        run.resources()
+            .get::<Endpoint>()
+            .map(|e| (*e).clone())
+            .ok_or_else(|| Error::failed("deployment", "the setup step reported no endpoint"))
+    }
+
     /// Steps that launch `spec` through the backend, wait up to `ready_timeout`, and tear
     /// it down at the end.
     pub fn for_workload(spec: WorkloadSpec, ready_timeout: Duration) -> Self {

@@ -169,7 +169,8 @@ impl StartGate for StoreGate {
             match self.store.get(&start).await {
                 Ok(b) => return parse_unix_ns(&b, &format!("the clients' start ({start})")),
                 Err(Error::NotFound { .. }) => {}
-                Err(e) => return Err(e),
+                // A store that fails now and then is asked again until the deadline.
+                Err(e) => tracing::debug!(error = %e, "reading the clients' start"),
             }
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled {
@@ -193,57 +194,70 @@ impl StartGate for StoreGate {
 /// The controlling side of the meeting: once each of `clients` has either arrived at the
 /// gate (its marker) or finished without it (its report: a step failed first, or it had no
 /// share of the load), writes the start: [`START_MARGIN`] after the last marker's time, on
-/// the pods' own clocks. Returns when it is written, or when no client needed one.
-async fn coordinate(cx: &StepContext, cell: &Cell, attempt: &str, clients: u32) -> Result<()> {
-    let dir = clients_dir(cx.run(), cell, attempt)?;
-    let mut ready: std::collections::BTreeMap<u32, SystemTime> = Default::default();
+/// the pods' own clocks. Returns when it is written, or when no client needed one; a store
+/// error is retried at the next look (the Job's end bounds the wait).
+async fn coordinate(cx: &StepContext, cell: &Cell, dir: &ArtifactKey, clients: u32) {
+    let mut ready = std::collections::BTreeMap::new();
     loop {
-        for meta in cx.store().list(&dir).await? {
-            let Some(index) = meta
-                .key
-                .as_str()
-                .rsplit('/')
-                .next()
-                .and_then(|n| n.strip_suffix(".ready"))
-                .and_then(|i| i.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let std::collections::btree_map::Entry::Vacant(slot) = ready.entry(index) {
-                let bytes = cx.store().get(&meta.key).await?;
-                slot.insert(parse_unix_ns(
-                    &bytes,
-                    &format!("client marker {}", meta.key),
-                )?);
-            }
-        }
-        let mut done = 0;
-        for shard in 0..clients {
-            if ready.contains_key(&shard)
-                || cx
-                    .store()
-                    .exists(&report_key(cx.run(), cell, shard)?)
-                    .await?
-            {
-                done += 1;
-            }
-        }
-        if done == clients {
-            let Some(last) = ready.values().max() else {
-                return Ok(());
-            };
-            let at = *last + START_MARGIN;
-            cx.store()
-                .put(
-                    &dir.join(START)?,
-                    bytes::Bytes::from(unix_ns(at).to_string()),
-                )
-                .await?;
-            tracing::info!(cell = %cell.id, clients = ready.len(), "the clients start together");
-            return Ok(());
+        match look(cx, cell, dir, clients, &mut ready).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => tracing::debug!(cell = %cell.id, error = %e, "looking for the clients"),
         }
         tokio::time::sleep(COORDINATE_POLL).await;
     }
+}
+
+/// One look of [`coordinate`] at the clients' folder: collects the markers into `ready` (by
+/// client), and writes the start once every client is there; whether it is done.
+async fn look(
+    cx: &StepContext,
+    cell: &Cell,
+    dir: &ArtifactKey,
+    clients: u32,
+    ready: &mut std::collections::BTreeMap<u32, SystemTime>,
+) -> Result<bool> {
+    for meta in cx.store().list(dir).await? {
+        let Some(index) = meta
+            .key
+            .as_str()
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.strip_suffix(".ready"))
+            .and_then(|i| i.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let std::collections::btree_map::Entry::Vacant(slot) = ready.entry(index) {
+            let bytes = cx.store().get(&meta.key).await?;
+            slot.insert(parse_unix_ns(
+                &bytes,
+                &format!("client marker {}", meta.key),
+            )?);
+        }
+    }
+    for shard in 0..clients {
+        let there = ready.contains_key(&shard)
+            || cx
+                .store()
+                .exists(&report_key(cx.run(), cell, shard)?)
+                .await?;
+        if !there {
+            return Ok(false);
+        }
+    }
+    let Some(last) = ready.values().max() else {
+        return Ok(true);
+    };
+    let at = *last + START_MARGIN;
+    cx.store()
+        .put(
+            &dir.join(START)?,
+            bytes::Bytes::from(unix_ns(at).to_string()),
+        )
+        .await?;
+    tracing::info!(cell = %cell.id, clients = ready.len(), "the clients start together");
+    Ok(true)
 }
 
 /// Everything one cell's Job needs.
@@ -586,14 +600,10 @@ impl Step for InClusterStep {
         let finished = if clients > 1 {
             // Meanwhile, the clients are given their common start once they are all ready.
             tokio::pin!(wait);
+            let dir = clients_dir(cx.run(), &cell, &attempt)?;
             tokio::select! {
                 finished = &mut wait => finished,
-                gate = coordinate(cx, &cell, &attempt, clients) => {
-                    if let Err(e) = gate {
-                        tracing::warn!(cell = %cell.id, error = %e, "could not start the clients together");
-                    }
-                    wait.await
-                }
+                () = coordinate(cx, &cell, &dir, clients) => wait.await,
             }
         } else {
             wait.await

@@ -198,21 +198,7 @@ async fn deploy(exp: harness_core::Experiment, run_id: &str) -> Result<String, E
         Arc::new(harness_core::MemoryStore::new()),
         harness_core::CancellationToken::new(),
     )?;
-    let cx = run.step(harness_core::Stage::Setup, None, steps.setup.name())?;
-    if let Err(e) = steps.setup.run(&cx).await {
-        if let Some(teardown) = &steps.teardown {
-            let cx = run.step(harness_core::Stage::Teardown, None, teardown.name())?;
-            if let Err(t) = teardown.run(&cx).await {
-                tracing::warn!(error = %t, "could not delete the deployment");
-            }
-        }
-        return Err(e);
-    }
-    let endpoint = run
-        .resources()
-        .get::<harness_core::Endpoint>()
-        .ok_or_else(|| Error::failed("deployment", "the deployment step reported no endpoint"))?;
-    Ok(endpoint.base_url.clone())
+    Ok(steps.deploy(&run).await?.base_url)
 }
 
 /// The content of the experiment's `workload.path`, when it has one.
