@@ -632,8 +632,8 @@ async fn handle(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         )
     };
     let stream = TokenStream {
-        _serving: serving,
-        _slot: slot,
+        serving: Some(serving),
+        slot,
         prompt_tokens,
         running: Some(Held::new(&s, |c| &c.streams_running)),
         shared: s.clone(),
@@ -723,9 +723,9 @@ enum Next {
 struct TokenStream {
     /// Counts the request as being served until the response ends; dropped before the slot,
     /// so that the next request's count never overlaps this one's.
-    _serving: Held,
+    serving: Option<Held>,
     /// The serving slot, freed when the response ends (`cfg.slots`).
-    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// The prompt's tokens, counted when the response completes.
     prompt_tokens: u64,
     /// Taken when a stalled stream hands its count to the connection, which keeps it until the
@@ -888,6 +888,10 @@ impl TokenStream {
                 }
                 Phase::Done => {
                     self.phase = Phase::End;
+                    // The request is done before its last bytes leave: a client that sends
+                    // its next one as soon as it reads them is never counted twice.
+                    self.serving = None;
+                    self.slot = None;
                     sink.send(b"data: [DONE]\n\n");
                     return Next::Finish;
                 }
