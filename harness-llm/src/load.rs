@@ -52,6 +52,11 @@ pub struct LoadSpec {
     pub dataset: Option<Arc<Dataset>>,
     /// What the requests are: synthetic (or the dataset's) by default.
     pub workload: Workload,
+    /// This client's share of a replayed workload (a trace's requests, conversations) that
+    /// several clients send together: the items whose index modulo `count` is its `index`,
+    /// at their own times; `requests` and `warmup` count them all. Other workloads are
+    /// shared by splitting the counts instead.
+    pub shard: Option<harness_core::Shard>,
 }
 
 /// Prompts read from a JSON-lines file: `{"prompt": "...", "output_tokens": 128}` per line.
@@ -141,7 +146,14 @@ impl LoadSpec {
             osl_stddev: 0.0,
             dataset: None,
             workload: Workload::Synthetic,
+            shard: None,
         }
+    }
+
+    /// Whether item `index` of a replayed workload is this client's to send.
+    pub(crate) fn owns(&self, index: u64) -> bool {
+        self.shard
+            .is_none_or(|s| index % u64::from(s.count.max(1)) == u64::from(s.index))
     }
 
     /// Request `index`'s prompt, its input token count as built (the fallback when the server
@@ -376,6 +388,11 @@ pub async fn run_at(
                     || cancel.is_cancelled()
                 {
                     break;
+                }
+                // Another client's request of the trace.
+                if trace.is_some() && !spec.owns(index) {
+                    index += 1;
+                    continue;
                 }
                 let Some(permit) = arrive(&clock, at, cap.as_ref(), cancel).await else {
                     break;

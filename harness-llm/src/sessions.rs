@@ -54,12 +54,19 @@ impl Shared {
             return None;
         }
         let mut c = self.claims.lock().unwrap_or_else(|e| e.into_inner());
-        let (planned, next) = *c;
-        if self.total.is_some_and(|t| planned >= t) {
-            return None;
+        loop {
+            let (planned, next) = *c;
+            if self.total.is_some_and(|t| planned >= t) {
+                return None;
+            }
+            *c = (planned + u64::from(self.turns(next)), next + 1);
+            // Conversations shared by several clients: the others' are counted, not sent.
+            let mine =
+                !matches!(self.spec.workload, Workload::Conversations(_)) || self.spec.owns(next);
+            if mine {
+                return Some((next, planned < self.spec.warmup));
+            }
         }
-        *c = (planned + u64::from(self.turns(next)), next + 1);
-        Some((next, planned < self.spec.warmup))
     }
 
     /// Runs session `s` to its end, a failed turn, the deadline or cancellation.

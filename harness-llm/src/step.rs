@@ -222,16 +222,22 @@ impl Step for BenchmarkStep {
             max_connections: concurrency.unwrap_or(64) as usize,
         })
         .map_err(|e| e.at("load"))?;
+        // Several clients share a replayed list (a trace, conversations) item by item, and
+        // anything else by splitting its counts.
+        let (split, replay) = match shard {
+            Some(s) if workload.is_replay() => (None, Some(s)),
+            other => (other, None),
+        };
         let spec = LoadSpec {
             concurrency,
             rate,
             arrival: load.arrival,
             requests: load
                 .requests
-                .map(|r| shard.map_or(u64::from(r.get()), |s| s.part(u64::from(r.get())))),
+                .map(|r| split.map_or(u64::from(r.get()), |s| s.part(u64::from(r.get())))),
             duration: load.duration.map(|d| d.get()),
             ramp: load.ramp.map(|d| d.get()),
-            warmup: shard.map_or(u64::from(load.warmup_requests), |s| {
+            warmup: split.map_or(u64::from(load.warmup_requests), |s| {
                 s.part(u64::from(load.warmup_requests))
             }),
             isl,
@@ -245,6 +251,7 @@ impl Step for BenchmarkStep {
             osl_stddev: load.osl_stddev.unwrap_or(0.0),
             dataset,
             workload,
+            shard: replay,
         };
         // A healthy server may not serve the model yet (a frontend whose workers have not
         // registered it): wait until it lists it.

@@ -277,6 +277,85 @@ async fn conversations_from_a_file_are_replayed_as_sessions() {
     server.shutdown().await;
 }
 
+/// Two clients share a conversations file conversation by conversation, and a trace
+/// request by request at the trace's times: together they send each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_share_conversations_and_a_trace_item_by_item() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conversations = dir.path().join("conversations.jsonl");
+    let lines: Vec<String> = (0..5)
+        .map(|i| {
+            format!(
+                r#"{{"messages": [{{"role": "user", "content": "Question {i}?"}}, {{"role": "assistant", "content": "Answer {i}."}}, {{"role": "user", "content": "And then?"}}]}}"#
+            )
+        })
+        .collect();
+    std::fs::write(&conversations, lines.join("\n")).expect("file");
+    let trace = dir.path().join("trace.jsonl");
+    let entries: String = (0..7)
+        .map(|i| {
+            format!(
+                "{{\"timestamp\": {}, \"input_length\": 16, \"output_length\": 2, \"hash_ids\": [{i}]}}\n",
+                i * 10
+            )
+        })
+        .collect();
+    std::fs::write(&trace, entries).expect("trace");
+    let server = mock(100_000, 4).await;
+    for (workload, items, per_item) in [
+        (
+            format!(
+                "{{kind: conversations, path: '{}'}}",
+                conversations.display()
+            ),
+            5u64,
+            2usize,
+        ),
+        (
+            format!(
+                "{{kind: trace, path: '{}', block_tokens: 16}}",
+                trace.display()
+            ),
+            7,
+            1,
+        ),
+    ] {
+        let yaml = format!(
+            "name: two\nmodel: {{name: m, max_context: 4096}}\nconcurrency: [2]\n\
+             benchmark: {{isl_osl: [[16, 2]]}}\nload: {{preflight: false}}\n\
+             telemetry: {{enabled: false}}\nworkload: {workload}\n"
+        );
+        let mut seen = Vec::new();
+        for index in 0..2 {
+            let ran = common::bench_as(&server, &yaml, Some(Shard { index, count: 2 })).await;
+            assert_eq!(
+                ran.report.cells[0].status,
+                CellStatus::Succeeded,
+                "{workload}"
+            );
+            let records = ran.shard_records(index).await;
+            // A conversation's turns stay on one client; a trace's requests alternate.
+            let items: BTreeSet<u64> = records
+                .iter()
+                .map(|r| r.session.unwrap_or(r.index))
+                .collect();
+            assert!(
+                items.iter().all(|i| i % 2 == u64::from(index)),
+                "client {index} of {workload}: {items:?}"
+            );
+            assert_eq!(records.len(), items.len() * per_item, "{workload}");
+            seen.extend(items);
+        }
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            (0..items).collect::<Vec<_>>(),
+            "{workload}: each once"
+        );
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_trace_fails_the_cell_naming_its_file_and_line() {
     let dir = tempfile::tempdir().expect("tempdir");

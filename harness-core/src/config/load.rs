@@ -383,8 +383,13 @@ impl Experiment {
                 ),
             ));
         }
-        if self.workload.kind != super::WorkloadKind::Synthetic
-            && self.backend.clients.is_some_and(|c| c.get() > 1)
+        // Several clients split the synthetic load's counts, and share a replayed list (a
+        // trace's requests, whole conversations) item by item; generated prefixes and
+        // sessions would differ from client to client.
+        if matches!(
+            self.workload.kind,
+            super::WorkloadKind::SharedPrefix | super::WorkloadKind::Sessions
+        ) && self.backend.clients.is_some_and(|c| c.get() > 1)
         {
             return Err(locate(
                 "backend",

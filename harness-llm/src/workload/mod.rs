@@ -172,6 +172,12 @@ impl Workload {
     pub fn is_sessions(&self) -> bool {
         matches!(self, Workload::Sessions(_) | Workload::Conversations(_))
     }
+
+    /// Whether it replays a fixed list (a trace, conversations): several clients share it
+    /// item by item ([`crate::load::LoadSpec::shard`]), not by splitting counts.
+    pub fn is_replay(&self) -> bool {
+        matches!(self, Workload::Trace(_) | Workload::Conversations(_))
+    }
 }
 
 /// SplitMix64: a well-mixed hash of a counter.

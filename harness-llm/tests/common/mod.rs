@@ -62,11 +62,18 @@ impl Ran {
     }
 
     pub(crate) async fn records(&self) -> Vec<Record> {
-        let bytes = self
-            .store
-            .get(&self.run.layout().cell_records(&self.cell()))
+        self.records_at(&self.run.layout().cell_records(&self.cell()))
             .await
-            .expect("records.parquet");
+    }
+
+    /// The records client `index` of several wrote for the first cell.
+    pub(crate) async fn shard_records(&self, index: u32) -> Vec<Record> {
+        self.records_at(&self.run.layout().cell_shard_records(&self.cell(), index))
+            .await
+    }
+
+    async fn records_at(&self, key: &ArtifactKey) -> Vec<Record> {
+        let bytes = self.store.get(key).await.expect("records");
         let batch = harness_analytics::io::from_parquet(bytes).expect("parquet");
         harness_analytics::table::records_from_batch(&batch).expect("records")
     }
@@ -89,14 +96,26 @@ impl ReportFiles {
 
 /// Runs `yaml`'s cells with the benchmark step against `server`, into a memory store.
 pub(crate) async fn bench(server: &MockServer, yaml: &str) -> Ran {
+    bench_as(server, yaml, None).await
+}
+
+/// [`bench`] as one of several clients of each cell (`shard`), as an agent pod runs:
+/// its records are the cell's shard `shard.index`.
+pub(crate) async fn bench_as(server: &MockServer, yaml: &str, shard: Option<Shard>) -> Ran {
     let exp = Arc::new(Experiment::from_yaml_str(yaml, "test.yaml").expect("experiment"));
     let endpoint = Endpoint::new(server.url()).expect("endpoint");
-    let pipeline = Pipeline::builder()
-        .setup(WaitReadyStep::new(
-            endpoint,
-            Some("/health".into()),
-            Duration::from_secs(10),
-        ))
+    let mut pipeline = Pipeline::builder().setup(WaitReadyStep::new(
+        endpoint,
+        Some("/health".into()),
+        Duration::from_secs(10),
+    ));
+    if let Some(s) = shard {
+        pipeline = pipeline.setup(step_fn("client", move |cx| async move {
+            cx.resources().insert(s);
+            Ok(StepOutput::new())
+        }));
+    }
+    let pipeline = pipeline
         .per_cell(harness_llm::BenchmarkStep::new())
         .build()
         .expect("pipeline");
