@@ -460,6 +460,18 @@ fn render_prints_rbac_and_a_configmap_and_job_per_cell() {
 /// of the experiment travels in the ConfigMap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_manifests_applied_to_a_cluster_make_a_stored_run() {
+    rendered_run(1).await;
+}
+
+/// The same with two clients per cell: the rendered Job runs the cells as Indexed Jobs of
+/// two client pods (it reaches the API server as its service account), which share the
+/// trace request by request: each cell sent the trace once, not once per client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendered_manifests_with_two_clients_share_the_trace_between_them() {
+    rendered_run(2).await;
+}
+
+async fn rendered_run(clients: u32) {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let (_mock, port) = Mock::start(1);
@@ -473,7 +485,8 @@ async fn rendered_manifests_applied_to_a_cluster_make_a_stored_run() {
         format!(
             "name: rendered\nmodel: {{name: harness-mock}}\nconcurrency: [1, 2]\nbenchmark: {{isl_osl: [[40, 4]]}}\n\
              deployment: {{url: http://127.0.0.1:{port}, health: /health}}\n\
-             backend: {{kind: kubernetes, namespace: bench, image: harness:test, node_selector: {{pool: cpu}}}}\n\
+             backend: {{kind: kubernetes, namespace: bench, image: harness:test, node_selector: {{pool: cpu}},\n\
+               clients: {clients}}}\n\
              workload: {{kind: trace, path: trace.jsonl, block_tokens: 40}}\n\
              load: {{preflight: false}}\n"
         ),
@@ -482,6 +495,8 @@ async fn rendered_manifests_applied_to_a_cluster_make_a_stored_run() {
     let store_url = format!("file://{}", d.join("runs").display());
     let yaml = render(d, &exp, &["--run-id", "r-rendered", "--store", &store_url]);
     let fake = cluster();
+    // Pods reach the API server over HTTP.
+    let _http = fake.serve().await.expect("serve");
     let backend = K8sBackend::new(fake.client(), "bench");
     let w = backend
         .launch(&harness_core::WorkloadSpec::manifests("rendered", &yaml))
@@ -502,7 +517,22 @@ async fn rendered_manifests_applied_to_a_cluster_make_a_stored_run() {
     assert_eq!(cells.len(), 2, "{v}");
     for c in cells {
         assert_eq!(c["status"], "succeeded", "{c}");
+        assert_eq!(c["metrics"]["requests"], 6.0, "the trace once: {c}");
     }
+    // With two clients, the concurrency-2 cell was an Indexed Job of two pods.
+    let indexed = fake
+        .all_objects()
+        .iter()
+        .chain(fake.objects("jobs").iter())
+        .any(|o| o["spec"]["completionMode"] == "Indexed");
+    let cell_jobs = fake
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.starts_with("PATCH /apis/batch/v1/namespaces/bench/jobs/harness-r-rendered-c")
+        })
+        .count();
+    assert_eq!(cell_jobs, if clients > 1 { 2 } else { 0 }, "{indexed}");
     let listed = harness(d, &["ls", "--store", &store_url]);
     assert!(
         text(&listed.stdout).contains("r-rendered"),

@@ -12,6 +12,9 @@ use crate::incluster::{
     EXPERIMENT_FILE, MOUNT, WORKLOAD_FILE, configmap_data, dns_label, job_objects, to_yaml,
 };
 
+/// The name of the ServiceAccount, Role and RoleBinding [`rbac`] makes.
+const SERVICE_ACCOUNT: &str = "harness";
+
 /// The ServiceAccount, Role and RoleBinding of harness in `namespace`: what the
 /// controlling side may do (Jobs, ConfigMaps, Deployments, Services, Dynamo graphs, pods and
 /// their logs, and its own `DynamoBenchmark` resources).
@@ -30,24 +33,27 @@ pub fn rbac(namespace: &str) -> Vec<Value> {
          "verbs": ["get", "list", "watch", "patch", "update"]},
     ]);
     let labels = json!({"app.kubernetes.io/name": "harness"});
+    let name = SERVICE_ACCOUNT;
     vec![
         json!({"apiVersion": "v1", "kind": "ServiceAccount",
-               "metadata": {"name": "harness", "namespace": namespace, "labels": labels}}),
+               "metadata": {"name": name, "namespace": namespace, "labels": labels}}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-               "metadata": {"name": "harness", "namespace": namespace, "labels": labels},
+               "metadata": {"name": name, "namespace": namespace, "labels": labels},
                "rules": rules}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "harness", "namespace": namespace, "labels": labels},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "harness"},
-               "subjects": [{"kind": "ServiceAccount", "name": "harness", "namespace": namespace}]}),
+               "metadata": {"name": name, "namespace": namespace, "labels": labels},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+               "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}),
     ]
 }
 
 /// Every object of an in-cluster run of `exp` as `run_id`, as multi-document YAML: RBAC,
 /// a ConfigMap with the experiment (and `workload_file`, the content of `workload.path`),
-/// and one Job whose pod runs `harness run --here` against `endpoint`: it creates the run in
-/// the store at `store_url` (so `harness ls` and `show` see it) and runs the cells one after
-/// another, never two at once against the same model.
+/// and one Job whose pod runs `harness run` against `endpoint`: it creates the run in the
+/// store at `store_url` (so `harness ls` and `show` see it) and runs the cells one after
+/// another, never two at once against the same model; in its own pod (`--here`), or with
+/// `backend.clients` above 1 each as an Indexed Job of client pods, which it creates with
+/// the rendered service account.
 ///
 /// # Errors
 /// When the plan cannot be made, or the ConfigMap would be too large.
@@ -68,22 +74,28 @@ pub fn manifests(
         "app.kubernetes.io/managed-by": "harness",
         "harness.dev/run": dns_label(run_id, 63),
     });
-    let mut command: Vec<String> = [
-        "harness",
-        "run",
-        EXPERIMENT_FILE,
-        "--run-id",
-        run_id,
-        "--here",
-        "--endpoint",
-        endpoint,
-        "--store",
-        store_url,
-        "--no-progress",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    // One client: the cells' steps run in this pod. Several: this pod runs the cells as
+    // `harness run` does, an Indexed Job of client pods each, as the rendered service
+    // account.
+    let here = exp.backend.clients() <= 1;
+    let mut command: Vec<String> = ["harness", "run", EXPERIMENT_FILE, "--run-id", run_id]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    if here {
+        command.push("--here".into());
+    }
+    command.extend(
+        [
+            "--endpoint",
+            endpoint,
+            "--store",
+            store_url,
+            "--no-progress",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned()),
+    );
     if workload_file.is_some() {
         command.push("--set".into());
         command.push(format!("workload.path={WORKLOAD_FILE}"));
@@ -91,6 +103,9 @@ pub fn manifests(
     let data = configmap_data(exp, workload_file)?;
     for mut o in job_objects(exp, &name, &labels, data, command, 1, cells) {
         o["metadata"]["namespace"] = json!(namespace);
+        if !here && o["kind"] == "Job" {
+            o["spec"]["template"]["spec"]["serviceAccountName"] = json!(SERVICE_ACCOUNT);
+        }
         objects.push(o);
     }
     to_yaml(&objects)
@@ -160,7 +175,7 @@ pub fn argo_workflow(
         .backend
         .service_account
         .clone()
-        .unwrap_or_else(|| "harness".into());
+        .unwrap_or_else(|| SERVICE_ACCOUNT.into());
     let run_label = crate::incluster::dns_label_of(run_id);
     let plan = exp.plan()?;
     let image = exp.backend.image();

@@ -114,7 +114,9 @@ pub enum PodScript {
     /// stored ConfigMaps) and its ConfigMap volumes written to a folder of the pod's (paths
     /// under a mount, anywhere in the command's words, are mapped there); `program` replaces the command's
     /// first word (the image's binary, e.g. `harness`, by a local build). The pod is ready
-    /// while it runs and ends with its exit status; its output is the pod's log.
+    /// while it runs and ends with its exit status; its output is the pod's log. When the
+    /// server is served over HTTP ([`FakeApiServer::serve`]), `KUBECONFIG` names it, with the
+    /// pod's namespace, as a pod's service account finds its cluster.
     Exec {
         /// The local program for the command's first word.
         program: Option<std::path::PathBuf>,
@@ -148,15 +150,18 @@ impl FakeHttp {
     /// # Errors
     /// When the file cannot be written.
     pub fn write_kubeconfig(&self, path: &std::path::Path, namespace: &str) -> std::io::Result<()> {
-        let config = format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters:\n- name: fake\n  cluster: {{server: \"{}\"}}\n\
-             users:\n- name: fake\n  user: {{}}\n\
-             contexts:\n- name: fake\n  context: {{cluster: fake, user: fake, namespace: {namespace}}}\n",
-            self.url
-        );
-        std::fs::write(path, config)
+        std::fs::write(path, kubeconfig(&self.url, namespace))
     }
+}
+
+/// A kubeconfig whose current context is the server at `url`, in `namespace`.
+fn kubeconfig(url: &str, namespace: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+         clusters:\n- name: fake\n  cluster: {{server: \"{url}\"}}\n\
+         users:\n- name: fake\n  user: {{}}\n\
+         contexts:\n- name: fake\n  context: {{cluster: fake, user: fake, namespace: {namespace}}}\n"
+    )
 }
 
 /// A kind the fake serves.
@@ -206,6 +211,11 @@ struct State {
     terminating: BTreeMap<Key, u32>,
     schedule_after: u32,
     terminate_after: u32,
+    /// Where the server is served over HTTP ([`FakeApiServer::serve`]): pods run as local
+    /// processes get a kubeconfig for it, as a pod finds its cluster's API server.
+    url: Option<String>,
+    /// This server's number in the process.
+    id: u64,
 }
 
 impl Drop for State {
@@ -353,6 +363,12 @@ impl FakeApiServer {
                 terminating: BTreeMap::new(),
                 schedule_after: 2,
                 terminate_after: 2,
+                url: None,
+                id: {
+                    static NEXT: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(0);
+                    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                },
             })),
         }
     }
@@ -438,6 +454,8 @@ impl FakeApiServer {
     pub async fn serve(&self) -> std::io::Result<FakeHttp> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
+        let url = format!("http://{addr}");
+        self.lock().url = Some(url.clone());
         let me = self.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -466,9 +484,7 @@ impl FakeApiServer {
                 });
             }
         });
-        Ok(FakeHttp {
-            url: format!("http://{addr}"),
-        })
+        Ok(FakeHttp { url })
     }
 
     /// Every stored object of resource `plural` (`pods`, `jobs`, `dynamographdeployments`),
@@ -1922,9 +1938,12 @@ fn exec_pod(
         .pointer("/spec/containers/0")
         .cloned()
         .unwrap_or_default();
+    // Per process and per server: two fake clusters in one test binary may have pods of
+    // the same name.
     let dir = std::env::temp_dir().join(format!(
-        "harness-fake-pod-{}-{}-{}",
+        "harness-fake-pod-{}-{}-{}-{}",
         std::process::id(),
+        st.id,
         key.2,
         key.3
     ));
@@ -2002,6 +2021,12 @@ fn exec_pod(
         .and_then(Value::as_str)
     {
         command.env("JOB_COMPLETION_INDEX", index);
+    }
+    // Served over HTTP: the pod reaches the API server, in its own namespace.
+    if let Some(url) = &st.url {
+        let path = dir.join("kubeconfig");
+        std::fs::write(&path, kubeconfig(url, &key.2)).map_err(|e| e.to_string())?;
+        command.env("KUBECONFIG", path);
     }
     let child = command.spawn().map_err(|e| format!("{cmd}: {e}"))?;
     st.procs.insert(key.clone(), (child, dir));
