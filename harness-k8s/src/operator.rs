@@ -205,6 +205,17 @@ fn experiment_of(res: &DynamoBenchmark, namespace: &str) -> Result<Experiment> {
     }
     let exp = Experiment::from_json(&spec, &source)?;
     exp.plan()?;
+    // The operator's pod has no file of the user's: the manifests must be the YAML itself.
+    if let harness_core::config::Deployment::Manifests { manifests, .. } = &exp.deployment
+        && !manifests.contains('\n')
+    {
+        return Err(Error::invalid(
+            format!("{source}: deployment.manifests"),
+            format!(
+                "`{manifests}` names a file, which the operator cannot read: give the YAML itself"
+            ),
+        ));
+    }
     Ok(exp)
 }
 

@@ -260,21 +260,28 @@ async fn an_invalid_experiment_is_reported_and_never_run() {
     let mut r = resource("broken", "llama");
     r["spec"]["experiment"]["concurrency"] = json!([]);
     fake.insert(API, "dynamobenchmarks", r);
+    // Manifests given as a file of the user's machine, which the operator cannot read.
+    let mut r = resource("file", "qwen");
+    r["spec"]["experiment"]["deployment"] = json!({"manifests": "graph.yaml"});
+    fake.insert(API, "dynamobenchmarks", r);
     let rec = Recorder::new();
     let (cancel, task) = start(&fake, rec.run_fn(false));
     until(&fake, "Invalid", || {
         phase(&fake, "broken").as_deref() == Some("Invalid")
+            && phase(&fake, "file").as_deref() == Some("Invalid")
     })
     .await;
     cancel.cancel();
     task.await.expect("operator");
-    let o = get(&fake, "broken").expect("resource");
-    assert!(
-        o["status"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("concurrency")),
-        "{o}"
-    );
-    assert_eq!(o["status"]["conditions"][0]["reason"], "Invalid");
+    for (name, says) in [("broken", "concurrency"), ("file", "deployment.manifests")] {
+        let o = get(&fake, name).expect("resource");
+        assert!(
+            o["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(says)),
+            "{o}"
+        );
+        assert_eq!(o["status"]["conditions"][0]["reason"], "Invalid");
+    }
     assert!(rec.calls().is_empty());
 }
