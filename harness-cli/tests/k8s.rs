@@ -341,6 +341,42 @@ async fn clients_start_together_after_a_slower_setup_and_merge_over_the_real_win
     );
 }
 
+/// Synthetic sessions split between two client pods: each client sends whole sessions under
+/// the cell's numbers, so the merged cell counts every session once and whole (with each
+/// client numbering its own from 0 they merged into half as many, of four turns).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_send_whole_sessions_that_merge_as_one_client_s() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (_mock, port) = Mock::start(5);
+    let yaml = two_client_experiment(port, 4, "true") + "workload: {kind: sessions, turns: 2}\n";
+    let (report, cell_dir) = run_one_cell_in_cluster(d, &yaml).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cell_dir.join("stats.json")).expect("stats.json"))
+            .expect("json");
+    assert_eq!(stats["requests"], 40, "{stats}");
+    assert_eq!(
+        stats["sessions"], 20,
+        "40 requests in sessions of 2: {stats}"
+    );
+    let bytes = std::fs::read(cell_dir.join("records.parquet")).expect("records");
+    let batch = harness_analytics::io::from_parquet(bytes.into()).expect("parquet");
+    let records = harness_analytics::table::records_from_batch(&batch).expect("records");
+    let mut turns: std::collections::BTreeMap<u64, Vec<u32>> = Default::default();
+    for r in &records {
+        turns
+            .entry(r.session.expect("a session"))
+            .or_default()
+            .push(r.turn.expect("a turn"));
+    }
+    assert_eq!(turns.len(), 20);
+    for (session, mut t) in turns {
+        t.sort_unstable();
+        assert_eq!(t, [1, 2], "session {session}");
+    }
+}
+
 /// With one slot for two clients, the second has no share of the load and never comes to
 /// the start: its report counts as its arrival, so the first is not held up until
 /// `policy.ready_timeout` (then failing) and sends all the load.

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{Client, Record};
 use crate::clock::Clock;
 use crate::prompts::PromptSynth;
-use crate::workload::Workload;
+use crate::workload::{Workload, mix};
 
 /// What one cell sends.
 #[derive(Debug, Clone)]
@@ -42,7 +42,7 @@ pub struct LoadSpec {
     pub isl: u32,
     /// Output tokens asked for.
     pub osl: u32,
-    /// Seed for prompts and arrivals.
+    /// Seed for prompts and arrivals (the same for every client of a cell: see `shard`).
     pub seed: u64,
     /// Standard deviation of per-request ISL around `isl` (0: every request exactly `isl`).
     pub isl_stddev: f64,
@@ -52,10 +52,14 @@ pub struct LoadSpec {
     pub dataset: Option<Arc<Dataset>>,
     /// What the requests are: synthetic (or the dataset's) by default.
     pub workload: Workload,
-    /// This client's share of a replayed workload (a trace's requests, conversations) that
-    /// several clients send together: the items whose index modulo `count` is its `index`,
-    /// at their own times; `requests` and `warmup` count them all. Other workloads are
-    /// shared by splitting the counts instead.
+    /// This client's share when several clients send a cell's load together; together
+    /// they send what one client would. A workload of items (a trace's requests,
+    /// conversations, synthetic sessions: [`Workload::shared_by_item`]) is shared item by item:
+    /// this client sends the items whose index modulo `count` is its `index`, and
+    /// `requests` and `warmup` count them all. Any other workload is shared by counts: the
+    /// caller gives this client's part of `concurrency`, `rate`, `requests` and `warmup`,
+    /// and its request `k` is the cell's request `k * count + index`, so prompts and
+    /// shared prefixes are the cell's. Each client draws its own arrivals.
     pub shard: Option<harness_core::Shard>,
 }
 
@@ -156,9 +160,26 @@ impl LoadSpec {
             .is_none_or(|s| index % u64::from(s.count.max(1)) == u64::from(s.index))
     }
 
+    /// The cell's index of this client's request `index` (see [`LoadSpec::shard`]).
+    fn cell_index(&self, index: u64) -> u64 {
+        match self.shard {
+            Some(s) if !self.workload.shared_by_item() => {
+                index * u64::from(s.count.max(1)) + u64::from(s.index)
+            }
+            _ => index,
+        }
+    }
+
+    /// The seed of this client's arrival draws (`salt` tells loops apart): the clients of a
+    /// cell draw apart, or they would all send at the same instants.
+    pub(crate) fn arrival_seed(&self, salt: u64) -> u64 {
+        self.seed ^ salt ^ self.shard.map_or(0, |s| mix(u64::from(s.index)))
+    }
+
     /// Request `index`'s prompt, its input token count as built (the fallback when the server
     /// reports no usage), and the output tokens to ask for.
     pub fn request(&self, synth: &PromptSynth, index: u64) -> (String, u64, u32) {
+        let index = self.cell_index(index);
         let seed = prompt_seed(self.seed, index);
         let mut rng = SmallRng::seed_from_u64(seed ^ 0x005E_ED0F_1E57);
         let osl = normal(&mut rng, self.osl, self.osl_stddev);
@@ -361,7 +382,7 @@ pub async fn run_at(
             let cap = spec
                 .concurrency
                 .map(|c| Arc::new(Semaphore::new(c as usize)));
-            let mut rng = SmallRng::seed_from_u64(spec.seed ^ 0xA11E);
+            let mut rng = SmallRng::seed_from_u64(spec.arrival_seed(0xA11E));
             let mut at = epoch;
             let mut lambda = 0.0f64;
             let mut index = 0u64;

@@ -60,10 +60,8 @@ impl Shared {
                 return None;
             }
             *c = (planned + u64::from(self.turns(next)), next + 1);
-            // Conversations shared by several clients: the others' are counted, not sent.
-            let mine =
-                !matches!(self.spec.workload, Workload::Conversations(_)) || self.spec.owns(next);
-            if mine {
+            // Sessions shared by several clients: the others' are counted, not sent.
+            if self.spec.owns(next) {
                 return Some((next, planned < self.spec.warmup));
             }
         }
@@ -198,7 +196,7 @@ pub(crate) async fn run(
             let cap = spec
                 .concurrency
                 .map(|c| Arc::new(Semaphore::new(c as usize)));
-            let mut rng = SmallRng::seed_from_u64(spec.seed ^ 0x5E55_A11E);
+            let mut rng = SmallRng::seed_from_u64(spec.arrival_seed(0x5E55_A11E));
             let mut after = 0.0f64;
             while let Some(at) = std::time::Duration::try_from_secs_f64(after)
                 .ok()

@@ -143,6 +143,7 @@ impl Step for BenchmarkStep {
         };
         let (isl, osl) = (need("isl")?, need("osl")?);
         let mut concurrency = int_param(cx, "concurrency").and_then(|v| u32::try_from(v).ok());
+        let cell_concurrency = concurrency;
         let mut rate = cell.param("request_rate").and_then(|v| v.as_f64());
         // One of several clients of the cell: send this client's part of the load.
         let mut shard = cx.resources().get::<harness_core::Shard>().map(|s| *s);
@@ -222,19 +223,21 @@ impl Step for BenchmarkStep {
             max_connections: concurrency.unwrap_or(64) as usize,
         })
         .map_err(|e| e.at("load"))?;
-        // Several clients share a replayed list (a trace, conversations) item by item, and
-        // anything else by splitting its counts.
-        let (split, replay) = match shard {
-            Some(s) if workload.is_replay() => (None, Some(s)),
-            other => (other, None),
-        };
+        // Several clients share a list of items (a trace, conversations, sessions) item by
+        // item, and anything else by splitting its counts (see `LoadSpec::shard`).
+        let split = shard.filter(|_| !workload.shared_by_item());
+        // The cell's default count, where one applies, is the whole cell's, not a client's.
+        let requests = load.requests.map(|r| u64::from(r.get())).or_else(|| {
+            (shard.is_some()
+                && load.duration.is_none()
+                && !matches!(workload, Workload::Trace(_) | Workload::Conversations(_)))
+            .then(|| LoadSpec::default_requests(cell_concurrency))
+        });
         let spec = LoadSpec {
             concurrency,
             rate,
             arrival: load.arrival,
-            requests: load
-                .requests
-                .map(|r| split.map_or(u64::from(r.get()), |s| s.part(u64::from(r.get())))),
+            requests: requests.map(|r| split.map_or(r, |s| s.part(r))),
             duration: load.duration.map(|d| d.get()),
             ramp: load.ramp.map(|d| d.get()),
             warmup: split.map_or(u64::from(load.warmup_requests), |s| {
@@ -242,16 +245,12 @@ impl Step for BenchmarkStep {
             }),
             isl,
             osl,
-            seed: load.seed
-                ^ (cell.index as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)
-                ^ shard.map_or(0, |s| {
-                    u64::from(s.index).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                }),
+            seed: load.seed ^ (cell.index as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
             isl_stddev: load.isl_stddev.unwrap_or(0.0),
             osl_stddev: load.osl_stddev.unwrap_or(0.0),
             dataset,
             workload,
-            shard: replay,
+            shard,
         };
         // A healthy server may not serve the model yet (a frontend whose workers have not
         // registered it): wait until it lists it.

@@ -277,10 +277,11 @@ async fn conversations_from_a_file_are_replayed_as_sessions() {
     server.shutdown().await;
 }
 
-/// Two clients share a conversations file conversation by conversation, and a trace
-/// request by request at the trace's times: together they send each once.
+/// Two clients share a conversations file conversation by conversation, synthetic
+/// sessions session by session, and a trace request by request at the trace's times:
+/// together they send each once, as one client would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_clients_share_conversations_and_a_trace_item_by_item() {
+async fn two_clients_share_conversations_sessions_and_a_trace_item_by_item() {
     let dir = tempfile::tempdir().expect("tempdir");
     let conversations = dir.path().join("conversations.jsonl");
     let lines: Vec<String> = (0..5)
@@ -292,10 +293,12 @@ async fn two_clients_share_conversations_and_a_trace_item_by_item() {
         .collect();
     std::fs::write(&conversations, lines.join("\n")).expect("file");
     let trace = dir.path().join("trace.jsonl");
+    // Every request starts with the same block: equal hash ids are equal text whichever
+    // client sends them.
     let entries: String = (0..7)
         .map(|i| {
             format!(
-                "{{\"timestamp\": {}, \"input_length\": 16, \"output_length\": 2, \"hash_ids\": [{i}]}}\n",
+                "{{\"timestamp\": {}, \"input_length\": 32, \"output_length\": 2, \"hash_ids\": [7, {i}]}}\n",
                 i * 10
             )
         })
@@ -319,6 +322,9 @@ async fn two_clients_share_conversations_and_a_trace_item_by_item() {
             7,
             1,
         ),
+        // 100 requests by default (four rounds of the cell's concurrency, at least 100):
+        // 50 sessions of two turns.
+        ("{kind: sessions, turns: 2}".to_string(), 50, 2),
     ] {
         let yaml = format!(
             "name: two\nmodel: {{name: m, max_context: 4096}}\nconcurrency: [2]\n\
@@ -344,6 +350,12 @@ async fn two_clients_share_conversations_and_a_trace_item_by_item() {
                 "client {index} of {workload}: {items:?}"
             );
             assert_eq!(records.len(), items.len() * per_item, "{workload}");
+            if workload.contains("trace") && index == 1 {
+                // Client 1 runs after client 0 here: its first request finds the common
+                // block client 0 left in the cache.
+                let first = records.iter().min_by_key(|r| r.index).expect("a request");
+                assert!(first.cached_tokens.is_some_and(|c| c >= 16), "{first:?}");
+            }
             seen.extend(items);
         }
         seen.sort_unstable();
@@ -353,6 +365,61 @@ async fn two_clients_share_conversations_and_a_trace_item_by_item() {
             "{workload}: each once"
         );
     }
+    server.shutdown().await;
+}
+
+/// Two clients split a shared-prefix workload's requests: they send the cell's prompts
+/// (the same prefixes, no question twice), so the cache hits exactly as for one client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_send_one_client_s_shared_prefix_prompts() {
+    let server = mock(100_000, 16).await;
+    // Three groups: each client's requests visit all three, so prefixes of its own would
+    // miss three times more.
+    let yaml = "name: prefix\nmodel: {name: m}\nconcurrency: [4]\nbenchmark: {isl_osl: [[40, 8]]}\n\
+                load: {requests: 24, preflight: false}\ntelemetry: {enabled: false}\n\
+                workload: {kind: shared_prefix, groups: 3, prompts_per_group: 8, prefix_tokens: 100}\n";
+    let mut records = Vec::new();
+    for index in 0..2 {
+        let ran = common::bench_as(&server, yaml, Some(Shard { index, count: 2 })).await;
+        assert_eq!(ran.report.cells[0].status, CellStatus::Succeeded);
+        records.extend(ran.shard_records(index).await);
+    }
+    assert_eq!(records.len(), 24, "the requests split between the clients");
+    for r in &records {
+        assert_eq!(r.input_tokens, 140);
+        // A prompt sent twice would be found whole (136 tokens).
+        assert!(
+            r.cached_tokens == Some(0) || r.cached_tokens == Some(96),
+            "{r:?}"
+        );
+    }
+    let cached: u64 = records.iter().filter_map(|r| r.cached_tokens).sum();
+    assert_eq!(
+        cached,
+        (24 - 3) * 96,
+        "one miss per group, as for one client"
+    );
+    server.shutdown().await;
+}
+
+/// Clients of an open loop share the prompts' seed but draw their own arrivals: the same
+/// draws would send their requests in bursts of one per client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_draw_their_own_arrivals() {
+    let server = mock(100_000, 16).await;
+    let yaml = "name: open\nmodel: {name: m}\nconcurrency: [4]\nrequest_rate: [400]\n\
+                benchmark: {isl_osl: [[16, 2]]}\nload: {requests: 20, preflight: false}\n\
+                telemetry: {enabled: false}\n";
+    let mut scheduled = Vec::new();
+    for index in 0..2 {
+        let ran = common::bench_as(&server, yaml, Some(Shard { index, count: 2 })).await;
+        let records = ran.shard_records(index).await;
+        assert_eq!(records.len(), 10);
+        let times: Vec<u64> = records.iter().filter_map(|r| r.scheduled_ns).collect();
+        assert_eq!(times.len(), 10, "every request has its arrival time");
+        scheduled.push(times);
+    }
+    assert_ne!(scheduled[0], scheduled[1]);
     server.shutdown().await;
 }
 

@@ -383,26 +383,6 @@ impl Experiment {
                 ),
             ));
         }
-        // Several clients split the synthetic load's counts, and share a replayed list (a
-        // trace's requests, whole conversations) item by item; generated prefixes and
-        // sessions would differ from client to client.
-        if matches!(
-            self.workload.kind,
-            super::WorkloadKind::SharedPrefix | super::WorkloadKind::Sessions
-        ) && self.backend.clients.is_some_and(|c| c.get() > 1)
-        {
-            return Err(locate(
-                "backend",
-                ConfigError::new(
-                    file,
-                    "backend.clients",
-                    format!(
-                        "`workload: {{kind: {}}}` runs on one client: its requests depend on each other's order, replies or shared prefixes",
-                        self.workload.kind.as_str()
-                    ),
-                ),
-            ));
-        }
         if self.workload.kind == super::WorkloadKind::Trace && self.request_rate.is_some() {
             return Err(locate(
                 "request_rate",

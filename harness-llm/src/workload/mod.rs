@@ -173,10 +173,13 @@ impl Workload {
         matches!(self, Workload::Sessions(_) | Workload::Conversations(_))
     }
 
-    /// Whether it replays a fixed list (a trace, conversations): several clients share it
-    /// item by item ([`crate::load::LoadSpec::shard`]), not by splitting counts.
-    pub fn is_replay(&self) -> bool {
-        matches!(self, Workload::Trace(_) | Workload::Conversations(_))
+    /// Whether several clients share it item by item (a trace's requests, conversations,
+    /// sessions), not by splitting counts: see [`crate::load::LoadSpec::shard`].
+    pub fn shared_by_item(&self) -> bool {
+        matches!(
+            self,
+            Workload::Trace(_) | Workload::Conversations(_) | Workload::Sessions(_)
+        )
     }
 }
 
