@@ -49,6 +49,56 @@ fn cluster() -> FakeApiServer {
     fake
 }
 
+/// [`cluster`] whose pods labelled `app: model` serve (a model server), as those of
+/// [`write_model_manifests`] are.
+fn cluster_with_a_model() -> FakeApiServer {
+    let fake = cluster();
+    fake.on_pod(|pod| {
+        if pod.pointer("/metadata/labels/app") == Some(&json!("model")) {
+            PodScript::Run {
+                logs: "serving\n".into(),
+                exit: None,
+            }
+        } else {
+            PodScript::Exec {
+                program: Some(env!("CARGO_BIN_EXE_harness").into()),
+            }
+        }
+    });
+    fake
+}
+
+/// Writes `d/model.yaml`: a Deployment `model` (pods labelled `app: model`) and its Service
+/// on port 8000.
+fn write_model_manifests(d: &std::path::Path) {
+    std::fs::write(
+        d.join("model.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: model}\n\
+         spec:\n  replicas: 1\n  selector: {matchLabels: {app: model}}\n\
+         \x20 template:\n    metadata: {labels: {app: model}}\n\
+         \x20   spec: {containers: [{name: server, image: vllm:test}]}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {name: model}\n\
+         spec: {selector: {app: model}, ports: [{port: 8000}]}\n",
+    )
+    .expect("manifests");
+}
+
+/// Waits until workload `w` has finished; panics with its log when it failed.
+async fn finish(backend: &K8sBackend, w: &harness_core::Workload) {
+    let finished = backend.wait_finished(w, &CancellationToken::new()).await;
+    let log = String::from_utf8_lossy(&backend.logs(w).await.expect("logs")).into_owned();
+    finished.unwrap_or_else(|e| panic!("{e}: {log}"));
+}
+
+/// The cells of run `run_id` in the store at `store_url`, as `harness show --json` lists
+/// them.
+fn stored_cells(d: &std::path::Path, run_id: &str, store_url: &str) -> Vec<serde_json::Value> {
+    let shown = harness(d, &["show", run_id, "--store", store_url, "--json"]);
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    v["cells"].as_array().expect("cells").clone()
+}
+
 /// The controlling side of an in-cluster run, as `harness run` builds it.
 fn in_cluster_pipeline(exp: &Experiment, store_url: &str) -> Pipeline {
     let program = std::path::PathBuf::from(env!("CARGO_BIN_EXE_harness"));
@@ -543,15 +593,10 @@ async fn rendered_run(clients: u32) {
         job["spec"]["template"]["spec"]["nodeSelector"]["pool"],
         "cpu"
     );
-    let finished = backend.wait_finished(&w, &CancellationToken::new()).await;
-    let log = String::from_utf8_lossy(&backend.logs(&w).await.expect("logs")).into_owned();
-    finished.unwrap_or_else(|e| panic!("{e}: {log}"));
-    let shown = harness(d, &["show", "r-rendered", "--store", &store_url, "--json"]);
-    assert!(shown.status.success(), "{}", text(&shown.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
-    let cells = v["cells"].as_array().expect("cells");
-    assert_eq!(cells.len(), 2, "{v}");
-    for c in cells {
+    finish(&backend, &w).await;
+    let cells = stored_cells(d, "r-rendered", &store_url);
+    assert_eq!(cells.len(), 2, "{cells:?}");
+    for c in &cells {
         assert_eq!(c["status"], "succeeded", "{c}");
         assert_eq!(c["metrics"]["requests"], 6.0, "the trace once: {c}");
     }
@@ -570,6 +615,81 @@ async fn rendered_run(clients: u32) {
         "{}",
         text(&listed.stdout)
     );
+    backend.teardown(&w).await.expect("teardown");
+}
+
+/// An experiment that deploys its model (`deployment.manifests`, a file) rendered without
+/// an endpoint: the rendered pod deploys the manifests as the rendered service account,
+/// runs each cell as a Job next to the model, against `deployment.url` (what stands in
+/// front of the model: the mock here, as this machine cannot resolve the cluster's Service
+/// names), and deletes the model at the end; the run is in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendered_manifests_deploy_the_model_measure_it_and_tear_it_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (_mock, port) = Mock::start(1);
+    write_model_manifests(d);
+    let exp = d.join("deployed.yaml");
+    std::fs::write(
+        &exp,
+        "name: deployed\nmodel: {name: harness-mock}\nconcurrency: [1, 2]\n\
+         benchmark: {isl_osl: [[32, 4]]}\n\
+         deployment: {manifests: model.yaml, url: 'http://127.0.0.1:{port}'}\n\
+         backend: {kind: kubernetes, namespace: bench, image: harness:test}\n\
+         load: {requests: 6, preflight: false}\n"
+            .replace("{port}", &port.to_string()),
+    )
+    .expect("write");
+    let store_url = format!("file://{}", d.join("runs").display());
+    let yaml = render(d, &exp, &["--run-id", "r-deployed", "--store", &store_url]);
+    let docs = harness_k8s::parse_manifests(&yaml, "render output").expect("yaml");
+    let stored = docs[3]["data"]["experiment.json"].as_str().expect("data");
+    assert!(stored.contains("kind: Deployment"), "inline: {stored}");
+    let pod = &docs[4]["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "harness");
+    let args = pod["containers"][0]["command"].to_string();
+    assert!(
+        !args.contains("--endpoint") && !args.contains("--here"),
+        "{args}"
+    );
+
+    let fake = cluster_with_a_model();
+    let _http = fake.serve().await.expect("serve");
+    let backend = K8sBackend::new(fake.client(), "bench");
+    let w = backend
+        .launch(&harness_core::WorkloadSpec::manifests("deployed", &yaml))
+        .await
+        .expect("apply");
+    finish(&backend, &w).await;
+
+    let cells = stored_cells(d, "r-deployed", &store_url);
+    assert_eq!(cells.len(), 2, "{cells:?}");
+    for c in &cells {
+        assert_eq!(c["status"], "succeeded", "{c}");
+        assert_eq!(c["metrics"]["requests"], 6.0, "{c}");
+    }
+    // The model was created labelled with the run, by the rendered service account's pod,
+    // and is gone; each cell ran as a Job of its own.
+    let requests = fake.requests();
+    let created = |path: &str| {
+        requests
+            .iter()
+            .any(|r| r.starts_with(&format!("PATCH {path}")))
+    };
+    assert!(
+        created("/apis/apps/v1/namespaces/bench/deployments/model"),
+        "{requests:#?}"
+    );
+    assert!(created("/api/v1/namespaces/bench/services/model"));
+    assert!(fake.objects("deployments").is_empty(), "torn down");
+    assert!(fake.objects("services").is_empty(), "torn down");
+    let cell_jobs = requests
+        .iter()
+        .filter(|r| {
+            r.starts_with("PATCH /apis/batch/v1/namespaces/bench/jobs/harness-r-deployed-c")
+        })
+        .count();
+    assert_eq!(cell_jobs, 2, "{requests:#?}");
     backend.teardown(&w).await.expect("teardown");
 }
 
@@ -1128,33 +1248,12 @@ async fn the_argo_workflow_deploys_the_model_and_runs_several_clients_per_cell()
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_owned();
     let (_mock, port) = Mock::start(2);
-    let fake = cluster();
-    fake.on_pod(|pod| {
-        if pod.pointer("/metadata/labels/app") == Some(&json!("model")) {
-            PodScript::Run {
-                logs: "serving\n".into(),
-                exit: None,
-            }
-        } else {
-            PodScript::Exec {
-                program: Some(env!("CARGO_BIN_EXE_harness").into()),
-            }
-        }
-    });
+    let fake = cluster_with_a_model();
     let http = fake.serve().await.expect("serve");
     let kubeconfig = d.join("kubeconfig");
     http.write_kubeconfig(&kubeconfig, "bench")
         .expect("kubeconfig");
-    std::fs::write(
-        d.join("model.yaml"),
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: model}\n\
-         spec:\n  replicas: 1\n  selector: {matchLabels: {app: model}}\n\
-         \x20 template:\n    metadata: {labels: {app: model}}\n\
-         \x20   spec: {containers: [{name: server, image: vllm:test}]}\n\
-         ---\napiVersion: v1\nkind: Service\nmetadata: {name: model}\n\
-         spec: {selector: {app: model}, ports: [{port: 8000}]}\n",
-    )
-    .expect("manifests");
+    write_model_manifests(&d);
     let store_url = format!("file://{}", d.join("runs").display());
     let exp = d.join("argo.yaml");
     std::fs::write(

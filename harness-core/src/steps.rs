@@ -26,6 +26,7 @@ use crate::step::{Step, StepContext, StepOutput};
 pub struct ManagedWorkload {
     spec: WorkloadSpec,
     ready_timeout: Duration,
+    reached_at: Option<Endpoint>,
     slot: Arc<Mutex<Option<Workload>>>,
 }
 
@@ -35,8 +36,16 @@ impl ManagedWorkload {
         ManagedWorkload {
             spec,
             ready_timeout,
+            reached_at: None,
             slot: Arc::default(),
         }
+    }
+
+    /// Clients reach the workload at `endpoint`, not where the backend says it serves (a
+    /// gateway or Ingress in front of it).
+    pub fn reached_at(mut self, endpoint: Endpoint) -> Self {
+        self.reached_at = Some(endpoint);
+        self
     }
 
     /// The setup step, named `deploy`.
@@ -74,10 +83,11 @@ impl Step for DeployStep {
         let workload = cx.backend().launch(&spec).await?;
         *d.slot() = Some(workload.clone());
         let start = Instant::now();
-        let endpoint = cx
+        let served = cx
             .backend()
             .wait_ready(&workload, d.ready_timeout, cx.cancel())
             .await?;
+        let endpoint = d.reached_at.clone().or(served);
         let mut out = StepOutput::new().metric("deploy.ready_s", start.elapsed().as_secs_f64());
         // What was deployed (images, GPUs, replicas), kept with the run.
         let deployed = cx.backend().details(&workload).await?;
@@ -223,7 +233,7 @@ impl DeploymentSteps {
                 }
                 Ok(DeploymentSteps::for_workload(spec, ready))
             }
-            DeploymentConfig::Manifests { manifests, .. } => {
+            DeploymentConfig::Manifests { manifests, url, .. } => {
                 let yaml = exp
                     .deployment
                     .manifests_yaml()
@@ -236,7 +246,11 @@ impl DeploymentSteps {
                     })?;
                 let spec = WorkloadSpec::manifests("deployment", exp.substitute(&yaml))
                     .serving(0, Readiness::Running);
-                Ok(DeploymentSteps::for_workload(spec, ready))
+                let mut d = ManagedWorkload::new(spec, ready);
+                if let Some(url) = url {
+                    d = d.reached_at(Endpoint::new(exp.substitute(url))?);
+                }
+                Ok(DeploymentSteps::for_managed(d))
             }
             DeploymentConfig::Mock(cfg) => {
                 let program = mock_program.ok_or_else(|| {
@@ -285,7 +299,11 @@ impl DeploymentSteps {
     /// Steps that launch `spec` through the backend, wait up to `ready_timeout`, and tear
     /// it down at the end.
     pub fn for_workload(spec: WorkloadSpec, ready_timeout: Duration) -> Self {
-        let d = ManagedWorkload::new(spec, ready_timeout);
+        Self::for_managed(ManagedWorkload::new(spec, ready_timeout))
+    }
+
+    /// The setup and teardown steps of `d`.
+    pub fn for_managed(d: ManagedWorkload) -> Self {
         DeploymentSteps {
             setup: Arc::new(d.deploy_step()),
             teardown: Some(Arc::new(d.teardown_step())),

@@ -307,3 +307,18 @@ fn the_resolved_experiment_round_trips_through_json_and_yaml() {
     let again = Experiment::from_yaml_str(&exp.to_yaml(), "yaml").expect("yaml round trip");
     assert_eq!(exp, again);
 }
+
+#[test]
+fn manifests_with_a_url_keep_it_through_a_round_trip() {
+    let yaml = "name: t\nmodel: {name: m}\nconcurrency: [1]\nbenchmark: {isl_osl: [[1, 1]]}\n\
+                backend: {kind: kubernetes}\n\
+                deployment: {manifests: dgd.yaml, url: 'http://gateway.bench:80/'}\n";
+    let exp = Experiment::from_yaml_str(yaml, "t.yaml").expect("manifests and a url");
+    let harness_core::config::Deployment::Manifests { manifests, url, .. } = &exp.deployment else {
+        panic!("{:?}", exp.deployment)
+    };
+    assert_eq!(manifests, "dgd.yaml");
+    assert_eq!(url.as_deref(), Some("http://gateway.bench:80"));
+    let back = Experiment::from_json(&exp.to_json(), "json").expect("json round trip");
+    assert_eq!(exp, back);
+}

@@ -49,18 +49,20 @@ pub fn rbac(namespace: &str) -> Vec<Value> {
 
 /// Every object of an in-cluster run of `exp` as `run_id`, as multi-document YAML: RBAC,
 /// a ConfigMap with the experiment (and `workload_file`, the content of `workload.path`),
-/// and one Job whose pod runs `harness run` against `endpoint`: it creates the run in the
-/// store at `store_url` (so `harness ls` and `show` see it) and runs the cells one after
-/// another, never two at once against the same model; in its own pod (`--here`), or with
-/// `backend.clients` above 1 each as an Indexed Job of client pods, which it creates with
-/// the rendered service account.
+/// and one Job whose pod runs `harness run`: it creates the run in the store at
+/// `store_url` (so `harness ls` and `show` see it) and runs the cells one after another,
+/// never two at once against the same model. Against `endpoint`, it runs them in its own
+/// pod (`--here`), or with `backend.clients` above 1 each as an Indexed Job of client
+/// pods. Without an endpoint it deploys the experiment's `deployment.manifests` (inline:
+/// read them before rendering), runs each cell as a Job next to the model and tears the
+/// model down. Jobs and deployments are created with the rendered service account.
 ///
 /// # Errors
 /// When the plan cannot be made, or the ConfigMap would be too large.
 pub fn manifests(
     exp: &Experiment,
     run_id: &str,
-    endpoint: &str,
+    endpoint: Option<&str>,
     store_url: &str,
     workload_file: Option<&str>,
 ) -> Result<String> {
@@ -74,10 +76,10 @@ pub fn manifests(
         "app.kubernetes.io/managed-by": "harness",
         "harness.dev/run": dns_label(run_id, 63),
     });
-    // One client: the cells' steps run in this pod. Several: this pod runs the cells as
-    // `harness run` does, an Indexed Job of client pods each, as the rendered service
-    // account.
-    let here = exp.backend.clients() <= 1;
+    // One client against a running model: the cells' steps run in this pod. Otherwise
+    // this pod runs the cells as `harness run` does (deploying the model when there is no
+    // endpoint), a Job of client pods each, as the rendered service account.
+    let here = exp.backend.clients() <= 1 && endpoint.is_some();
     let mut command: Vec<String> = ["harness", "run", EXPERIMENT_FILE, "--run-id", run_id]
         .iter()
         .map(|s| (*s).to_owned())
@@ -85,23 +87,30 @@ pub fn manifests(
     if here {
         command.push("--here".into());
     }
+    if let Some(url) = endpoint {
+        command.extend(["--endpoint".to_owned(), url.to_owned()]);
+    }
     command.extend(
-        [
-            "--endpoint",
-            endpoint,
-            "--store",
-            store_url,
-            "--no-progress",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned()),
+        ["--store", store_url, "--no-progress"]
+            .iter()
+            .map(|s| (*s).to_owned()),
     );
     if workload_file.is_some() {
         command.push("--set".into());
         command.push(format!("workload.path={WORKLOAD_FILE}"));
     }
+    // Deploying waits up to the ready timeout and tearing down takes up to a step: the
+    // Job's deadline counts them as steps.
+    let policy = &exp.policy;
+    let deploy_steps = match endpoint {
+        Some(_) => 0,
+        None => {
+            let step = policy.step_timeout.get().as_secs().max(1);
+            policy.ready_timeout.get().as_secs().div_ceil(step) + 1
+        }
+    };
     let data = configmap_data(exp, workload_file)?;
-    for mut o in job_objects(exp, &name, &labels, data, command, 1, cells) {
+    for mut o in job_objects(exp, &name, &labels, data, command, 1, cells + deploy_steps) {
         o["metadata"]["namespace"] = json!(namespace);
         if !here && o["kind"] == "Job" {
             o["spec"]["template"]["spec"]["serviceAccountName"] = json!(SERVICE_ACCOUNT);

@@ -209,6 +209,10 @@ pub enum Deployment {
         manifests: String,
         /// GPUs serving the model (all replicas), for per-GPU throughput.
         gpus: Option<u32>,
+        /// Where clients reach the deployed model, when it is not the first Service's
+        /// in-cluster name (or a Dynamo graph's `<name>-frontend:8000`): a gateway, an
+        /// Ingress, a router in front of the pods.
+        url: Option<String>,
     },
 }
 
@@ -510,10 +514,15 @@ impl TryFrom<RawDeployment> for Deployment {
             return Err("deployment.gpus must be at least 1; leave it out when unknown".into());
         }
         if let Some(manifests) = r.manifests {
-            if r.url.is_some() || r.command.is_some() || r.mock.is_some() {
+            if r.command.is_some() || r.mock.is_some() {
                 return Err(
-                    "deployment takes one of `url`, `command`, `mock` or `manifests`".into(),
+                    "deployment takes one of `url`, `command`, `mock` or `manifests` \
+                     (`url` with `manifests`: where the deployed model is reached)"
+                        .into(),
                 );
+            }
+            if let Some(url) = &r.url {
+                check_http_url(url).map_err(|e| format!("deployment.url: {e}"))?;
             }
             if r.port.is_some() || !r.env.is_empty() || r.cwd.is_some() || r.health.is_some() {
                 return Err(
@@ -528,6 +537,7 @@ impl TryFrom<RawDeployment> for Deployment {
             return Ok(Deployment::Manifests {
                 manifests,
                 gpus: r.gpus,
+                url: r.url.map(|u| u.trim_end_matches('/').to_owned()),
             });
         }
         if let Some(mock) = r.mock {
@@ -612,9 +622,14 @@ impl From<Deployment> for RawDeployment {
                 mock: Some(m),
                 ..Default::default()
             },
-            Deployment::Manifests { manifests, gpus } => RawDeployment {
+            Deployment::Manifests {
+                manifests,
+                gpus,
+                url,
+            } => RawDeployment {
                 manifests: Some(manifests),
                 gpus,
+                url,
                 ..Default::default()
             },
         }

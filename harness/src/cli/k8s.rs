@@ -12,15 +12,17 @@ pub(crate) enum Command {
     /// Print the `DynamoBenchmark` CustomResourceDefinition (generated from the code).
     Crd,
     /// Print the manifests of an experiment's in-cluster run: RBAC, a ConfigMap with the
-    /// experiment, and a Job that creates the run in the store and runs its cells one after
-    /// another (`--argo`: an Argo Workflow, one task per step, the cells as a DAG).
+    /// experiment, and a Job that creates the run in the store, deploys
+    /// `deployment.manifests` if any, and runs its cells one after another (`--argo`: an
+    /// Argo Workflow, one task per step, the cells as a DAG).
     Render {
         /// The experiment file.
         experiment: PathBuf,
         /// Override a value: `--set backend.namespace=bench`.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
-        /// The model's in-cluster URL (default: `deployment.url`).
+        /// The model's in-cluster URL (default: `deployment.url`; with
+        /// `deployment.manifests`, the deployed model's).
         #[arg(long)]
         endpoint: Option<String>,
         /// The run id to render for (default: a new one).
@@ -88,17 +90,17 @@ pub(super) async fn exec(command: Command) -> Result<(), Error> {
             }
             let url = store_url(&store, Some(&exp.storage));
             let run_id = run_id.unwrap_or_else(crate::session::new_run_id);
+            // The pods cannot read this machine's files: the manifests go inline into the
+            // experiment.
+            if let harness_core::config::Deployment::Manifests { manifests, .. } =
+                &mut exp.deployment
+                && !manifests.contains('\n')
+            {
+                *manifests = tokio::fs::read_to_string(&*manifests).await.map_err(|e| {
+                    Error::io(format!("reading deployment.manifests `{manifests}`"), e)
+                })?;
+            }
             if argo {
-                // The workflow's pods cannot read this machine's files: the manifests go
-                // inline into the experiment.
-                if let harness_core::config::Deployment::Manifests { manifests, .. } =
-                    &mut exp.deployment
-                    && !manifests.contains('\n')
-                {
-                    *manifests = tokio::fs::read_to_string(&*manifests).await.map_err(|e| {
-                        Error::io(format!("reading deployment.manifests `{manifests}`"), e)
-                    })?;
-                }
                 let text = harness_k8s::render::argo_workflow(
                     &exp,
                     &run_id,
@@ -108,20 +110,22 @@ pub(super) async fn exec(command: Command) -> Result<(), Error> {
                 say!("{}", text.trim_end());
                 return Ok(());
             }
+            // Without an endpoint, the rendered pod deploys the manifests itself.
             let endpoint = match (endpoint, &exp.deployment) {
-                (Some(e), _) => e,
-                (None, harness_core::config::Deployment::Url { url, .. }) => url.clone(),
+                (Some(e), _) => Some(e),
+                (None, harness_core::config::Deployment::Url { url, .. }) => Some(url.clone()),
+                (None, harness_core::config::Deployment::Manifests { .. }) => None,
                 (None, _) => {
                     return Err(Error::invalid(
                         "--endpoint",
-                        "needed: the experiment's deployment has no URL",
+                        "needed: the experiment's deployment is neither a URL nor manifests to deploy in the cluster",
                     ));
                 }
             };
             let text = harness_k8s::render::manifests(
                 &exp,
                 &run_id,
-                &endpoint,
+                endpoint.as_deref(),
                 &url,
                 workload_file(&exp).await?.as_deref(),
             )?;
