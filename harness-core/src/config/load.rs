@@ -297,12 +297,15 @@ impl Experiment {
 
     /// Checks what one field alone cannot: cross-field rules. `text` locates the fields.
     fn check(&self, file: &str, text: Option<&str>) -> Result<()> {
+        // At the field the error names when the file has it (`backend.clients`), else at
+        // its section's key; a missing section is reported at the start of the document.
         let locate = |path: &str, err: ConfigError| -> Error {
             let key = path.split(['.', '[']).next().unwrap_or(path);
             match text {
-                // A missing key is reported at the start of the document.
                 Some(t) => {
-                    let (line, col) = find_top_level_key(t, key).unwrap_or((1, 1));
+                    let (line, col) = find_field(t, &err.path)
+                        .or_else(|| find_top_level_key(t, key))
+                        .unwrap_or((1, 1));
                     err.at(line, col).into()
                 }
                 None => err.into(),
@@ -657,6 +660,78 @@ fn find_top_level_key(text: &str, key: &str) -> Option<(usize, usize)> {
         let rest = line.strip_prefix(key)?;
         rest.trim_start().starts_with(':').then_some((i + 1, 1))
     })
+}
+
+/// The line and column of the value of `section.field` (a path of two keys, the first a
+/// top-level mapping), when the file has it.
+fn find_field(text: &str, path: &str) -> Option<(usize, usize)> {
+    let (section, rest) = path.split_once('.')?;
+    let field = rest.split(['.', '[']).next()?;
+    let top: std::collections::BTreeMap<String, FieldPositions> =
+        serde_saphyr::from_str_with_options(text, parse_options()).ok()?;
+    top.get(section)?
+        .0
+        .iter()
+        .find_map(|(k, at)| (k == field).then_some(*at))
+}
+
+/// The keys of a mapping with where each value starts; nothing for any other value.
+#[derive(Default)]
+struct FieldPositions(Vec<(String, (usize, usize))>);
+
+impl<'de> serde::Deserialize<'de> for FieldPositions {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, Visitor};
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = FieldPositions;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<FieldPositions, A::Error> {
+                let mut out = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: serde_saphyr::Spanned<IgnoredAny> = map.next_value()?;
+                    let at = &value.referenced;
+                    out.push((key, (at.line() as usize, at.column() as usize)));
+                }
+                Ok(FieldPositions(out))
+            }
+            // Anything but a mapping has no fields.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<FieldPositions, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(FieldPositions::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<FieldPositions, E> {
+                Ok(FieldPositions::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> std::result::Result<FieldPositions, E> {
+                Ok(FieldPositions::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> std::result::Result<FieldPositions, E> {
+                Ok(FieldPositions::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<FieldPositions, E> {
+                Ok(FieldPositions::default())
+            }
+            fn visit_str<E>(self, _: &str) -> std::result::Result<FieldPositions, E> {
+                Ok(FieldPositions::default())
+            }
+            fn visit_unit<E>(self) -> std::result::Result<FieldPositions, E> {
+                Ok(FieldPositions::default())
+            }
+            fn visit_none<E>(self) -> std::result::Result<FieldPositions, E> {
+                Ok(FieldPositions::default())
+            }
+        }
+        d.deserialize_any(Keys)
+    }
 }
 
 /// The line and column of each item of the top-level `steps` list.
