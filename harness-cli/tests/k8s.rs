@@ -83,6 +83,19 @@ fn write_model_manifests(d: &std::path::Path) {
     .expect("manifests");
 }
 
+/// Serves `fake` over HTTP and writes `d/kubeconfig` naming it (namespace `bench`), for the
+/// harness binary's Kubernetes commands: the server (it stops when dropped) and the file.
+async fn serve_with_kubeconfig(
+    fake: &FakeApiServer,
+    d: &std::path::Path,
+) -> (harness_k8s::testkit::FakeHttp, std::path::PathBuf) {
+    let http = fake.serve().await.expect("serve");
+    let kubeconfig = d.join("kubeconfig");
+    http.write_kubeconfig(&kubeconfig, "bench")
+        .expect("kubeconfig");
+    (http, kubeconfig)
+}
+
 /// Waits until workload `w` has finished; panics with its log when it failed.
 async fn finish(backend: &K8sBackend, w: &harness_core::Workload) {
     let finished = backend.wait_finished(w, &CancellationToken::new()).await;
@@ -1249,10 +1262,7 @@ async fn the_argo_workflow_deploys_the_model_and_runs_several_clients_per_cell()
     let d = dir.path().to_owned();
     let (_mock, port) = Mock::start(2);
     let fake = cluster_with_a_model();
-    let http = fake.serve().await.expect("serve");
-    let kubeconfig = d.join("kubeconfig");
-    http.write_kubeconfig(&kubeconfig, "bench")
-        .expect("kubeconfig");
+    let (_http, kubeconfig) = serve_with_kubeconfig(&fake, &d).await;
     write_model_manifests(&d);
     let store_url = format!("file://{}", d.join("runs").display());
     let exp = d.join("argo.yaml");
@@ -1565,10 +1575,7 @@ async fn the_operator_binary_resumes_after_sigterm_and_cleans_up_on_delete() {
     let d = dir.path().to_owned();
     let (_mock, port) = Mock::start(20);
     let fake = cluster();
-    let http = fake.serve().await.expect("serve");
-    let kubeconfig = d.join("kubeconfig");
-    http.write_kubeconfig(&kubeconfig, "bench")
-        .expect("kubeconfig");
+    let (_http, kubeconfig) = serve_with_kubeconfig(&fake, &d).await;
     let store_url = format!("file://{}", d.join("runs").display());
     // No backend: Jobs in the resource's namespace. Four cells of about a second each.
     let resource = |name: &str, uid: &str| {
@@ -1713,10 +1720,7 @@ async fn a_deploy_that_never_gets_ready_fails_with_the_reason_and_leaves_nothing
     fake.on_pod(|_| PodScript::CrashLoop {
         logs: "CUDA out of memory\n".into(),
     });
-    let http = fake.serve().await.expect("serve");
-    let kubeconfig = d.join("kubeconfig");
-    http.write_kubeconfig(&kubeconfig, "bench")
-        .expect("kubeconfig");
+    let (_http, kubeconfig) = serve_with_kubeconfig(&fake, &d).await;
     std::fs::write(
         d.join("exp.yaml"),
         "name: oom\nmodel: {name: m}\nconcurrency: [1]\nbenchmark: {isl_osl: [[8, 8]]}\n\
